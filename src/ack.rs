@@ -1,0 +1,220 @@
+//! Commit receipts: how a sink's verdict on a batch flows back.
+//!
+//! Each sealed batch carries a `BatchAck`. When the sink settles the batch it calls
+//! `committed` or `failed`, which (in this order) frees the batch's bytes from the
+//! memory budget, records metrics and the `/status` history, answers every request
+//! waiting with `wait=commit`, and advances the progress mark `/flush` waits on.
+//! Dropping an unsettled `BatchAck` (a sink thread that died) fails it, so no
+//! waiter hangs and no budget leaks.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+
+use crate::buffer::Budget;
+use crate::metrics::METRICS;
+
+/// What a request waiting with `wait=commit` learns of its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub commit: String,
+    /// With `--layout batch`, the one file the batch became.
+    pub batch_file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitError(pub String);
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub type Verdict = Result<Arc<Receipt>, CommitError>;
+
+/// The receiving half a waiting request holds.
+pub type VerdictReceiver = oneshot::Receiver<Verdict>;
+
+/// What sealed a batch; the label of `spout_batches_committed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealReason {
+    Bytes,
+    Messages,
+    Age,
+    Flush,
+    Shutdown,
+}
+
+impl SealReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealReason::Bytes => "bytes",
+            SealReason::Messages => "messages",
+            SealReason::Age => "age",
+            SealReason::Flush => "flush",
+            SealReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One line of `/status`'s commit history.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommitSummary {
+    pub batch: u64,
+    pub commit: Option<String>,
+    pub error: Option<String>,
+    pub messages: u64,
+    pub bytes: u64,
+    pub reason: SealReason,
+    pub unix_time: f64,
+}
+
+const HISTORY: usize = 16;
+
+/// State shared by every batch's acknowledgement.
+#[derive(Debug)]
+pub struct Ledger {
+    budget: Arc<Budget>,
+    settled: watch::Sender<u64>,
+    history: Mutex<VecDeque<CommitSummary>>,
+}
+
+impl Ledger {
+    pub fn new(budget: Arc<Budget>) -> Arc<Self> {
+        Arc::new(Self { budget, settled: watch::Sender::new(0), history: Mutex::default() })
+    }
+
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// The number of the last batch settled; batches settle in order.
+    pub fn settled(&self) -> watch::Receiver<u64> {
+        self.settled.subscribe()
+    }
+
+    /// Waits until batch `no` and every batch before it has settled.
+    pub async fn wait_settled(&self, no: u64) {
+        let mut settled = self.settled.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot fail while we borrow it.
+        let _ = settled.wait_for(|&done| done >= no).await;
+    }
+
+    pub fn recent(&self) -> Vec<CommitSummary> {
+        self.history.lock().unwrap().iter().cloned().collect()
+    }
+}
+
+/// The acknowledgement half of a sealed batch. See the module comment.
+#[derive(Debug)]
+pub struct BatchAck {
+    pub no: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub reason: SealReason,
+    pub first_seq: u64,
+    opened: Instant,
+    sealed: Instant,
+    waiters: Vec<oneshot::Sender<Verdict>>,
+    ledger: Arc<Ledger>,
+    settled: bool,
+}
+
+impl BatchAck {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        no: u64,
+        messages: u64,
+        bytes: u64,
+        reason: SealReason,
+        first_seq: u64,
+        opened: Instant,
+        waiters: Vec<oneshot::Sender<Verdict>>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
+        Self {
+            no,
+            messages,
+            bytes,
+            reason,
+            first_seq,
+            opened,
+            sealed: Instant::now(),
+            waiters,
+            ledger,
+            settled: false,
+        }
+    }
+
+    /// Time since the batch was sealed: how long its commit has taken so far.
+    pub fn since_sealed(&self) -> std::time::Duration {
+        self.sealed.elapsed()
+    }
+
+    pub fn committed(mut self, receipt: Receipt) {
+        METRICS.batches_committed.with_label_values(&[self.reason.as_str()]).inc();
+        METRICS.messages_committed.inc_by(self.messages);
+        METRICS.batch_messages.observe(self.messages as f64);
+        METRICS.batch_bytes.observe(self.bytes as f64);
+        METRICS.commit_duration.observe(self.sealed.elapsed().as_secs_f64());
+        METRICS.accept_to_commit.observe(self.opened.elapsed().as_secs_f64());
+        self.settle(Ok(Arc::new(receipt)));
+    }
+
+    pub fn failed(mut self, error: impl fmt::Display) {
+        METRICS.batches_failed.inc();
+        let error = CommitError(error.to_string());
+        tracing::error!(
+            batch = self.no,
+            messages = self.messages,
+            bytes = self.bytes,
+            "commit failed, its messages are not committed: {error}"
+        );
+        self.settle(Err(error));
+    }
+
+    fn settle(&mut self, verdict: Verdict) {
+        self.settled = true;
+        self.ledger.budget.release(self.bytes);
+        let summary = CommitSummary {
+            batch: self.no,
+            commit: verdict.as_ref().ok().map(|r| r.commit.clone()),
+            error: verdict.as_ref().err().map(|e| e.0.clone()),
+            messages: self.messages,
+            bytes: self.bytes,
+            reason: self.reason,
+            unix_time: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        };
+        {
+            let mut history = self.ledger.history.lock().unwrap();
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(summary);
+        }
+        for waiter in self.waiters.drain(..) {
+            // A waiter that hung up no longer needs the answer.
+            let _ = waiter.send(verdict.clone());
+        }
+        let no = self.no;
+        self.ledger.settled.send_modify(|done| *done = (*done).max(no));
+    }
+}
+
+impl Drop for BatchAck {
+    fn drop(&mut self) {
+        if !self.settled {
+            METRICS.batches_failed.inc();
+            self.settle(Err(CommitError("the sink stopped before committing the batch".into())));
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The batching policy: messages gather in the open batch until its size, count or
+//! age limit is reached (or `/flush`, or shutdown), then the batch is sealed and
+//! handed to the sink thread.
+//!
+//! A request's messages always land in one batch, so `wait=commit` has one commit
+//! to report: if a request would push the open batch past a limit, the open batch is
+//! sealed first; a request larger than the limits alone becomes a batch of its own.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use serde::Serialize;
+use tokio::sync::{oneshot, Notify};
+
+use crate::ack::{BatchAck, Ledger, SealReason, Verdict};
+use crate::message::{Incoming, Message, Sequencer};
+use crate::metrics::METRICS;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub max_bytes: u64,
+    pub max_messages: u64,
+    pub max_age: Duration,
+}
+
+/// A sealed batch on its way to the sink.
+#[derive(Debug)]
+pub struct Batch {
+    pub messages: Vec<Message>,
+    pub ack: BatchAck,
+}
+
+/// The sequence numbers a request's messages were given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The batcher no longer takes messages: the sidecar is draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+#[derive(Debug, Serialize)]
+pub struct OpenBatchInfo {
+    pub messages: u64,
+    pub bytes: u64,
+    pub age_seconds: f64,
+    pub batches_sealed: u64,
+}
+
+#[derive(Debug)]
+struct Open {
+    messages: Vec<Message>,
+    bytes: u64,
+    opened: Option<Instant>,
+    waiters: Vec<oneshot::Sender<Verdict>>,
+    seq: Sequencer,
+    sealed: u64,
+    out: Option<Sender<Batch>>,
+}
+
+#[derive(Debug)]
+pub struct Batcher {
+    open: Mutex<Open>,
+    policy: Policy,
+    ledger: Arc<Ledger>,
+    /// Wakes the age timer when a batch opens or closes.
+    changed: Notify,
+}
+
+impl Batcher {
+    pub fn new(policy: Policy, seq: Sequencer, ledger: Arc<Ledger>, out: Sender<Batch>) -> Arc<Self> {
+        Arc::new(Self {
+            open: Mutex::new(Open {
+                messages: Vec::new(),
+                bytes: 0,
+                opened: None,
+                waiters: Vec::new(),
+                seq,
+                sealed: 0,
+                out: Some(out),
+            }),
+            policy,
+            ledger,
+            changed: Notify::new(),
+        })
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Adds one request's messages (their bytes already reserved in the budget) and
+    /// registers `waiter` for the verdict on the batch that holds them.
+    pub fn push(
+        &self,
+        incoming: Vec<Incoming>,
+        waiter: Option<oneshot::Sender<Verdict>>,
+    ) -> Result<SeqRange, Closed> {
+        debug_assert!(!incoming.is_empty(), "ingest answers empty requests itself");
+        let count = incoming.len() as u64;
+        let bytes: u64 = incoming.iter().map(|m| m.payload.len()).sum();
+        let mut open = self.open.lock().unwrap();
+        if open.out.is_none() {
+            return Err(Closed);
+        }
+        if !open.messages.is_empty()
+            && (open.bytes + bytes > self.policy.max_bytes
+                || open.messages.len() as u64 + count > self.policy.max_messages)
+        {
+            let reason = if open.bytes + bytes > self.policy.max_bytes {
+                SealReason::Bytes
+            } else {
+                SealReason::Messages
+            };
+            self.seal(&mut open, reason);
+        }
+        let first = open.seq.take(count);
+        if open.opened.is_none() {
+            open.opened = Some(Instant::now());
+            self.changed.notify_one();
+        }
+        open.messages.extend(incoming.into_iter().enumerate().map(|(i, m)| Message {
+            seq: first + i as u64,
+            name: m.name,
+            payload: m.payload,
+            line: m.line,
+        }));
+        open.bytes += bytes;
+        open.waiters.extend(waiter);
+        if open.bytes >= self.policy.max_bytes {
+            self.seal(&mut open, SealReason::Bytes);
+        } else if open.messages.len() as u64 >= self.policy.max_messages {
+            self.seal(&mut open, SealReason::Messages);
+        } else {
+            METRICS.open_batch_messages.set(open.messages.len() as i64);
+            METRICS.open_batch_bytes.set(open.bytes as i64);
+        }
+        Ok(SeqRange { first, last: first + count - 1 })
+    }
+
+    /// Seals the open batch now. Returns the number of the last sealed batch: once it
+    /// has settled, everything accepted before this call has.
+    pub fn flush(&self) -> u64 {
+        let mut open = self.open.lock().unwrap();
+        self.seal(&mut open, SealReason::Flush);
+        open.sealed
+    }
+
+    /// Seals the last batch and stops taking messages; the sink thread ends once it
+    /// has committed everything. Returns the last batch's number.
+    pub fn close(&self) -> u64 {
+        let mut open = self.open.lock().unwrap();
+        self.seal(&mut open, SealReason::Shutdown);
+        open.out = None;
+        self.changed.notify_one();
+        open.sealed
+    }
+
+    pub fn info(&self) -> OpenBatchInfo {
+        let open = self.open.lock().unwrap();
+        OpenBatchInfo {
+            messages: open.messages.len() as u64,
+            bytes: open.bytes,
+            age_seconds: open.opened.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
+            batches_sealed: open.sealed,
+        }
+    }
+
+    fn seal(&self, open: &mut Open, reason: SealReason) {
+        let Some(opened) = open.opened.take() else { return };
+        let Some(out) = open.out.as_ref() else { return };
+        open.sealed += 1;
+        let messages = std::mem::take(&mut open.messages);
+        let ack = BatchAck::new(
+            open.sealed,
+            messages.len() as u64,
+            std::mem::take(&mut open.bytes),
+            reason,
+            messages.first().map(|m| m.seq).unwrap_or(0),
+            opened,
+            std::mem::take(&mut open.waiters),
+            self.ledger.clone(),
+        );
+        METRICS.open_batch_messages.set(0);
+        METRICS.open_batch_bytes.set(0);
+        // The sink thread outlives the batcher's sender; should it have died, the
+        // batch's ack fails as it is dropped, answering its waiters.
+        let _ = out.send(Batch { messages, ack });
+    }
+
+    /// Seals batches that reach `--max-batch-age`. Runs until the batcher is closed.
+    pub async fn run_age_timer(self: Arc<Self>) {
+        loop {
+            let changed = self.changed.notified();
+            let deadline = {
+                let open = self.open.lock().unwrap();
+                if open.out.is_none() {
+                    return;
+                }
+                open.opened.map(|t| t + self.policy.max_age)
+            };
+            match deadline {
+                None => changed.await,
+                Some(deadline) => {
+                    tokio::time::sleep_until(deadline.into()).await;
+                    let mut open = self.open.lock().unwrap();
+                    if open.opened.is_some_and(|t| t.elapsed() >= self.policy.max_age) {
+                        self.seal(&mut open, SealReason::Age);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::Budget;
+    use bytes::Bytes;
+
+    fn batcher(max_bytes: u64, max_messages: u64) -> (Arc<Batcher>, crossbeam_channel::Receiver<Batch>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let ledger = Ledger::new(Arc::new(Budget::new(1 << 30)));
+        let policy = Policy { max_bytes, max_messages, max_age: Duration::from_millis(50) };
+        (Batcher::new(policy, Sequencer::starting_at(100), ledger, tx), rx)
+    }
+
+    fn msgs(sizes: &[usize]) -> Vec<Incoming> {
+        sizes
+            .iter()
+            .map(|&n| Incoming { name: None, payload: Bytes::from(vec![b'x'; n]).into(), line: false })
+            .collect()
+    }
+
+    #[test]
+    fn count_trigger_seals_and_numbers_in_order() {
+        let (b, rx) = batcher(1 << 20, 3);
+        assert_eq!(b.push(msgs(&[1, 1]), None).unwrap(), SeqRange { first: 100, last: 101 });
+        assert!(rx.try_recv().is_err());
+        b.push(msgs(&[1]), None).unwrap();
+        let batch = rx.try_recv().unwrap();
+        assert_eq!(batch.ack.reason, SealReason::Messages);
+        assert_eq!(batch.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [100, 101, 102]);
+    }
+
+    #[test]
+    fn a_request_never_spans_batches() {
+        let (b, rx) = batcher(10, 1000);
+        b.push(msgs(&[6]), None).unwrap();
+        b.push(msgs(&[3, 3]), None).unwrap();
+        let first = rx.try_recv().unwrap();
+        assert_eq!((first.messages.len(), first.ack.reason), (1, SealReason::Bytes));
+        assert!(rx.try_recv().is_err(), "the second request waits in the open batch");
+        b.push(msgs(&[20]), None).unwrap();
+        assert_eq!(rx.try_recv().unwrap().messages.len(), 2);
+        let big = rx.try_recv().unwrap();
+        assert_eq!((big.messages.len(), big.ack.bytes), (1, 20));
+    }
+
+    #[tokio::test]
+    async fn age_trigger_and_close() {
+        let (b, rx) = batcher(1 << 20, 1000);
+        tokio::spawn(b.clone().run_age_timer());
+        b.push(msgs(&[1]), None).unwrap();
+        let batch = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)).map(|b| (b, rx)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.0.ack.reason, SealReason::Age);
+        b.push(msgs(&[1]), None).unwrap();
+        assert_eq!(b.close(), 2);
+        assert_eq!(batch.1.try_recv().unwrap().ack.reason, SealReason::Shutdown);
+        assert_eq!(b.push(msgs(&[1]), None), Err(Closed));
+    }
+}

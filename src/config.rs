@@ -1,0 +1,149 @@
+//! Command-line options. Every option also reads `SPOUT_<NAME>` from the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::ingest::raw_socket::RawFraming;
+use crate::ingest::WhenFull;
+use crate::sink::{Layout, SinkSpec};
+
+/// Streams messages into Pachyderm spouts.
+///
+/// Producers send messages with `POST /messages` (TCP or a Unix socket) or write
+/// them to a raw Unix socket; the sidecar batches them by size, count and age and
+/// commits each batch to the sink: one tar archive into a spout's named pipe, or
+/// one directory per commit locally.
+///
+/// With `-- CMD [ARGS...]` it also runs CMD (the producer) with SPOUT_URL and
+/// SPOUT_SOCKET set, forwards SIGTERM to it, and when CMD ends, commits what it
+/// sent and exits with CMD's exit code.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about, max_term_width = 100)]
+pub struct Options {
+    /// HTTP on TCP; `none` turns it off.
+    #[arg(long, env = "SPOUT_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: Listen,
+
+    /// HTTP on a Unix socket (created with mode 0660).
+    #[arg(long, env = "SPOUT_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Raw stream on a Unix socket: newline-delimited messages, or length-prefixed
+    /// frames with `--raw-framing frames`.
+    #[arg(long, env = "SPOUT_RAW_SOCKET", value_name = "PATH")]
+    pub raw_socket: Option<PathBuf>,
+
+    /// How the raw socket's stream is cut into messages.
+    #[arg(long, env = "SPOUT_RAW_FRAMING", value_enum, default_value = "lines")]
+    pub raw_framing: RawFraming,
+
+    /// Where batches go: fifo:PATH, dir:PATH, stdout: or auto (fifo:/pfs/out when
+    /// that is a named pipe, else dir:./spout-out).
+    #[arg(long, env = "SPOUT_SINK", default_value = "auto", value_name = "URI")]
+    pub sink: SinkSpec,
+
+    /// Commit a batch once it holds this many payload bytes.
+    #[arg(long, env = "SPOUT_MAX_BATCH_BYTES", default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_batch_bytes: u64,
+
+    /// Commit a batch once it holds this many messages.
+    #[arg(long, env = "SPOUT_MAX_BATCH_MESSAGES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub max_batch_messages: u64,
+
+    /// Commit a batch once its first message is this old.
+    #[arg(long, env = "SPOUT_MAX_BATCH_AGE", default_value = "1s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    pub max_batch_age: Duration,
+
+    /// Memory budget for accepted, not yet committed payload; past it, back-pressure.
+    #[arg(long, env = "SPOUT_MAX_BUFFER_BYTES", default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_buffer_bytes: u64,
+
+    /// When the buffer is full: hold requests up to --block-timeout, or 503 at once.
+    #[arg(long, env = "SPOUT_WHEN_FULL", value_enum, default_value = "block")]
+    pub when_full: WhenFull,
+
+    /// How long --when-full block holds a request before answering 503.
+    #[arg(long, env = "SPOUT_BLOCK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    pub block_timeout: Duration,
+
+    /// Largest single message; larger ones get 413.
+    #[arg(long, env = "SPOUT_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_message_bytes: u64,
+
+    /// Largest request body; larger ones get 413 before they are read.
+    #[arg(long, env = "SPOUT_MAX_REQUEST_BYTES", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_request_bytes: u64,
+
+    /// One file per message, or one file per batch holding all its messages.
+    #[arg(long, env = "SPOUT_LAYOUT", value_enum, default_value = "message")]
+    pub layout: Layout,
+
+    /// Replace a file already in the repo rather than append to it.
+    #[arg(long, env = "SPOUT_OVERWRITE")]
+    pub overwrite: bool,
+
+    /// Require `Authorization: Bearer <token>` (the file's first line) on HTTP,
+    /// health endpoints excepted.
+    #[arg(long, env = "SPOUT_AUTH_TOKEN_FILE", value_name = "PATH")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// On SIGTERM, how long to keep committing what was accepted before giving up
+    /// and exiting non-zero. Kubernetes waits 30 s by default.
+    #[arg(long, env = "SPOUT_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    pub shutdown_timeout: Duration,
+
+    /// Log filter, e.g. `info` or `spout_sidecar=debug`.
+    #[arg(long, env = "SPOUT_LOG", default_value = "info", value_name = "FILTER")]
+    pub log: String,
+
+    /// The producer to run under the sidecar.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `--listen`: a TCP address or `none`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(String),
+    None,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" | "" => Ok(Listen::None),
+            addr if addr.contains(':') => Ok(Listen::Tcp(addr.to_owned())),
+            other => Err(format!("`{other}` is not HOST:PORT or `none`")),
+        }
+    }
+}
+
+/// Sizes such as `512KiB`, `8MiB`, `1GiB`, `1000`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|e| format!("`{s}` is not a size like 8MiB: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_defaults() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+        let opts = Options::try_parse_from(["spout-sidecar"]).unwrap();
+        assert_eq!(opts.listen, Listen::Tcp("127.0.0.1:8080".into()));
+        assert_eq!(opts.max_batch_age, Duration::from_secs(1));
+        let opts = Options::try_parse_from(["spout-sidecar", "--listen", "none", "--", "python3", "-c", "1"]).unwrap();
+        assert_eq!((opts.listen, opts.command.len()), (Listen::None, 3));
+    }
+}

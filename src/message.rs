@@ -1,0 +1,158 @@
+//! A message and the files a batch becomes.
+//!
+//! Payloads are `Bytes` slices of the buffers the bytes arrived in: a message that
+//! straddles two reads of a body is a list of two slices, never a fresh copy.
+
+use bytes::Bytes;
+
+/// The bytes of one message or file, as one or more zero-copy slices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Payload {
+    chunks: Vec<Bytes>,
+    len: u64,
+}
+
+impl Payload {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len() as u64;
+            self.chunks.push(chunk);
+        }
+    }
+
+    pub fn extend(&mut self, other: &Payload) {
+        for chunk in &other.chunks {
+            self.push(chunk.clone());
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
+    }
+
+    /// Copies the payload into one vector: for tests and for the rare consumer that
+    /// needs contiguous bytes (never on the commit path).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len as usize);
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(chunk: Bytes) -> Self {
+        let mut payload = Payload::new();
+        payload.push(chunk);
+        payload
+    }
+}
+
+impl From<Vec<Bytes>> for Payload {
+    fn from(chunks: Vec<Bytes>) -> Self {
+        let mut payload = Payload::new();
+        for chunk in chunks {
+            payload.push(chunk);
+        }
+        payload
+    }
+}
+
+/// One message as ingest decoded it, before the batcher numbers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    /// The file name the client asked for; `None` takes the default name.
+    pub name: Option<String>,
+    pub payload: Payload,
+    /// Came from a line-oriented framing: `--layout batch` ends it with `\n`.
+    pub line: bool,
+}
+
+/// A numbered message inside a batch.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// Arrival order, unique across restarts (see `Sequencer`).
+    pub seq: u64,
+    pub name: Option<String>,
+    pub payload: Payload,
+    pub line: bool,
+}
+
+impl Message {
+    pub fn file_name(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => default_file_name(self.seq),
+        }
+    }
+}
+
+/// The name of a message sent without one: zero-padded so names sort in arrival order.
+pub fn default_file_name(seq: u64) -> String {
+    format!("msg-{seq:020}")
+}
+
+/// The name of the one file a batch becomes with `--layout batch`.
+pub fn batch_file_name(first_seq: u64) -> String {
+    format!("batch-{first_seq:020}")
+}
+
+/// One file of a commit: the unit every sink writes.
+#[derive(Clone, Debug)]
+pub struct File {
+    pub name: String,
+    pub data: Payload,
+}
+
+/// Hands out numbers that increase in arrival order and across restarts.
+///
+/// The first number is the wall clock in nanoseconds at start-up, so a restarted
+/// sidecar starts above anything the previous run could have numbered (it would have
+/// had to accept more than one message per nanosecond to catch up), without a state
+/// file. The same scheme names `dir:` commits.
+#[derive(Debug)]
+pub struct Sequencer {
+    next: u64,
+}
+
+impl Sequencer {
+    pub fn starting_now() -> Self {
+        Self::starting_at(unix_nanos())
+    }
+
+    pub fn starting_at(first: u64) -> Self {
+        Self { next: first }
+    }
+
+    /// Reserves `count` consecutive numbers and returns the first.
+    pub fn take(&mut self, count: u64) -> u64 {
+        let first = self.next;
+        self.next += count;
+        first
+    }
+
+    /// Moves past `floor`, the highest number a previous run is known to have used.
+    pub fn skip_past(&mut self, floor: u64) {
+        self.next = self.next.max(floor + 1);
+    }
+}
+
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

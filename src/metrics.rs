@@ -1,0 +1,125 @@
+//! Every Prometheus family the sidecar exports, registered once.
+//!
+//! Names follow Prometheus conventions: base units (seconds, bytes), `_total` on
+//! counters, a HELP line each. Buckets are sized for this workload rather than the
+//! client defaults: commits take milliseconds to seconds, batches hold 1 to millions
+//! of messages and bytes up to hundreds of MiB.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub messages_received: IntCounterVec,
+    pub bytes_received: IntCounterVec,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub messages_rejected: IntCounterVec,
+    pub batches_committed: IntCounterVec,
+    pub batches_failed: IntCounter,
+    pub messages_committed: IntCounter,
+    pub batch_messages: Histogram,
+    pub batch_bytes: Histogram,
+    pub commit_duration: Histogram,
+    pub accept_to_commit: Histogram,
+    pub buffer_bytes: IntGauge,
+    pub buffer_limit_bytes: IntGauge,
+    pub backpressure_wait: Histogram,
+    pub open_batch_messages: IntGauge,
+    pub open_batch_bytes: IntGauge,
+    pub sink_errors: IntCounterVec,
+    pub sink_retries: IntCounter,
+    pub sink_state: IntGaugeVec,
+    pub ack_wait: Histogram,
+}
+
+/// Latencies from 100 µs to ~100 s.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.0001, 2.5, 16).expect("valid buckets")
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let metric =
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new_custom(Some("spout".into()), None).expect("valid prefix");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector");
+        let r = &registry;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "HTTP request latency, from headers read to answer, by route and status code.")
+                .buckets(latency_buckets()),
+            &["route", "code"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(request_duration.clone())).expect("unique metric");
+        let sink_state = IntGaugeVec::new(
+            Opts::new("sink_state", "1 for the sink's current state (up, retrying, down), 0 for the others."),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(sink_state.clone())).expect("unique metric");
+        Self {
+            messages_received: counter_vec(r, "messages_received_total", "Messages accepted into the buffer, by transport (http, unix, raw).", &["transport"]),
+            bytes_received: counter_vec(r, "bytes_received_total", "Payload bytes accepted into the buffer, by transport.", &["transport"]),
+            requests: counter_vec(r, "requests_total", "HTTP requests answered, by status code.", &["code"]),
+            request_duration,
+            messages_rejected: counter_vec(r, "messages_rejected_total", "Requests or raw-socket frames refused, by reason (bad_framing, too_large, bad_file_name, overloaded, unauthorized, draining).", &["reason"]),
+            batches_committed: counter_vec(r, "batches_committed_total", "Batches committed by the sink, by what sealed them (bytes, messages, age, flush, shutdown).", &["reason"]),
+            batches_failed: counter(r, "batches_failed_total", "Batches the sink gave up on; their waiting requests got commit_failed."),
+            messages_committed: counter(r, "messages_committed_total", "Messages in committed batches."),
+            batch_messages: histogram(r, "batch_messages", "Messages per committed batch.", exponential_buckets(1.0, 4.0, 12).expect("valid buckets")),
+            batch_bytes: histogram(r, "batch_bytes", "Payload bytes per committed batch.", exponential_buckets(1024.0, 4.0, 12).expect("valid buckets")),
+            commit_duration: histogram(r, "commit_duration_seconds", "Time from sealing a batch to the sink confirming its commit.", latency_buckets()),
+            accept_to_commit: histogram(r, "accept_to_commit_seconds", "Time from a batch's first message being accepted to its commit: the worst delay a message of it saw.", latency_buckets()),
+            buffer_bytes: gauge(r, "buffer_bytes", "Payload bytes accepted and not yet committed."),
+            buffer_limit_bytes: gauge(r, "buffer_limit_bytes", "The memory budget, --max-buffer-bytes."),
+            backpressure_wait: histogram(r, "backpressure_wait_seconds", "Time requests spent waiting for room in the buffer (only those that had to wait).", latency_buckets()),
+            open_batch_messages: gauge(r, "open_batch_messages", "Messages in the batch being filled."),
+            open_batch_bytes: gauge(r, "open_batch_bytes", "Payload bytes in the batch being filled."),
+            sink_errors: counter_vec(r, "sink_errors_total", "Failed sink operations, by kind (e.g. epipe, reader_gone, no_reader, io, unavailable).", &["kind"]),
+            sink_retries: counter(r, "sink_retries_total", "Commit attempts repeated after a sink error."),
+            sink_state,
+            ack_wait: histogram(r, "ack_wait_seconds", "Time wait=commit requests waited for their batch's commit.", latency_buckets()),
+            registry,
+        }
+    }
+
+    /// The text exposition format served on `/metrics`.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
