@@ -1,0 +1,197 @@
+//! `POST /messages`: read the body within its limit, decode it by `Content-Type`,
+//! admit it all or nothing, and answer 202, or 200 once committed with `wait=commit`.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming as Body;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, StatusCode};
+use serde::Serialize;
+
+use super::query::RequestOptions;
+use super::reply::{self, Reply};
+use super::Api;
+use crate::ingest::framing::{self, DecodeError, DecodeErrorKind, Framing};
+use crate::ingest::{file_name, Refused, Transport};
+use crate::message::default_file_name;
+use crate::metrics::METRICS;
+use crate::sink::Layout;
+
+#[derive(Serialize)]
+struct Accepted {
+    accepted: u64,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<String>>,
+}
+
+pub async fn post(api: &Api, transport: Transport, request: Request<Body>) -> Reply {
+    match accept(api, transport, request).await {
+        Ok(reply) => reply,
+        Err(rejection) => {
+            if let Some(reason) = rejection.uncounted_reason {
+                METRICS.messages_rejected.with_label_values(&[reason]).inc();
+            }
+            rejection.reply
+        }
+    }
+}
+
+/// A refused request, with the reason label it is still to be counted under
+/// (admission refusals are counted by `Intake` itself).
+struct Rejection {
+    uncounted_reason: Option<&'static str>,
+    reply: Reply,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { uncounted_reason: Some(reason), reply: reply::error(status, reason, message) }
+    }
+}
+
+impl From<DecodeError> for Rejection {
+    fn from(error: DecodeError) -> Self {
+        let (status, reason) = match error.kind {
+            DecodeErrorKind::BadFraming => (StatusCode::BAD_REQUEST, "bad_framing"),
+            DecodeErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            DecodeErrorKind::BadFileName => (StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name"),
+        };
+        Rejection::new(status, reason, error.message)
+    }
+}
+
+async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Result<Reply, Rejection> {
+    if api.intake.is_draining() {
+        return Err(draining());
+    }
+    let options = RequestOptions::parse(request.uri().query(), request.headers())
+        .map_err(|message| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
+    if let Some(name) = &options.file {
+        file_name::validate(name)
+            .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why))?;
+    }
+    let content_type = request.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}"));
+    let framing = Framing::from_content_type(content_type)?;
+    let body = read_body(api, request).await?;
+    let messages = framing::decode(&framing, body, options.file.as_deref(), api.max_message_bytes).await?;
+    if messages.is_empty() {
+        let status = if options.wait_commit { StatusCode::OK } else { StatusCode::ACCEPTED };
+        let files = options.wait_commit.then(Vec::new);
+        return Ok(reply::json(status, &Accepted { accepted: 0, first_seq: None, last_seq: None, commit: None, files }));
+    }
+    let count = messages.len() as u64;
+    // Names are only needed for the 200 answer; collect them before the messages move.
+    let names: Option<Vec<Option<String>>> =
+        options.wait_commit.then(|| messages.iter().map(|m| m.name.clone()).collect());
+    let admitted = api
+        .intake
+        .admit(messages, transport, options.wait_commit, false)
+        .await
+        .map_err(refused)?;
+    let mut answer = Accepted {
+        accepted: count,
+        first_seq: Some(admitted.seqs.first),
+        last_seq: Some(admitted.seqs.last),
+        commit: None,
+        files: None,
+    };
+    let Some(verdict) = admitted.verdict else {
+        return Ok(reply::json(StatusCode::ACCEPTED, &answer));
+    };
+    let waiting = Instant::now();
+    let verdict = verdict.await;
+    METRICS.ack_wait.observe(waiting.elapsed().as_secs_f64());
+    match verdict {
+        Ok(Ok(receipt)) => {
+            answer.files = Some(match api.layout {
+                Layout::Batch => receipt.batch_file.iter().cloned().collect(),
+                Layout::Message => names
+                    .unwrap_or_default()
+                    .into_iter()
+                    .zip(admitted.seqs.first..)
+                    .map(|(name, seq)| name.unwrap_or_else(|| default_file_name(seq)))
+                    .collect(),
+            });
+            answer.commit = Some(receipt.commit.clone());
+            Ok(reply::json(StatusCode::OK, &answer))
+        }
+        Ok(Err(error)) => Ok(reply::error(StatusCode::BAD_GATEWAY, "commit_failed", error.0)),
+        Err(_) => Ok(reply::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "commit_failed",
+            "the sink stopped before answering for this batch",
+        )),
+    }
+}
+
+/// Reads the whole body as the chunks it arrived in, refusing it (413) as soon as
+/// it passes `--max-request-bytes`, before reading further.
+async fn read_body(api: &Api, request: Request<Body>) -> Result<Vec<Bytes>, Rejection> {
+    let limit = api.max_request_bytes;
+    let too_large = |size: &str| {
+        Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body of {size} is over --max-request-bytes ({limit} bytes)"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|&n| n > limit) {
+        return Err(too_large(&format!("{declared} bytes")));
+    }
+    let mut body = request.into_body();
+    let mut chunks = Vec::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            Rejection::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body failed: {error}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > limit {
+                return Err(too_large("more than that"));
+            }
+            chunks.push(data);
+        }
+    }
+    Ok(chunks)
+}
+
+const DRAINING: &str = "the sidecar is shutting down and takes no more messages";
+
+fn draining() -> Rejection {
+    Rejection {
+        uncounted_reason: Some("draining"),
+        reply: reply::unavailable("overloaded", DRAINING, 5),
+    }
+}
+
+/// Refusals from admission are already counted per message by `Intake`.
+fn refused(why: Refused) -> Rejection {
+    let reply = match why {
+        Refused::Overloaded => reply::unavailable(
+            "overloaded",
+            "the buffer is full (--max-buffer-bytes); the sink is not keeping up, retry later",
+            1,
+        ),
+        Refused::Draining => {
+            reply::unavailable("overloaded", DRAINING, 5)
+        }
+        Refused::LargerThanBudget => reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request is larger than the whole buffer (--max-buffer-bytes)",
+        ),
+    };
+    Rejection { uncounted_reason: None, reply }
+}
