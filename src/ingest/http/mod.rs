@@ -153,7 +153,7 @@ async fn route_request(api: &Api, transport: Transport, request: Request<Body>) 
         "/readyz" => return admin::readyz(api),
         _ => {}
     }
-    if let Err(response) = authorize(api, &request) {
+    if let Some(response) = refuse_unauthorized(api, &request) {
         METRICS.messages_rejected.with_label_values(&["unauthorized"]).inc();
         return response;
     }
@@ -165,17 +165,18 @@ async fn route_request(api: &Api, transport: Transport, request: Request<Body>) 
     }
 }
 
-fn authorize(api: &Api, request: &Request<Body>) -> Result<(), Reply> {
-    let Some(expected) = &api.token else { return Ok(()) };
+/// The 401 for a request without the right bearer token, if a token is required.
+fn refuse_unauthorized(api: &Api, request: &Request<Body>) -> Option<Reply> {
+    let expected = api.token.as_ref()?;
     let given = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     match given {
-        Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
-        Some(_) => Err(reply::error(StatusCode::UNAUTHORIZED, "unauthorized", "wrong bearer token")),
-        None => Err(reply::error(
+        Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => None,
+        Some(_) => Some(reply::error(StatusCode::UNAUTHORIZED, "unauthorized", "wrong bearer token")),
+        None => Some(reply::error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "this sidecar needs `Authorization: Bearer <token>`",
