@@ -35,7 +35,6 @@ fn main() -> ExitCode {
 }
 
 fn fatal(message: String) -> ExitCode {
-    tracing::error!("{message}");
     eprintln!("spout-sidecar: {message}");
     ExitCode::from(2)
 }
@@ -54,6 +53,7 @@ fn init_logging(filter: &str) {
 async fn run(options: Options) -> Result<ExitCode, String> {
     let mut signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let token = read_token(options.auth_token_file.as_deref())?;
+    check_exposure(&options, token.is_some())?;
 
     let spec = match &options.sink {
         SinkSpec::Auto => sink::resolve_auto(),
@@ -91,6 +91,9 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         max_message_bytes: options.max_message_bytes,
         max_request_bytes: options.max_request_bytes,
         token,
+        header_timeout: options.header_timeout,
+        body_timeout: options.body_timeout,
+        max_connections: options.max_connections as usize,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut socket_files = Vec::new();
@@ -126,6 +129,7 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         let signal = signals.recv().await;
         tracing::info!("received {signal:?}");
     } else {
+        endpoints.stdout_is_sink = spec == SinkSpec::Stdout;
         let mut child = supervisor::spawn(&options.command, &endpoints)
             .map_err(|e| format!("cannot run {}: {e}", options.command[0]))?;
         let status = loop {
@@ -163,6 +167,27 @@ async fn run(options: Options) -> Result<ExitCode, String> {
             );
             Ok(ExitCode::from(3))
         }
+    }
+}
+
+/// Refuses to serve an unauthenticated API beyond this host unless told to.
+fn check_exposure(options: &Options, has_token: bool) -> Result<(), String> {
+    let Listen::Tcp(addr) = &options.listen else { return Ok(()) };
+    if has_token || options.allow_unauthenticated {
+        return Ok(());
+    }
+    let loopback = match addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])) {
+        Some("localhost") => true,
+        Some(host) => host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    };
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "--listen {addr} is reachable from other hosts: give --auth-token-file, \
+             or --allow-unauthenticated if anyone who can reach it may write to your repo"
+        ))
     }
 }
 

@@ -14,12 +14,18 @@ pub struct Endpoints<'a> {
     pub url: Option<String>,
     pub socket: Option<&'a Path>,
     pub raw_socket: Option<&'a Path>,
+    /// Our stdout carries the `stdout:` sink's tar stream: the child's output must
+    /// not mix into it, so it goes to stderr instead.
+    pub stdout_is_sink: bool,
 }
 
 pub fn spawn(command: &[String], endpoints: &Endpoints<'_>) -> std::io::Result<Child> {
     let (program, args) = command.split_first().expect("clap requires a command after --");
     let mut cmd = Command::new(program);
     cmd.args(args);
+    if endpoints.stdout_is_sink {
+        cmd.stdout(std::io::stderr());
+    }
     if let Some(url) = &endpoints.url {
         cmd.env("SPOUT_URL", url);
     }

@@ -78,7 +78,13 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
     }
     let content_type = request.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}"));
     let framing = Framing::from_content_type(content_type)?;
-    let body = read_body(api, request).await?;
+    let body = tokio::time::timeout(api.body_timeout, read_body(api, request)).await.map_err(|_| {
+        Rejection::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the body did not arrive within --body-timeout ({:?})", api.body_timeout),
+        )
+    })??;
     let messages = framing::decode(&framing, body, options.file.as_deref(), api.max_message_bytes).await?;
     if messages.is_empty() {
         let status = if options.wait_commit { StatusCode::OK } else { StatusCode::ACCEPTED };

@@ -23,7 +23,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use super::{Intake, Transport};
 use crate::metrics::METRICS;
@@ -41,10 +41,10 @@ pub struct Api {
     pub max_request_bytes: u64,
     /// The bearer token `--auth-token-file` holds.
     pub token: Option<String>,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
 }
-
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A listener HTTP can be served on: TCP or a Unix socket.
 pub trait Listener: Send + Sync + 'static {
@@ -71,7 +71,14 @@ impl Listener for tokio::net::UnixListener {
 
 /// Accepts connections until `shutdown` turns true, serving each on its own task.
 pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener, mut shutdown: watch::Receiver<bool>) {
+    let connections = Arc::new(Semaphore::new(api.max_connections));
     loop {
+        // Waiting for a slot before accepting leaves further clients in the kernel's
+        // backlog instead of accepting connections we would not serve.
+        let slot = tokio::select! {
+            slot = connections.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = shutdown.wait_for(|&stop| stop) => return,
+        };
         let stream = tokio::select! {
             accepted = listener.accept_stream() => accepted,
             _ = shutdown.wait_for(|&stop| stop) => return,
@@ -87,13 +94,15 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
         };
         let api = api.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            let header_timeout = api.header_timeout;
             let service = service_fn(move |request| {
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(handle(&api, transport, request).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(error) = connection.await {
                 tracing::debug!("connection ended: {error}");
