@@ -107,6 +107,14 @@ pub struct Options {
     #[arg(long, env = "SPOUT_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_connections: u32,
 
+    /// How many `Idempotency-Key`s to remember for retries.
+    #[arg(long, env = "SPOUT_IDEMPOTENCY_KEYS", default_value_t = 100_000, value_name = "N")]
+    pub idempotency_keys: usize,
+
+    /// How long to remember an `Idempotency-Key`.
+    #[arg(long, env = "SPOUT_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = humantime::parse_duration, value_name = "DUR")]
+    pub idempotency_window: Duration,
+
     /// On SIGTERM, how long to keep committing what was accepted before giving up
     /// and exiting non-zero. Kubernetes waits 30 s by default.
     #[arg(long, env = "SPOUT_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration, value_name = "DUR")]

@@ -15,6 +15,7 @@ use spout_sidecar::batch::{Batcher, Policy};
 use spout_sidecar::buffer::Budget;
 use spout_sidecar::config::{Listen, Options};
 use spout_sidecar::ingest::http::{self, Api};
+use spout_sidecar::ingest::idempotency::Idempotency;
 use spout_sidecar::ingest::{raw_socket, Intake, Transport};
 use spout_sidecar::message::Sequencer;
 use spout_sidecar::shutdown::{self, Signals, SocketFile};
@@ -94,6 +95,7 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         header_timeout: options.header_timeout,
         body_timeout: options.body_timeout,
         max_connections: options.max_connections as usize,
+        idempotency: Idempotency::new(options.idempotency_keys, options.idempotency_window),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut socket_files = Vec::new();

@@ -199,3 +199,38 @@ fn bearer_token_guards_everything_but_health() {
     let ok = client::request(addr, "POST", "/messages", &[("Authorization", "Bearer s3cret")], b"x");
     assert_eq!(ok.status, 202, "{}", ok.text());
 }
+
+#[test]
+fn idempotency_key_retries_are_not_enqueued_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sidecar = start(tmp.path(), &["--max-batch-age", "300ms"]);
+    let send = |body: &[u8], target: &str| {
+        client::request(&sidecar.addr, "POST", target, &[("Idempotency-Key", "order-17")], body)
+    };
+    let first = send(b"once", "/messages");
+    assert_eq!(first.status, 202, "{}", first.text());
+    let retry = send(b"once", "/messages");
+    assert_eq!(retry.status, 202);
+    assert_eq!(retry.json()["first_seq"], first.json()["first_seq"], "the retry replays the first answer");
+    let waited = send(b"once", "/messages?wait=commit");
+    assert_eq!(waited.status, 200, "{}", waited.text());
+    assert_eq!(waited.json()["first_seq"], first.json()["first_seq"]);
+    assert!(waited.json()["commit"].is_string());
+    let conflict = send(b"something else", "/messages");
+    assert_eq!(conflict.status, 422);
+    assert_eq!(conflict.json()["error"], "idempotency_key_reused");
+    assert_eq!(contents(tmp.path()), vec![b"once".to_vec()]);
+    let metrics = client::get(&sidecar.addr, "/metrics").text();
+    assert!(metrics.contains("spout_idempotency_hits_total 3"), "{metrics}");
+}
+
+#[test]
+fn refuses_an_exposed_listener_without_a_token() {
+    let output = std::process::Command::new(support::sidecar::BIN)
+        .args(["--listen", "0.0.0.0:0", "--sink", "stdout:"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--auth-token-file") && stderr.contains("--allow-unauthenticated"), "{stderr}");
+}

@@ -44,6 +44,7 @@ pub struct Api {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
+    pub idempotency: super::idempotency::Idempotency,
 }
 
 /// A listener HTTP can be served on: TCP or a Unix socket.
