@@ -15,6 +15,7 @@ pub mod dir;
 pub mod fifo;
 pub mod health;
 pub mod stdout;
+pub mod vectored;
 
 use std::fmt;
 use std::path::PathBuf;
