@@ -47,6 +47,11 @@ impl Archive {
     }
 }
 
+/// Encodes one commit's files as one archive stamped with the current time.
+pub fn encode_now(files: &[File]) -> Archive {
+    encode(files, crate::message::unix_nanos() / 1_000_000_000)
+}
+
 /// Encodes one commit's files as one archive; `mtime` in seconds since the epoch.
 pub fn encode(files: &[File], mtime: u64) -> Archive {
     let mut headers = BytesMut::with_capacity(files.iter().map(|f| header_len(&f.name)).sum());
@@ -114,7 +119,10 @@ mod tests {
     use std::io::Read;
 
     fn file(name: &str, chunks: &[&[u8]]) -> File {
-        File { name: name.into(), data: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>().into() }
+        File {
+            name: name.into(),
+            data: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>().into(),
+        }
     }
 
     fn flatten(archive: &Archive) -> Vec<u8> {

@@ -60,7 +60,9 @@ impl Cursor {
 pub fn write_from(out: &mut impl Write, chunks: &[Bytes], at: &mut Cursor) -> io::Result<()> {
     loop {
         at.skip_finished(chunks);
-        let Some(first) = chunks.get(at.chunk) else { return Ok(()) };
+        let Some(first) = chunks.get(at.chunk) else {
+            return Ok(());
+        };
         let rest = &chunks[at.chunk + 1..];
         let mut slices = Vec::with_capacity(IOV_MAX.min(rest.len() + 1));
         slices.push(IoSlice::new(&first[at.offset..]));
@@ -115,6 +117,21 @@ pub fn poll_writable(fd: BorrowedFd<'_>, want_write: bool, timeout: Duration) ->
         writable: pollfd.revents & libc::POLLOUT != 0,
         reader_gone: pollfd.revents & (libc::POLLERR | libc::POLLHUP) != 0,
     })
+}
+
+/// Makes a write to a pipe without reader fail with `EPIPE` on this thread rather
+/// than kill the process with `SIGPIPE`. Rust's runtime ignores SIGPIPE for its own
+/// binaries, but a library must not count on how its host was built (a test
+/// harness, `-Zon-broken-pipe=kill`). The signal a write raises goes to the writing
+/// thread, so blocking it here is enough and leaves the rest of the process alone.
+pub fn block_sigpipe_on_this_thread() {
+    // SAFETY: plain signal-set manipulation on stack values.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Bytes written into a pipe that its reader has not read yet (`FIONREAD`, which
@@ -193,7 +210,8 @@ mod tests {
     #[test]
     fn resumes_on_a_full_non_blocking_pipe() {
         let (mut reader, mut writer) = pipe();
-        let chunks: Vec<Bytes> = (0..2500).map(|i| Bytes::from(vec![(i % 256) as u8; 100 + i % 300])).collect();
+        let chunks: Vec<Bytes> =
+            (0..2500).map(|i| Bytes::from(vec![(i % 256) as u8; 100 + i % 300])).collect();
         let mut at = Cursor::default();
         let mut got = Vec::new();
         let mut would_block = 0;
