@@ -16,7 +16,6 @@ pub mod fifo;
 pub mod health;
 pub mod stdout;
 pub mod vectored;
-pub mod vectored;
 
 use std::fmt;
 use std::path::PathBuf;
