@@ -161,6 +161,14 @@ async fn run(options: Options) -> Result<ExitCode, String> {
             Ok(exit)
         }
         Err(left) => {
+            // The sink now fails what it holds; let it answer the waiting requests
+            // (502) before the process goes.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio::task::spawn_blocking(move || sink_thread.join()),
+            )
+            .await;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             tracing::error!(
                 "shutdown timeout ({}) passed with {} bytes in {} batches not committed",
                 humantime::format_duration(options.shutdown_timeout),
