@@ -282,4 +282,12 @@ impl Sink for FifoSink {
         self.progress(wait, ctx);
         self.queue.len()
     }
+
+    /// Opens the pipe ahead of the first batch: `/readyz` then says whether a
+    /// reader is there, and the first archive does not wait for the open.
+    fn probe(&mut self, ctx: &SinkContext) {
+        if self.pipe.is_none() {
+            self.try_open(ctx);
+        }
+    }
 }
