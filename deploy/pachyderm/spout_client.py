@@ -1,8 +1,9 @@
 """The few lines a producer needs to talk to spout-sidecar, standard library only.
 
 `spout-sidecar -- CMD` sets SPOUT_URL for CMD; a separate-container deployment sets it
-in the pod spec. SPOUT_AUTH_TOKEN_FILE, when set, names the file holding the bearer
-token the sidecar requires once it listens beyond loopback.
+in the pod spec. PRODUCER_TOKEN_FILE, when set, names the file holding the bearer
+token the sidecar requires once it listens beyond loopback (the same file as its
+--auth-token-file; the sidecar passes none of its own SPOUT_* settings to CMD).
 """
 
 import json
@@ -16,7 +17,7 @@ MAX_OVERLOAD_RETRIES = 30
 
 
 def _token():
-    path = os.environ.get("SPOUT_AUTH_TOKEN_FILE")
+    path = os.environ.get("PRODUCER_TOKEN_FILE")
     if not path:
         return None
     with open(path, encoding="utf-8") as f:

@@ -106,9 +106,8 @@ fn dockerfile_builds_a_release_binary_into_a_small_non_root_image() {
         "RUST_VERSION {toolchain} is older than the crate's rust-version {needed}"
     );
 
-    let port = crate::kubernetes::patched_sidecar_port(&files::json(
-        &dir.join("k8s/pachyderm-pod-patch.json"),
-    ));
+    let patch = files::json(&dir.join("k8s/pachyderm-pod-patch.json"));
+    let port = crate::sidecar::port(&crate::kubernetes::patched_sidecar(&patch), "pod patch");
     for stage in stages
         .iter()
         .filter(|s| s.iter().any(|i| i.keyword == "ENTRYPOINT"))

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{json, Value};
+use spout_sidecar::config::Options;
 use spout_sidecar::sink::SinkSpec;
 
 use crate::files::{self, shown};
@@ -115,7 +116,7 @@ fn sidecar_container(pod: &Pod) -> &Value {
         .unwrap_or_else(|| panic!("{}: no container named spout-sidecar", pod.context))
 }
 
-fn sidecar_options(container: &Value, context: &str) -> spout_sidecar::config::Options {
+fn sidecar_options(container: &Value, context: &str) -> Options {
     assert!(
         container.get("command").is_none(),
         "{context}: the image's ENTRYPOINT is the sidecar; give options as args"
@@ -125,13 +126,14 @@ fn sidecar_options(container: &Value, context: &str) -> spout_sidecar::config::O
     sidecar::parse(&args, &container_env(container), context)
 }
 
-pub fn patched_sidecar_port(patch: &Value) -> u16 {
+/// The options of the sidecar container a pod patch adds.
+pub fn patched_sidecar(patch: &Value) -> Options {
     let pod = patched_pod_spec(patch);
     let container = pod["containers"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["name"] == "spout-sidecar"))
         .expect("the patch adds spout-sidecar");
-    sidecar::port(&sidecar_options(container, "pod patch"), "pod patch")
+    sidecar_options(container, "pod patch")
 }
 
 /// `384Mi`, `1Gi`, `512M`: the memory quantities Kubernetes manifests use.
@@ -240,7 +242,7 @@ fn sidecar_containers_are_probed_drained_and_sized() {
 
 /// Every mount names a volume of the pod; the token sits in a secret; a `dir:` sink
 /// writes to a writable mount (the root filesystem is read-only).
-fn assert_mounts(pod: &Pod, container: &Value, options: &spout_sidecar::config::Options) {
+fn assert_mounts(pod: &Pod, container: &Value, options: &Options) {
     let context = &pod.context;
     let declared = pod.spec["volumes"].as_array().cloned().unwrap_or_default();
     let is_secret = |name: &str| {
@@ -352,5 +354,74 @@ fn service_and_scrape_annotations_reach_the_sidecar() {
                 shown(&files::deploy_dir().join("k8s/deployment.yaml"))
             );
         }
+    }
+}
+
+/// The other containers of the Deployment's pod are producers: they reach the sidecar
+/// over the pod's loopback and send the token it requires, read from the same secret.
+#[test]
+fn producers_reach_the_sidecar_with_its_token() {
+    let pod = pods().into_iter().next().expect("the Deployment's pod");
+    let context = &pod.context;
+    let sidecar = sidecar_container(&pod);
+    let options = sidecar_options(sidecar, context);
+    let port = sidecar::port(&options, context);
+    let secret_of = |container: &Value, file: &Path| {
+        container["volumeMounts"]
+            .as_array()
+            .and_then(|mounts| {
+                mounts.iter().find(|m| {
+                    m["mountPath"]
+                        .as_str()
+                        .is_some_and(|dir| file.starts_with(dir))
+                })
+            })
+            .map(|mount| mount["name"].clone())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{context}: {} is not mounted in {}",
+                    file.display(),
+                    container["name"]
+                )
+            })
+    };
+    let producers: Vec<&Value> = pod.spec["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter(|c| c["name"] != "spout-sidecar")
+        .collect();
+    assert!(
+        !producers.is_empty(),
+        "{context}: no producer beside the sidecar"
+    );
+    for producer in producers {
+        let env = container_env(producer);
+        assert_eq!(
+            env.get("SPOUT_URL"),
+            Some(&format!("http://127.0.0.1:{port}")),
+            "{context}: {} must reach the sidecar",
+            producer["name"]
+        );
+        let token = options
+            .auth_token_file
+            .as_deref()
+            .expect("the sidecar listens beyond loopback");
+        assert_eq!(
+            env.get("PRODUCER_TOKEN_FILE").map(Path::new),
+            Some(token),
+            "{context}: {} must send the sidecar's token",
+            producer["name"]
+        );
+        assert_eq!(
+            secret_of(producer, token),
+            secret_of(sidecar, token),
+            "{context}: the producer's token comes from another volume"
+        );
+        crate::pachyderm::assert_producer_exists(
+            &serde_json::from_value::<Vec<String>>(producer["command"].clone())
+                .expect("producer command"),
+            context,
+        );
     }
 }

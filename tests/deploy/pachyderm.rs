@@ -317,6 +317,13 @@ fn supervised_sidecars_parse_and_match_their_spec() {
                 token.display()
             );
         }
+        let producer_token = transform_env(&spec)
+            .get("PRODUCER_TOKEN_FILE")
+            .map(PathBuf::from);
+        assert_eq!(
+            producer_token, options.auth_token_file,
+            "{context}: the producer must send the token the sidecar requires: PRODUCER_TOKEN_FILE is --auth-token-file"
+        );
     }
 }
 
@@ -353,7 +360,22 @@ fn pod_patched_spec_embeds_the_kubernetes_patch() {
         let url = transform_env(&spec)
             .remove("SPOUT_URL")
             .unwrap_or_else(|| panic!("{context}: the producer needs SPOUT_URL"));
-        let port = crate::kubernetes::patched_sidecar_port(&patch);
+        let options = crate::kubernetes::patched_sidecar(&patch);
+        let port = sidecar::port(&options, &context);
+        let env = transform_env(&spec);
+        let token = env.get("PRODUCER_TOKEN_FILE").map(PathBuf::from);
+        assert_eq!(
+            token, options.auth_token_file,
+            "{context}: the producer must send the sidecar's token (PRODUCER_TOKEN_FILE)"
+        );
+        if let Some(token) = &token {
+            assert!(
+                secret_mounts(&spec)
+                    .iter()
+                    .any(|dir| token.starts_with(dir)),
+                "{context}: the producer's token file is in no mounted secret"
+            );
+        }
         assert_eq!(
             url,
             format!("http://127.0.0.1:{port}"),
