@@ -15,6 +15,7 @@ pub mod dir;
 pub mod fifo;
 pub mod health;
 pub mod stdout;
+pub mod vectored;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::ack::{BatchAck, Receipt};
 use crate::batch::Batch;
-use crate::message::{batch_file_name, File, Payload};
+use crate::message::{batch_file_name, File, Payload, Sequencer};
 
 pub use health::{Health, SinkState};
 
@@ -63,11 +64,18 @@ pub struct SinkContext {
     pub give_up: Arc<AtomicBool>,
     /// Pachyderm's `overwrite`: a file name already in the repo is replaced.
     pub overwrite: bool,
+    /// How batches become files; [`run`] sets it, so sinks can write [`receipt`]s.
+    pub layout: Layout,
 }
 
 impl SinkContext {
     pub fn new(health: Arc<Health>, overwrite: bool) -> Self {
-        Self { health, give_up: Arc::new(AtomicBool::new(false)), overwrite }
+        Self { health, give_up: Arc::new(AtomicBool::new(false)), overwrite, layout: Layout::Message }
+    }
+
+    /// The receipt for `files` committed as `commit`.
+    pub fn receipt(&self, commit: String, files: &[File]) -> Receipt {
+        receipt(commit, files, self.layout)
     }
 
     pub fn giving_up(&self) -> bool {
@@ -136,6 +144,7 @@ pub fn receipt(commit: String, files: &[File], layout: Layout) -> Receipt {
 /// what is still in flight. Blocking writes happen here, never on the async runtime.
 pub fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, layout_kind: Layout, ctx: SinkContext) {
     const POLL: Duration = Duration::from_millis(2);
+    let ctx = SinkContext { layout: layout_kind, ..ctx };
     let mut in_flight = 0;
     loop {
         let next = if in_flight > 0 {
@@ -151,6 +160,12 @@ pub fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, layout_kind: Layou
         in_flight = sink.settle(Duration::ZERO, &ctx);
     }
     while sink.settle(Duration::from_millis(50), &ctx) > 0 && !ctx.giving_up() {}
+}
+
+/// The next id of a sink that names commits itself (stdout, fifo): zero-padded so
+/// ids sort, and increasing across restarts when `ids` starts from the clock.
+pub fn next_commit_id(ids: &mut Sequencer) -> String {
+    format!("{:020}", ids.take(1))
 }
 
 /// A parsed `--sink` URI.
@@ -217,7 +232,7 @@ pub fn open(spec: &SinkSpec) -> std::io::Result<Box<dyn Sink>> {
     Ok(match spec {
         SinkSpec::Fifo(path) => Box::new(fifo::FifoSink::new(path.clone())),
         SinkSpec::Dir(path) => Box::new(dir::DirSink::open(path.clone())?),
-        SinkSpec::Stdout => Box::new(stdout::StdoutSink::new()),
+        SinkSpec::Stdout => Box::new(stdout::StdoutSink::new()?),
         SinkSpec::Auto => return open(&resolve_auto()),
     })
 }
