@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use hyper::Method;
 use tokio::io::AsyncWriteExt;
@@ -236,7 +237,11 @@ impl Connection {
     async fn open(target: &Target) -> anyhow::Result<Connection> {
         Ok(match target {
             Target::Http(endpoint) => Connection::Http(Conn::open(endpoint).await?),
-            Target::Raw(path) => Connection::Raw(tokio::net::UnixStream::connect(path).await?),
+            Target::Raw(path) => Connection::Raw(
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .with_context(|| format!("connecting to the raw socket {}", path.display()))?,
+            ),
         })
     }
 }

@@ -75,13 +75,18 @@ pub struct Stopped {
 }
 
 impl Server {
-    /// Starts `program` with its stdout and stderr in `log`.
-    pub fn spawn(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Server> {
+    /// Starts `program` with its stderr in `log`, and its stdout there too unless
+    /// `stdout` is given (the `stdout:` sink's stream).
+    pub fn spawn(program: &Path, args: &[String], log: &Path, stdout: Option<File>) -> anyhow::Result<Server> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let stdout = match stdout {
+            Some(file) => file,
+            None => out.try_clone()?,
+        };
         let child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
+            .stdout(stdout)
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;

@@ -53,7 +53,7 @@ impl WorkDir {
 /// Where the run's messages end up and how they are read back.
 enum Readback {
     Dir(PathBuf),
-    Fifo(readback::PipeReader<Tally>),
+    Fifo(readback::PipeReader<Tally>, PathBuf),
 }
 
 impl Readback {
@@ -63,21 +63,29 @@ impl Readback {
                 let path = path.clone().unwrap_or_else(|| work.join("out"));
                 (format!("dir:{}", path.display()), Readback::Dir(path))
             }
-            Sink::Fifo(path) => {
-                let path = path.clone().unwrap_or_else(|| work.join("out.fifo"));
+            Sink::Fifo(_) | Sink::Stdout => {
+                let given = match &scenario.sink {
+                    Sink::Fifo(path) => path.clone(),
+                    _ => None,
+                };
+                let path = given.unwrap_or_else(|| work.join("out.fifo"));
                 if !path.exists() {
                     readback::make_fifo(&path)?;
                 }
                 let rate = scenario.reader_rate.map(|mb| mb * 1e6);
                 let reader = readback::tar_reader(&path, rate, Tally::new(run), scenario.separator());
-                (format!("fifo:{}", path.display()), Readback::Fifo(reader))
+                let uri = match scenario.sink {
+                    Sink::Stdout => "stdout:".to_owned(),
+                    _ => format!("fifo:{}", path.display()),
+                };
+                (uri, Readback::Fifo(reader, path))
             }
         })
     }
 
     fn finish(self, run: u32, scenario: &Scenario) -> anyhow::Result<Tally> {
         match self {
-            Readback::Fifo(reader) => reader.finish(),
+            Readback::Fifo(reader, _) => reader.finish(),
             Readback::Dir(path) => {
                 let mut tally = Tally::new(run);
                 readback::read_dir_tree(&path, scenario.separator(), &mut tally)?;
@@ -154,7 +162,11 @@ pub async fn run(scenario: &Scenario, harness: &Harness) -> anyhow::Result<Repor
             let binary = process::locate_sidecar(harness.sidecar.as_deref(), harness.debug)?;
             let addr = process::free_port()?;
             let args = sidecar_args(scenario, &addr.to_string(), &work, &sink_uri);
-            let mut server = Server::spawn(&binary, &args, &work.join("sidecar.log"))?;
+            let stdout = match (&scenario.sink, &readback) {
+                (Sink::Stdout, Readback::Fifo(_, pipe)) => Some(std::fs::OpenOptions::new().write(true).open(pipe)?),
+                _ => None,
+            };
+            let mut server = Server::spawn(&binary, &args, &work.join("sidecar.log"), stdout)?;
             let control = Endpoint::Tcp(addr);
             server.wait_ready(&control).await?;
             let target = match scenario.transport {

@@ -39,6 +39,9 @@ pub enum Sink {
     /// A named pipe under the work directory (created), or at the path given; read
     /// by the harness as a Pachyderm worker would.
     Fifo(Option<PathBuf>),
+    /// `stdout:`: the sidecar's standard output goes into a named pipe the harness
+    /// reads like a `fifo:` sink.
+    Stdout,
 }
 
 impl std::str::FromStr for Sink {
@@ -46,12 +49,15 @@ impl std::str::FromStr for Sink {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+        if s == "stdout" || s == "stdout:" {
+            return Ok(Sink::Stdout);
+        }
         match s.split_once(':') {
             None if s == "dir" => Ok(Sink::Dir(None)),
             None if s == "fifo" => Ok(Sink::Fifo(None)),
             Some(("dir", p)) => Ok(Sink::Dir(path(p))),
             Some(("fifo", p)) => Ok(Sink::Fifo(path(p))),
-            _ => Err(format!("`{s}`: expected dir, fifo, dir:PATH or fifo:PATH")),
+            _ => Err(format!("`{s}`: expected dir, fifo, dir:PATH, fifo:PATH or stdout")),
         }
     }
 }
@@ -61,6 +67,7 @@ impl Serialize for Sink {
         let (kind, path) = match self {
             Sink::Dir(p) => ("dir", p),
             Sink::Fifo(p) => ("fifo", p),
+            Sink::Stdout => ("stdout", &None),
         };
         match path {
             Some(p) => s.serialize_str(&format!("{kind}:{}", p.display())),
@@ -127,7 +134,8 @@ pub struct Scenario {
     #[arg(long)]
     pub wait_commit: bool,
 
-    /// The sink: `fifo` or `dir` (in the work directory), or `fifo:PATH` / `dir:PATH`.
+    /// The sink: `fifo` or `dir` (in the work directory), `fifo:PATH` / `dir:PATH`,
+    /// or `stdout` (the sidecar's tar stream on standard output, read by the harness).
     #[arg(long, default_value = "fifo")]
     pub sink: Sink,
 
