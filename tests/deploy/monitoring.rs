@@ -3,10 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use prometheus::core::Collector;
-use prometheus::proto::MetricType;
 use serde_json::Value;
-use spout_sidecar::metrics::METRICS;
 
 use crate::files;
 use crate::promql::{self, Query, TARGET_LABELS};
@@ -116,47 +113,6 @@ impl Catalog {
             }
         }
     }
-}
-
-/// The families the sidecar registers, read from its registry. Labelled families only
-/// show in a scrape once a label value was used, so those come from their descriptors.
-fn registered() -> Catalog {
-    let mut catalog = Catalog::default();
-    for family in METRICS.registry.gather() {
-        let labels = family
-            .get_metric()
-            .iter()
-            .flat_map(|m| m.get_label())
-            .map(|l| (l.name().to_owned(), Some(l.value().to_owned())));
-        catalog.add(
-            family.name(),
-            family.get_field_type() == MetricType::HISTOGRAM,
-            labels.collect::<Vec<_>>(),
-        );
-    }
-    let m = &*METRICS;
-    let labelled: [(&dyn Collector, bool); 8] = [
-        (&m.messages_received, false),
-        (&m.bytes_received, false),
-        (&m.requests, false),
-        (&m.request_duration, true),
-        (&m.messages_rejected, false),
-        (&m.batches_committed, false),
-        (&m.sink_errors, false),
-        (&m.sink_state, false),
-    ];
-    for (collector, histogram) in labelled {
-        for desc in collector.desc() {
-            let labels = desc.variable_labels.iter().map(|l| (l.clone(), None));
-            catalog.add(&format!("spout_{}", desc.fq_name), histogram, labels);
-        }
-    }
-    catalog
-}
-
-#[test]
-fn queries_use_only_exported_families_and_labels() {
-    registered().assert_serves(&promql::all_queries(), false);
 }
 
 #[test]

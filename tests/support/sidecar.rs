@@ -25,7 +25,9 @@ impl Sidecar {
     /// Like `start`, letting the test adjust the command (env, working dir, stdout).
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
         let mut command = Command::new(BIN);
-        command.args(["--listen", "127.0.0.1:0", "--log", "info"]).args(args);
+        command
+            .args(["--listen", "127.0.0.1:0", "--log", "info"])
+            .args(args);
         command.stderr(Stdio::piped()).stdin(Stdio::null());
         for (key, _) in std::env::vars() {
             if key.starts_with("SPOUT_") {
@@ -49,10 +51,15 @@ impl Sidecar {
                 }
             });
         }
-        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("sidecar did not start listening; log:\n{}", log.lock().unwrap())
-        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "sidecar did not start listening; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
         Self { child, addr, log }
     }
 
@@ -85,7 +92,10 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "process did not exit within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -120,7 +130,11 @@ pub fn dir_commits(root: &Path) -> Vec<(String, String, Vec<u8>)> {
                 if path.is_dir() {
                     stack.push(path);
                 } else {
-                    let name = path.strip_prefix(&commit).unwrap().to_string_lossy().into_owned();
+                    let name = path
+                        .strip_prefix(&commit)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
                     in_commit.push((id.clone(), name, std::fs::read(&path).unwrap()));
                 }
             }
