@@ -25,9 +25,7 @@ impl Sidecar {
     /// Like `start`, letting the test adjust the command (env, working dir, stdout).
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
         let mut command = Command::new(BIN);
-        command
-            .args(["--listen", "127.0.0.1:0", "--log", "info"])
-            .args(args);
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
         command.stderr(Stdio::piped()).stdin(Stdio::null());
         for (key, _) in std::env::vars() {
             if key.starts_with("SPOUT_") {
@@ -42,24 +40,26 @@ impl Sidecar {
         {
             let log = log.clone();
             std::thread::spawn(move || {
+                let mut addr = None;
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
-                        let _ = tx.send(addr.trim().to_owned());
+                    if let Some(found) = line.split("listening on http://").nth(1) {
+                        addr = Some(found.trim().to_owned());
+                    }
+                    // Every listener is bound once the ready line is out.
+                    if line.contains(" ready") {
+                        if let Some(addr) = addr.take() {
+                            let _ = tx.send(addr);
+                        }
                     }
                     log.lock().unwrap().push_str(&line);
                     log.lock().unwrap().push('\n');
                 }
             });
         }
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!(
-                    "sidecar did not start listening; log:\n{}",
-                    log.lock().unwrap()
-                )
-            });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("sidecar did not start listening; log:\n{}", log.lock().unwrap())
+        });
         Self { child, addr, log }
     }
 
@@ -92,10 +92,7 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "process did not exit within {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "process did not exit within {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -130,11 +127,7 @@ pub fn dir_commits(root: &Path) -> Vec<(String, String, Vec<u8>)> {
                 if path.is_dir() {
                     stack.push(path);
                 } else {
-                    let name = path
-                        .strip_prefix(&commit)
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned();
+                    let name = path.strip_prefix(&commit).unwrap().to_string_lossy().into_owned();
                     in_commit.push((id.clone(), name, std::fs::read(&path).unwrap()));
                 }
             }
