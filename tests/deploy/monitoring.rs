@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::files;
-use crate::promql::{self, Query, TARGET_LABELS};
+use crate::promql::{self, Query};
 
 /// What the sidecar exports, as far as queries can tell: each family's labels, and for
 /// label values that exist, the values.
@@ -60,6 +60,7 @@ impl Catalog {
     /// with `values`, the values of `label="value"` matchers must exist too (only a
     /// scrape after traffic knows them).
     pub fn assert_serves(&self, queries: &[Query], values: bool) {
+        let from_prometheus = promql::target_labels();
         for query in queries {
             let context = format!("{}: {}", query.source, query.expr);
             let mut labels_below = BTreeMap::new();
@@ -70,7 +71,7 @@ impl Catalog {
                 for label in selector
                     .labels
                     .iter()
-                    .filter(|l| !TARGET_LABELS.contains(&l.as_str()))
+                    .filter(|l| !from_prometheus.contains(l.as_str()))
                 {
                     assert!(
                         labels.contains(label),
@@ -82,7 +83,7 @@ impl Catalog {
                     for (label, value) in selector
                         .equal
                         .iter()
-                        .filter(|(l, _)| !TARGET_LABELS.contains(&l.as_str()))
+                        .filter(|(l, _)| !from_prometheus.contains(l.as_str()))
                     {
                         let known = family.values.get(label).cloned().unwrap_or_default();
                         assert!(
@@ -98,7 +99,7 @@ impl Catalog {
                 for label in grouping
                     .labels
                     .iter()
-                    .filter(|l| !TARGET_LABELS.contains(&l.as_str()))
+                    .filter(|l| !from_prometheus.contains(l.as_str()))
                 {
                     let somewhere = grouping
                         .metrics
