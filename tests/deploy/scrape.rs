@@ -232,11 +232,13 @@ fn counters_match_the_traffic_and_the_sink() {
         m.value("spout_batches_committed_total", &[("reason", "messages")]) >= 1.0,
         "--max-batch-messages 4 sealed batches"
     );
-    assert_eq!(
-        m.value("spout_batches_committed_total", &[("reason", "flush")]),
-        1.0,
-        "one /flush"
-    );
+    // How many batches the age or /flush sealed depends on timing; the three reasons
+    // together account for every commit.
+    let by_reason: f64 = ["messages", "age", "flush"]
+        .iter()
+        .map(|reason| m.value("spout_batches_committed_total", &[("reason", reason)]))
+        .sum();
+    assert_eq!(by_reason, commits, "every commit has a reason of the contract");
     assert!(
         m.value("spout_ack_wait_seconds_count", &[]) >= 1.0,
         "the wait=commit request"
