@@ -164,9 +164,13 @@ fn read_archive(pipe: &mut File, control: &Control) -> Outcome {
         if must_die() {
             return Outcome::Died;
         }
-        let size = tar::Header::from_byte_slice(&header)
-            .entry_size()
-            .expect("a valid tar header: did the reader start inside an archive?");
+        let header = tar::Header::from_byte_slice(&header);
+        assert_eq!(
+            header.cksum().ok(),
+            Some(checksum(header.as_bytes())),
+            "a valid tar header: did the reader start inside an archive?"
+        );
+        let size = header.entry_size().expect("a header's size");
         for _ in 0..size.div_ceil(BLOCK as u64) {
             let Some(data) = read_block(pipe, control) else { return Outcome::Truncated };
             archive.extend_from_slice(&data);
@@ -196,6 +200,14 @@ fn read_block(pipe: &mut File, control: &Control) -> Option<[u8; BLOCK]> {
         }
     }
     Some(block)
+}
+
+/// A header's checksum: the sum of its bytes, the checksum field counted as spaces.
+fn checksum(header: &[u8; BLOCK]) -> u32 {
+    let field = 148..156;
+    let sum: u32 =
+        header.iter().enumerate().filter(|(i, _)| !field.contains(i)).map(|(_, &b)| u32::from(b)).sum();
+    sum + 8 * u32::from(b' ')
 }
 
 fn is_zero(block: &[u8]) -> bool {
