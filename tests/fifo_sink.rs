@@ -162,26 +162,43 @@ fn assert_exactly_once(commits: &[Commit], count: usize) {
     }
 }
 
-#[test]
-fn keep_open_reader_commits_every_message_once() {
+/// 5,000 messages through one reader in `mode`: one archive per batch, each message once.
+fn one_archive_per_batch(mode: Mode) {
     let mut spout = Spout::new(64, 8 << 20);
-    let reader = PachydermReader::start(&spout.path, Mode::KeepOpen);
+    let reader = PachydermReader::start(&spout.path, mode);
     requests(0..5_000).for_each(|r| spout.send(r));
     spout.finish();
     let commits = reader.stop();
     assert_eq!(commits.len() as u64, spout.batches_settled(), "one archive per batch");
     assert_exactly_once(&commits, 5_000);
-    assert_eq!(spout.health.state(), SinkState::Up);
+}
+
+#[test]
+fn keep_open_reader_commits_every_message_once() {
+    one_archive_per_batch(Mode::KeepOpen);
 }
 
 #[test]
 fn reader_that_reopens_the_pipe_per_archive_commits_every_message_once() {
-    let mut spout = Spout::new(64, 8 << 20);
-    let reader = PachydermReader::start(&spout.path, Mode::ReopenEachArchive);
-    requests(0..5_000).for_each(|r| spout.send(r));
+    one_archive_per_batch(Mode::ReopenEachArchive);
+}
+
+#[test]
+fn reader_leaving_between_archives_hands_the_pipe_to_the_next() {
+    let mut spout = Spout::new(16, 4 << 20);
+    let first = PachydermReader::leaving_after(&spout.path, 20);
+    let (before, after) = std::thread::scope(|scope| {
+        scope.spawn(|| requests(0..5_000).for_each(|r| spout.send(r)));
+        let before = first.join();
+        // Long enough for the sink to notice the reader left; what it wrote past
+        // the last archive read stays in the pipe for the next reader.
+        std::thread::sleep(Duration::from_millis(50));
+        (before, PachydermReader::start(&spout.path, Mode::KeepOpen))
+    });
+    assert_eq!(before.len(), 20);
     spout.finish();
-    let commits = reader.stop();
-    assert_eq!(commits.len() as u64, spout.batches_settled(), "one archive per batch");
+    let mut commits = before;
+    commits.extend(after.stop());
     assert_exactly_once(&commits, 5_000);
 }
 
