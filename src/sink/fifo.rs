@@ -94,6 +94,27 @@ struct Absence {
     reported: bool,
 }
 
+impl Pipe {
+    /// Whether a reader has the pipe open; notes and, past a grace period, reports
+    /// its absence (older Pachyderm leaves between archives and comes right back).
+    fn reader_present(&mut self, ctx: &SinkContext) -> bool {
+        let gone = vectored::poll_writable(self.file.as_fd(), false, Duration::ZERO)
+            .is_ok_and(|ready| ready.reader_gone);
+        if !gone {
+            if self.absent.take().is_some() {
+                ctx.health.up();
+            }
+            return true;
+        }
+        let absence = self.absent.get_or_insert(Absence { since: Instant::now(), reported: false });
+        if !absence.reported && absence.since.elapsed() >= ABSENCE_GRACE {
+            absence.reported = true;
+            ctx.health.failing(SinkState::Down, "no_reader", &"the reader closed the pipe");
+        }
+        false
+    }
+}
+
 impl FifoSink {
     pub fn new(path: PathBuf) -> Self {
         Self {
@@ -161,20 +182,8 @@ impl FifoSink {
     /// what was consumed.
     fn exchange(&mut self, ctx: &SinkContext) {
         let pipe = self.pipe.as_mut().expect("called with the pipe open");
-        if let Some(absence) = &mut pipe.absent {
-            match vectored::poll_writable(pipe.file.as_fd(), false, Duration::ZERO) {
-                Ok(ready) if ready.reader_gone => {
-                    if !absence.reported && absence.since.elapsed() >= ABSENCE_GRACE {
-                        absence.reported = true;
-                        ctx.health.failing(SinkState::Down, "no_reader", &"the reader closed the pipe");
-                    }
-                    return;
-                }
-                _ => {
-                    pipe.absent = None;
-                    ctx.health.up();
-                }
-            }
+        if pipe.absent.is_some() && !pipe.reader_present(ctx) {
+            return;
         }
         if let Err(err) = self.write_more().and_then(|()| self.commit_consumed().map(drop)) {
             let kind = if err.kind() == io::ErrorKind::BrokenPipe { "epipe" } else { "io" };
@@ -281,5 +290,18 @@ impl Sink for FifoSink {
     fn settle(&mut self, wait: Duration, ctx: &SinkContext) -> usize {
         self.progress(wait, ctx);
         self.queue.len()
+    }
+
+    /// Opens the pipe ahead of the first batch, and notices a reader that left
+    /// while nothing was in flight: `/readyz` then says whether a reader is there,
+    /// and the next archive does not wait for the open. An idle pipe is empty, so
+    /// it stays open for whichever reader comes next.
+    fn probe(&mut self, ctx: &SinkContext) {
+        match &mut self.pipe {
+            None => self.try_open(ctx),
+            Some(pipe) => {
+                pipe.reader_present(ctx);
+            }
+        }
     }
 }
