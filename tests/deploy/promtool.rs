@@ -11,7 +11,7 @@ use crate::files::{self, shown};
 
 /// promtool, or None with a note when it is missing outside CI; in CI (`CI` set) a
 /// missing promtool fails, since .ci/run installs it.
-fn promtool() -> Option<Command> {
+pub fn promtool() -> Option<Command> {
     let found = Command::new("promtool")
         .arg("--version")
         .output()
