@@ -57,8 +57,7 @@ impl Connection {
 
     /// Sends a request with a body and the given extra headers; reads the answer.
     pub fn request(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        let mut head =
-            format!("{method} {target} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: {}\r\n", body.len());
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: {}\r\n", body.len());
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
