@@ -14,7 +14,8 @@
 //! first settles what the reader consumed, while the pipe can still tell. Then:
 //! - the reader left between two archives (`consumed` is an archive's first byte):
 //!   what is left in the pipe begins with a whole archive, so the pipe stays open
-//!   for the next reader (older Pachyderm closes and reopens it after each commit);
+//!   for the next reader. Older Pachyderm closes and reopens the pipe after each
+//!   commit; closing on our side too would expose every commit to the race below;
 //! - the reader left inside an archive: it discards that truncated archive, so the
 //!   sink closes the pipe at once, which makes the kernel drop what the dead reader
 //!   left unread, backs off, reopens, and sends every archive not wholly consumed
@@ -22,10 +23,11 @@
 //!   next reader starts at an archive's first byte.
 //!
 //! The one race no writer can close: a new reader that opens the pipe after the old
-//! one left but before the sink has closed it joins the old pipe, so it reads what
-//! the dead reader left (starting inside an archive), and archives it reads whole
-//! in that moment are also sent again. Polling every few milliseconds keeps the
-//! window short; a restarted Pachyderm worker takes far longer to reopen the pipe.
+//! one left inside an archive but before the sink has closed it joins the old pipe,
+//! so it reads what the dead reader left (starting inside an archive), and archives
+//! it reads whole in that moment are also sent again. Polling every few
+//! milliseconds keeps the window short; a restarted Pachyderm worker takes far
+//! longer to reopen the pipe.
 //!
 //! Memory: an archive's bytes are released from the budget only when it is
 //! committed, so a stalled reader stops ingest by itself; the queue holds nothing
