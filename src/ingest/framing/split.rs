@@ -177,8 +177,8 @@ impl From<Vec<Bytes>> for Chunks {
 }
 
 impl Chunks {
-    /// Removes the first `count` bytes, handing each chunk slice to `each`.
-    fn advance(&mut self, count: usize, mut each: impl FnMut(Bytes)) {
+    /// Removes the first `count` bytes, adding them to `kept` as chunk slices if given.
+    fn advance(&mut self, count: usize, mut kept: Option<&mut Payload>) {
         assert!(count <= self.len, "advancing {count} bytes past the {} left", self.len);
         self.len -= count;
         let mut left = count;
@@ -186,9 +186,15 @@ impl Chunks {
             let front = self.chunks.front_mut().expect("len counts the chunks' bytes");
             if front.len() <= left {
                 left -= front.len();
-                each(self.chunks.pop_front().expect("front exists"));
+                let chunk = self.chunks.pop_front().expect("front exists");
+                if let Some(payload) = kept.as_deref_mut() {
+                    payload.push(chunk);
+                }
             } else {
-                each(front.split_to(left));
+                match kept.as_deref_mut() {
+                    Some(payload) => payload.push(front.split_to(left)),
+                    None => front.advance(left),
+                }
                 left = 0;
             }
         }
@@ -236,12 +242,12 @@ impl Source for Chunks {
     }
 
     fn skip(&mut self, count: usize) {
-        self.advance(count, drop);
+        self.advance(count, None);
     }
 
     fn take(&mut self, count: usize) -> Payload {
         let mut payload = Payload::new();
-        self.advance(count, |chunk| payload.push(chunk));
+        self.advance(count, Some(&mut payload));
         payload
     }
 }
