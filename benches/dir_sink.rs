@@ -1,6 +1,6 @@
 //! `dir:` commit cost: a few small files (an fsync each), many (one syncfs), and one
-//! large file
-//! (vectored writes of 64 KiB chunks). Runs on whatever file system holds $TMPDIR.
+//! large file (vectored writes of 64 KiB chunks). Runs on whatever file system holds
+//! $TMPDIR.
 
 use std::sync::Arc;
 use std::time::Instant;

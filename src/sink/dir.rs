@@ -414,10 +414,15 @@ mod tests {
         assert!(entries(root.path()).is_empty());
     }
 
-    /// Makes `root` unusable in a way that stops root too: a file where the directory was.
-    fn break_root(root: &Path) {
-        fs::remove_dir(root).unwrap();
-        fs::write(root, b"not a directory").unwrap();
+    /// A sink whose root then turns unusable in a way that stops the root user too: a
+    /// file where the directory was.
+    fn sink_with_broken_root() -> (tempfile::TempDir, PathBuf, DirSink) {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("out");
+        let sink = DirSink::open(root.clone()).unwrap();
+        fs::remove_dir(&root).unwrap();
+        fs::write(&root, b"not a directory").unwrap();
+        (parent, root, sink)
     }
 
     fn mend_root(root: &Path) {
@@ -427,10 +432,7 @@ mod tests {
 
     #[test]
     fn file_system_failures_are_retried_until_they_pass() {
-        let parent = tempfile::tempdir().unwrap();
-        let root = parent.path().join("out");
-        let mut sink = DirSink::open(root.clone()).unwrap();
-        break_root(&root);
+        let (_parent, root, mut sink) = sink_with_broken_root();
         let ctx = context(false);
         let retries_before = METRICS.sink_retries.get();
         let (commit, verdict) = commit(&[("kept", &[b"intact"])]);
@@ -454,10 +456,7 @@ mod tests {
 
     #[test]
     fn giving_up_fails_the_batch() {
-        let parent = tempfile::tempdir().unwrap();
-        let root = parent.path().join("out");
-        let mut sink = DirSink::open(root.clone()).unwrap();
-        break_root(&root);
+        let (_parent, _root, mut sink) = sink_with_broken_root();
         let ctx = context(false);
         ctx.give_up.store(true, std::sync::atomic::Ordering::Relaxed);
         let (commit, mut verdict) = commit(&[("lost", &[b"x"])]);
