@@ -49,7 +49,7 @@ fn kill_9_never_loses_or_doubles_an_acknowledged_message() {
     let next_id = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     for _ in 0..ROUNDS {
-        let mut sidecar = Sidecar::start(&["--sink", &sink, "--max-batch-age", "5ms", "--log", "warn"]);
+        let mut sidecar = Sidecar::start(&["--sink", &sink, "--max-batch-age", "5ms"]);
         let clients: Vec<_> = (0..CLIENTS)
             .map(|_| {
                 let (addr, next_id, acked) = (sidecar.addr.clone(), next_id.clone(), acked.clone());

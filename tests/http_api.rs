@@ -113,7 +113,10 @@ fn count_bytes_age_and_flush_each_seal_a_batch() {
     let sidecar = start(tmp.path(), &["--max-batch-age", "200ms"]);
     client::post(&sidecar.addr, "/messages", "text/plain", b"aged");
     eventually(Duration::from_secs(10), "the age trigger", || (contents(tmp.path()) == vec![b"aged".to_vec()]).then_some(()));
-    assert!(client::get(&sidecar.addr, "/metrics").text().contains("spout_batches_committed_total{reason=\"age\"} 1"));
+    // The directory appears just before the sink reports the commit.
+    eventually(Duration::from_secs(5), "the age-sealed commit counted", || {
+        client::get(&sidecar.addr, "/metrics").text().contains("spout_batches_committed_total{reason=\"age\"} 1").then_some(())
+    });
 }
 
 #[test]
