@@ -100,6 +100,32 @@ pub struct Options {
     #[arg(long, env = "SPOUT_PACHD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub pachd_token: Option<String>,
 
+    /// Listen on a non-loopback TCP address without --auth-token-file. A spout
+    /// `service` exposes the port to the whole cluster: only do this on purpose.
+    #[arg(long, env = "SPOUT_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// How long a client may take to send a request's headers.
+    #[arg(long, env = "SPOUT_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    pub header_timeout: Duration,
+
+    /// How long a client may take to send a request's whole body; past it, 408.
+    #[arg(long, env = "SPOUT_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    pub body_timeout: Duration,
+
+    /// Most HTTP connections served at once (TCP and Unix socket each); further
+    /// clients wait in the listen backlog.
+    #[arg(long, env = "SPOUT_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_connections: u32,
+
+    /// How many `Idempotency-Key`s to remember for retries.
+    #[arg(long, env = "SPOUT_IDEMPOTENCY_KEYS", default_value_t = 100_000, value_name = "N")]
+    pub idempotency_keys: usize,
+
+    /// How long to remember an `Idempotency-Key`.
+    #[arg(long, env = "SPOUT_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = humantime::parse_duration, value_name = "DUR")]
+    pub idempotency_window: Duration,
+
     /// On SIGTERM, how long to keep committing what was accepted before giving up
     /// and exiting non-zero. Kubernetes waits 30 s by default.
     #[arg(long, env = "SPOUT_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration, value_name = "DUR")]

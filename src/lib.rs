@@ -17,3 +17,5 @@ pub mod message;
 pub mod metrics;
 pub mod sink;
 pub mod tar;
+pub mod shutdown;
+pub mod supervisor;

@@ -1,1 +1,230 @@
-fn main() {}
+//! Options → wiring: builds the pipeline (intake → batcher → sink thread), starts
+//! the listeners, runs until a signal or the supervised command ends, then drains.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+use spout_sidecar::ack::Ledger;
+use spout_sidecar::batch::{Batcher, Policy};
+use spout_sidecar::buffer::Budget;
+use spout_sidecar::config::{Listen, Options};
+use spout_sidecar::ingest::http::{self, Api};
+use spout_sidecar::ingest::idempotency::Idempotency;
+use spout_sidecar::ingest::{raw_socket, Intake, Transport};
+use spout_sidecar::message::Sequencer;
+use spout_sidecar::shutdown::{self, Signals, SocketFile};
+use spout_sidecar::sink::{self, Health, SinkContext, SinkSpec};
+use spout_sidecar::supervisor::{self, Endpoints};
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    init_logging(&options.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return fatal(format!("cannot start the async runtime: {error}")),
+    };
+    match runtime.block_on(run(options)) {
+        Ok(code) => code,
+        Err(message) => fatal(message),
+    }
+}
+
+fn fatal(message: String) -> ExitCode {
+    eprintln!("spout-sidecar: {message}");
+    ExitCode::from(2)
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout may be the `stdout:` sink's tar stream.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+async fn run(options: Options) -> Result<ExitCode, String> {
+    let mut signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let token = read_token(options.auth_token_file.as_deref())?;
+    check_exposure(&options, token.is_some())?;
+
+    let spec = match &options.sink {
+        SinkSpec::Auto => sink::resolve_auto(),
+        spec => spec.clone(),
+    }
+    .with_pachd_token(options.pachd_token_file.clone(), options.pachd_token.clone());
+    let sink = sink::open(&spec).map_err(|e| format!("cannot open sink {spec}: {e}"))?;
+    let sink_name = sink.describe();
+    let health = Arc::new(Health::new(sink_name.clone()));
+    let sink_ctx = SinkContext::new(health.clone(), options.overwrite);
+
+    let budget = Arc::new(Budget::new(options.max_buffer_bytes));
+    let ledger = Ledger::new(budget);
+    let (batches_tx, batches_rx) = crossbeam_channel::unbounded();
+    let policy = Policy {
+        max_bytes: options.max_batch_bytes,
+        max_messages: options.max_batch_messages,
+        max_age: options.max_batch_age,
+    };
+    let batcher = Batcher::new(policy, Sequencer::starting_now(), ledger, batches_tx);
+    let intake = Arc::new(Intake::new(batcher.clone(), options.when_full, options.block_timeout));
+    let sink_thread = {
+        let (layout, ctx) = (options.layout, sink_ctx.clone());
+        std::thread::Builder::new()
+            .name("sink".into())
+            .spawn(move || sink::run(sink, batches_rx, layout, ctx))
+            .map_err(|e| format!("cannot start the sink thread: {e}"))?
+    };
+    tokio::spawn(batcher.clone().run_age_timer());
+
+    let api = Arc::new(Api {
+        intake: intake.clone(),
+        health,
+        sink: sink_name.clone(),
+        layout: options.layout,
+        max_message_bytes: options.max_message_bytes,
+        max_request_bytes: options.max_request_bytes,
+        token,
+        header_timeout: options.header_timeout,
+        body_timeout: options.body_timeout,
+        max_connections: options.max_connections as usize,
+        idempotency: Idempotency::new(options.idempotency_keys, options.idempotency_window),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut socket_files = Vec::new();
+    let mut endpoints = Endpoints::default();
+
+    if let Listen::Tcp(addr) = &options.listen {
+        let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!("listening on http://{local}");
+        let reachable = if local.ip().is_unspecified() { format!("127.0.0.1:{}", local.port()) } else { local.to_string() };
+        endpoints.url = Some(format!("http://{reachable}"));
+        tokio::spawn(http::serve(api.clone(), Transport::Http, listener, stop_rx.clone()));
+    }
+    if let Some(path) = &options.socket {
+        let (listener, file) = bind_unix(path)?;
+        tracing::info!("listening on unix:{}", path.display());
+        socket_files.push(file);
+        endpoints.socket = Some(path);
+        tokio::spawn(http::serve(api.clone(), Transport::Unix, listener, stop_rx.clone()));
+    }
+    if let Some(path) = &options.raw_socket {
+        let (listener, file) = bind_unix(path)?;
+        tracing::info!(framing = ?options.raw_framing, "reading raw messages on unix:{}", path.display());
+        socket_files.push(file);
+        endpoints.raw_socket = Some(path);
+        let limit = options.max_message_bytes;
+        tokio::spawn(raw_socket::serve(listener, options.raw_framing, intake.clone(), limit, stop_rx.clone()));
+    }
+    tracing::info!(sink = %sink_name, "spout-sidecar {} ready", env!("CARGO_PKG_VERSION"));
+
+    let mut exit = ExitCode::SUCCESS;
+    if options.command.is_empty() {
+        let signal = signals.recv().await;
+        tracing::info!("received {signal:?}");
+    } else {
+        endpoints.stdout_is_sink = spec == SinkSpec::Stdout;
+        let mut child = supervisor::spawn(&options.command, &endpoints)
+            .map_err(|e| format!("cannot run {}: {e}", options.command[0]))?;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                signal = signals.recv() => {
+                    tracing::info!("received {signal:?}, forwarding it to {}", options.command[0]);
+                    supervisor::forward(&child, signal.number());
+                }
+            }
+        };
+        let status = status.map_err(|e| format!("waiting for {} failed: {e}", options.command[0]))?;
+        tracing::info!("{} exited: {status}", options.command[0]);
+        exit = ExitCode::from(supervisor::exit_code(status));
+    }
+
+    let drained = shutdown::drain(&intake, &sink_ctx, options.shutdown_timeout).await;
+    let _ = stop_tx.send(true);
+    match drained {
+        Ok(()) => {
+            let joined = tokio::task::spawn_blocking(move || sink_thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                return Err("the sink thread failed while draining".into());
+            }
+            tracing::info!("drained: everything accepted is committed");
+            drop(socket_files);
+            Ok(exit)
+        }
+        Err(left) => {
+            // The sink now fails what it holds; let it answer the waiting requests
+            // (502) before the process goes.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio::task::spawn_blocking(move || sink_thread.join()),
+            )
+            .await;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tracing::error!(
+                "shutdown timeout ({}) passed with {} bytes in {} batches not committed",
+                humantime::format_duration(options.shutdown_timeout),
+                left.bytes,
+                left.batches
+            );
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+/// Refuses to serve an unauthenticated API beyond this host unless told to.
+fn check_exposure(options: &Options, has_token: bool) -> Result<(), String> {
+    let Listen::Tcp(addr) = &options.listen else { return Ok(()) };
+    if has_token || options.allow_unauthenticated {
+        return Ok(());
+    }
+    let loopback = match addr.rsplit_once(':').map(|(host, _)| host.trim_matches(['[', ']'])) {
+        Some("localhost") => true,
+        Some(host) => host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    };
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "--listen {addr} is reachable from other hosts: give --auth-token-file, \
+             or --allow-unauthenticated if anyone who can reach it may write to your repo"
+        ))
+    }
+}
+
+fn read_token(path: Option<&Path>) -> Result<Option<String>, String> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        return Err(format!("--auth-token-file {} is empty", path.display()));
+    }
+    Ok(Some(token))
+}
+
+/// Binds a Unix socket at `path` with mode 0660, replacing a stale socket file.
+fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), String> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        } else {
+            return Err(format!("{} exists and is not a socket; not replacing it", path.display()));
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+    Ok((listener, SocketFile(PathBuf::from(path))))
+}

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub sink_retries: IntCounter,
     pub sink_state: IntGaugeVec,
     pub ack_wait: Histogram,
+    pub idempotency_hits: IntCounter,
 }
 
 /// Latencies from 100 µs to ~100 s.
@@ -110,6 +111,7 @@ impl Metrics {
             sink_retries: counter(r, "sink_retries_total", "Commit attempts repeated after a sink error."),
             sink_state,
             ack_wait: histogram(r, "ack_wait_seconds", "Time wait=commit requests waited for their batch's commit.", latency_buckets()),
+            idempotency_hits: counter(r, "idempotency_hits_total", "Requests whose Idempotency-Key was seen before: answered from the first request, not enqueued again."),
             registry,
         }
     }

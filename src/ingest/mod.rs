@@ -9,6 +9,7 @@
 pub mod file_name;
 pub mod framing;
 pub mod http;
+pub mod idempotency;
 pub mod raw_socket;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -17,6 +17,7 @@ pub mod fifo;
 pub mod health;
 pub mod pfs;
 pub mod stdout;
+pub mod vectored;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::ack::{BatchAck, Receipt};
 use crate::batch::Batch;
-use crate::message::{batch_file_name, File, Payload};
+use crate::message::{batch_file_name, File, Payload, Sequencer};
 
 pub use health::{Health, SinkState};
 
@@ -50,15 +51,15 @@ pub trait Sink: Send {
     /// once, or later from [`Sink::settle`] (a FIFO's reader has yet to read it).
     fn submit(&mut self, commit: Commit, ctx: &SinkContext);
 
-    /// Called once on the sink thread before the first batch: a sink that talks to a
-    /// server connects here, so `/readyz` tells the truth before traffic arrives.
-    fn start(&mut self, _ctx: &SinkContext) {}
-
     /// Makes progress on commits still in flight, waiting at most `wait` when
     /// there are some. Returns how many remain unsettled.
     fn settle(&mut self, _wait: Duration, _ctx: &SinkContext) -> usize {
         0
     }
+
+    /// Checks, while no commit is in flight, that the destination is reachable, so
+    /// that health (and `/readyz`) tell the truth before the next batch arrives.
+    fn probe(&mut self, _ctx: &SinkContext) {}
 }
 
 /// What every sink needs from the process around it.
@@ -69,13 +70,18 @@ pub struct SinkContext {
     pub give_up: Arc<AtomicBool>,
     /// Pachyderm's `overwrite`: a file name already in the repo is replaced.
     pub overwrite: bool,
-    /// How batches become files (`--layout`), for the receipt; [`run`] sets it.
+    /// How batches become files; [`run`] sets it, so sinks can write [`receipt`]s.
     pub layout: Layout,
 }
 
 impl SinkContext {
     pub fn new(health: Arc<Health>, overwrite: bool) -> Self {
         Self { health, give_up: Arc::new(AtomicBool::new(false)), overwrite, layout: Layout::Message }
+    }
+
+    /// The receipt for `files` committed as `commit`.
+    pub fn receipt(&self, commit: String, files: &[File]) -> Receipt {
+        receipt(commit, files, self.layout)
     }
 
     pub fn giving_up(&self) -> bool {
@@ -144,23 +150,27 @@ pub fn receipt(commit: String, files: &[File], layout: Layout) -> Receipt {
 /// what is still in flight. Blocking writes happen here, never on the async runtime.
 pub fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, layout_kind: Layout, ctx: SinkContext) {
     const POLL: Duration = Duration::from_millis(2);
+    const PROBE_EVERY: Duration = Duration::from_millis(250);
     let ctx = SinkContext { layout: layout_kind, ..ctx };
-    sink.start(&ctx);
     let mut in_flight = 0;
+    sink.probe(&ctx);
     loop {
-        let next = if in_flight > 0 {
-            batches.recv_timeout(POLL)
-        } else {
-            batches.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        };
+        let next = batches.recv_timeout(if in_flight > 0 { POLL } else { PROBE_EVERY });
         match next {
             Ok(batch) => sink.submit(layout(batch, layout_kind), &ctx),
+            Err(RecvTimeoutError::Timeout) if in_flight == 0 => sink.probe(&ctx),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
         in_flight = sink.settle(Duration::ZERO, &ctx);
     }
     while sink.settle(Duration::from_millis(50), &ctx) > 0 && !ctx.giving_up() {}
+}
+
+/// The next id of a sink that names commits itself (stdout, fifo): zero-padded so
+/// ids sort, and increasing across restarts when `ids` starts from the clock.
+pub fn next_commit_id(ids: &mut Sequencer) -> String {
+    format!("{:020}", ids.take(1))
 }
 
 /// A parsed `--sink` URI.
@@ -248,7 +258,7 @@ pub fn open(spec: &SinkSpec) -> std::io::Result<Box<dyn Sink>> {
     Ok(match spec {
         SinkSpec::Fifo(path) => Box::new(fifo::FifoSink::new(path.clone())),
         SinkSpec::Dir(path) => Box::new(dir::DirSink::open(path.clone())?),
-        SinkSpec::Stdout => Box::new(stdout::StdoutSink::new()),
+        SinkSpec::Stdout => Box::new(stdout::StdoutSink::new()?),
         SinkSpec::Pfs(target) => Box::new(pfs::PfsSink::new(target.clone())),
         SinkSpec::Auto => return open(&resolve_auto()),
     })

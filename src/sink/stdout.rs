@@ -1,13 +1,36 @@
-//! The `stdout:` sink. (Stub: being written.)
+//! The `stdout:` sink: archive after archive on standard output, for
+//! `spout-sidecar --sink stdout: | tar -tvf -` and friends.
+//!
+//! Blocking vectored writes to a duplicate of fd 1. A batch counts as committed
+//! once the kernel has taken all of its archive: unlike a FIFO, a stdout stream has
+//! no reader to ask. A failed write leaves part of an archive on a stream that
+//! cannot be rewound, so the sink stops there and fails this batch and every later
+//! one, rather than append archives after garbage.
 
-use super::{Commit, Sink, SinkContext};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
 
-#[derive(Default)]
-pub struct StdoutSink;
+use super::{next_commit_id, vectored, Commit, Sink, SinkContext, SinkState};
+use crate::message::Sequencer;
+use crate::tar;
+
+pub struct StdoutSink {
+    out: File,
+    ids: Sequencer,
+    /// Why the stream is unusable, once a write has failed.
+    broken: Option<String>,
+}
 
 impl StdoutSink {
-    pub fn new() -> Self {
-        Self
+    pub fn new() -> io::Result<Self> {
+        // A duplicate, so writes bypass Rust's line-buffered `Stdout` and its lock.
+        Ok(Self::writing_to(File::from(io::stdout().as_fd().try_clone_to_owned()?)))
+    }
+
+    /// A sink writing its tar stream to `out` instead of standard output.
+    pub fn writing_to(out: File) -> Self {
+        Self { out, ids: Sequencer::starting_now(), broken: None }
     }
 }
 
@@ -16,7 +39,111 @@ impl Sink for StdoutSink {
         "stdout:".into()
     }
 
-    fn submit(&mut self, commit: Commit, _ctx: &SinkContext) {
-        commit.ack.failed("stdout sink not written yet");
+    fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
+        if let Some(why) = &self.broken {
+            commit.ack.failed(format_args!("stdout is unusable since an earlier write failed: {why}"));
+            return;
+        }
+        vectored::block_sigpipe_on_this_thread();
+        let archive = tar::encode_now(&commit.files);
+        match vectored::write_all(&mut self.out, &archive.chunks, || !ctx.giving_up()) {
+            Ok(()) => {
+                ctx.health.up();
+                let receipt = ctx.receipt(next_commit_id(&mut self.ids), &commit.files);
+                commit.ack.committed(receipt);
+            }
+            Err(err) => {
+                let kind = if err.kind() == io::ErrorKind::BrokenPipe { "epipe" } else { "io" };
+                ctx.health.failing(SinkState::Down, kind, &err);
+                self.broken = Some(err.to_string());
+                commit.ack.failed(format_args!("writing to stdout failed: {err}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::Ledger;
+    use crate::batch::{Batch, Batcher, Policy};
+    use crate::buffer::Budget;
+    use crate::message::{Incoming, Payload};
+    use crate::sink::{layout, Health, Layout};
+    use bytes::Bytes;
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A sealed batch of `messages`, as the batcher makes it, with a waiter for its verdict.
+    fn batch(messages: &[(&str, &[&[u8]])]) -> (Batch, crate::ack::VerdictReceiver) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let ledger = Ledger::new(Arc::new(Budget::new(1 << 20)));
+        let policy = Policy { max_bytes: 1 << 20, max_messages: 1000, max_age: Duration::from_secs(60) };
+        let batcher = Batcher::new(policy, Sequencer::starting_at(1), ledger, tx);
+        let incoming = messages
+            .iter()
+            .map(|(name, chunks)| Incoming {
+                name: Some(name.to_string()),
+                payload: Payload::from(chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>()),
+                line: false,
+            })
+            .collect();
+        let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
+        batcher.push(incoming, Some(verdict_tx)).unwrap();
+        batcher.flush();
+        (rx.try_recv().unwrap(), verdict_rx)
+    }
+
+    fn context() -> SinkContext {
+        SinkContext::new(Arc::new(Health::new("stdout:".into())), false)
+    }
+
+    #[test]
+    fn writes_archive_after_archive() {
+        let out = tempfile::tempfile().unwrap();
+        let mut sink = StdoutSink::writing_to(out.try_clone().unwrap());
+        let ctx = context();
+        let (first, first_verdict) = batch(&[("a", &[b"one"]), ("b", &[b"tw", b"o"])]);
+        let (second, second_verdict) = batch(&[(&"x".repeat(150), &[b"three"])]);
+        sink.submit(layout(first, Layout::Message), &ctx);
+        sink.submit(layout(second, Layout::Message), &ctx);
+
+        let ids = [first_verdict, second_verdict].map(|v| v.blocking_recv().unwrap().unwrap().commit.clone());
+        assert!(ids.iter().all(|id| id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit())));
+        assert!(ids[0] < ids[1]);
+
+        let mut written = out;
+        io::Seek::rewind(&mut written).unwrap();
+        let mut stream = ::tar::Archive::new(written);
+        stream.set_ignore_zeros(true);
+        let files: Vec<(String, String)> = stream
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut data = String::new();
+                e.read_to_string(&mut data).unwrap();
+                (String::from_utf8(e.path_bytes().into_owned()).unwrap(), data)
+            })
+            .collect();
+        let expected = [("a", "one"), ("b", "two"), (&*"x".repeat(150), "three")];
+        assert_eq!(files, expected.map(|(n, d)| (n.to_string(), d.to_string())));
+    }
+
+    #[test]
+    fn a_vanished_reader_fails_this_batch_and_the_next() {
+        let (read, write) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(read);
+        let write = File::from(std::os::fd::OwnedFd::from(write));
+        let mut sink = StdoutSink::writing_to(write);
+        let ctx = context();
+        let (first, first_verdict) = batch(&[("a", &[b"one"])]);
+        let (second, second_verdict) = batch(&[("b", &[b"two"])]);
+        sink.submit(layout(first, Layout::Message), &ctx);
+        sink.submit(layout(second, Layout::Message), &ctx);
+        assert!(first_verdict.blocking_recv().unwrap().unwrap_err().0.contains("Broken pipe"));
+        assert!(second_verdict.blocking_recv().unwrap().unwrap_err().0.contains("unusable"));
+        assert_eq!(ctx.health.state(), SinkState::Down);
     }
 }

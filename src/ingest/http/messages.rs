@@ -1,0 +1,289 @@
+//! `POST /messages`: read the body within its limit, decode it by `Content-Type`,
+//! admit it all or nothing, and answer 202, or 200 once committed with `wait=commit`.
+//! A request with `Idempotency-Key` that was seen before is answered from the first.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming as Body;
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, StatusCode};
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+
+use super::query::RequestOptions;
+use super::reply::{self, Reply};
+use super::Api;
+use crate::ack::{CommitError, Verdict};
+use crate::ingest::framing::{self, DecodeError, DecodeErrorKind, Framing};
+use crate::ingest::idempotency::{fingerprint, Admission, Begin, Progress};
+use crate::ingest::{file_name, Refused, Transport};
+use crate::message::default_file_name;
+use crate::metrics::METRICS;
+use crate::sink::Layout;
+
+#[derive(Serialize)]
+struct Accepted {
+    accepted: u64,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<String>>,
+}
+
+pub async fn post(api: &Api, transport: Transport, request: Request<Body>) -> Reply {
+    match accept(api, transport, request).await {
+        Ok(reply) => reply,
+        Err(rejection) => {
+            if let Some(reason) = rejection.uncounted_reason {
+                METRICS.messages_rejected.with_label_values(&[reason]).inc();
+            }
+            rejection.reply
+        }
+    }
+}
+
+/// A refused request, with the reason label it is still to be counted under
+/// (admission refusals are counted by `Intake` itself).
+struct Rejection {
+    uncounted_reason: Option<&'static str>,
+    reply: Reply,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { uncounted_reason: Some(reason), reply: reply::error(status, reason, message) }
+    }
+}
+
+impl From<DecodeError> for Rejection {
+    fn from(error: DecodeError) -> Self {
+        let (status, reason) = match error.kind {
+            DecodeErrorKind::BadFraming => (StatusCode::BAD_REQUEST, "bad_framing"),
+            DecodeErrorKind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            DecodeErrorKind::BadFileName => (StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name"),
+        };
+        Rejection::new(status, reason, error.message)
+    }
+}
+
+async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Result<Reply, Rejection> {
+    if api.intake.is_draining() {
+        return Err(draining());
+    }
+    let options = RequestOptions::parse(request.uri().query(), request.headers())
+        .map_err(|message| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
+    if let Some(name) = &options.file {
+        file_name::validate(name)
+            .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why))?;
+    }
+    let headers = request.headers().clone();
+    let content_type = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    let framing = Framing::from_content_type(content_type.as_deref())?;
+    let body = tokio::time::timeout(api.body_timeout, read_body(api, request)).await.map_err(|_| {
+        Rejection::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the body did not arrive within --body-timeout ({:?})", api.body_timeout),
+        )
+    })??;
+    let ticket = match idempotency_key(&headers)? {
+        None => None,
+        Some(key) => {
+            let fingerprint = fingerprint(&body, content_type.as_deref(), options.file.as_deref());
+            loop {
+                match api.idempotency.begin(key, fingerprint) {
+                    Begin::First(ticket) => break Some(ticket),
+                    Begin::Replay(progress) => {
+                        if let Some(reply) = replay(api, progress, options.wait_commit).await {
+                            return Ok(reply);
+                        }
+                    }
+                    Begin::Conflict => {
+                        return Err(Rejection::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "idempotency_key_reused",
+                            format!("Idempotency-Key {key} was used before with a different request"),
+                        ))
+                    }
+                }
+            }
+        }
+    };
+    let messages = framing::decode(&framing, body, options.file.as_deref(), api.max_message_bytes).await?;
+    if messages.is_empty() {
+        let status = if options.wait_commit { StatusCode::OK } else { StatusCode::ACCEPTED };
+        let files = options.wait_commit.then(Vec::new);
+        return Ok(reply::json(status, &Accepted { accepted: 0, first_seq: None, last_seq: None, commit: None, files }));
+    }
+    let count = messages.len() as u64;
+    let names = messages.iter().map(|m| m.name.clone()).collect();
+    let wants_verdict = options.wait_commit || ticket.is_some();
+    let admitted = api.intake.admit(messages, transport, wants_verdict, false).await.map_err(refused)?;
+    let admission = Arc::new(Admission { count, seqs: admitted.seqs, names });
+    if let Some(ticket) = &ticket {
+        ticket.accepted(admission.clone());
+    }
+    let Some(verdict) = admitted.verdict else {
+        return Ok(accepted_reply(&admission));
+    };
+    if !options.wait_commit {
+        if let Some(ticket) = ticket {
+            // Retries asking wait=commit need the verdict even if this request does not.
+            tokio::spawn(async move { ticket.settled(received(verdict.await)) });
+        }
+        return Ok(accepted_reply(&admission));
+    }
+    let waiting = Instant::now();
+    let verdict = received(verdict.await);
+    METRICS.ack_wait.observe(waiting.elapsed().as_secs_f64());
+    let reply = settled_reply(api, &admission, &verdict);
+    if let Some(ticket) = ticket {
+        ticket.settled(verdict);
+    }
+    Ok(reply)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key)),
+        _ => Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// Answers a retry from the first request's progress; `None` if the first request
+/// was refused, so the retry must be processed as new.
+async fn replay(api: &Api, mut progress: watch::Receiver<Progress>, wait_commit: bool) -> Option<Reply> {
+    let settled_enough = |p: &Progress| match p {
+        Progress::Pending => false,
+        Progress::Accepted(_) => !wait_commit,
+        Progress::Settled(..) | Progress::Abandoned => true,
+    };
+    let progress = match progress.wait_for(settled_enough).await {
+        Ok(progress) => progress.clone(),
+        Err(_) => return None,
+    };
+    match progress {
+        Progress::Pending | Progress::Abandoned => None,
+        Progress::Accepted(admission) => Some(accepted_reply(&admission)),
+        Progress::Settled(admission, _) if !wait_commit => Some(accepted_reply(&admission)),
+        Progress::Settled(admission, verdict) => Some(settled_reply(api, &admission, &verdict)),
+    }
+}
+
+fn received(verdict: Result<Verdict, oneshot::error::RecvError>) -> Verdict {
+    verdict.unwrap_or_else(|_| Err(CommitError("the sink stopped before answering for this batch".into())))
+}
+
+fn accepted_reply(admission: &Admission) -> Reply {
+    reply::json(
+        StatusCode::ACCEPTED,
+        &Accepted {
+            accepted: admission.count,
+            first_seq: Some(admission.seqs.first),
+            last_seq: Some(admission.seqs.last),
+            commit: None,
+            files: None,
+        },
+    )
+}
+
+/// The answer to `wait=commit`: 200 with the commit and the request's files, or 502.
+fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict) -> Reply {
+    let receipt = match verdict {
+        Ok(receipt) => receipt,
+        Err(error) => return reply::error(StatusCode::BAD_GATEWAY, "commit_failed", error.0.clone()),
+    };
+    let files = match api.layout {
+        Layout::Batch => receipt.batch_file.iter().cloned().collect(),
+        Layout::Message => admission
+            .names
+            .iter()
+            .zip(admission.seqs.first..)
+            .map(|(name, seq)| name.clone().unwrap_or_else(|| default_file_name(seq)))
+            .collect(),
+    };
+    let answer = Accepted {
+        accepted: admission.count,
+        first_seq: Some(admission.seqs.first),
+        last_seq: Some(admission.seqs.last),
+        commit: Some(receipt.commit.clone()),
+        files: Some(files),
+    };
+    reply::json(StatusCode::OK, &answer)
+}
+
+/// Reads the whole body as the chunks it arrived in, refusing it (413) as soon as
+/// it passes `--max-request-bytes`, before reading further.
+async fn read_body(api: &Api, request: Request<Body>) -> Result<Vec<Bytes>, Rejection> {
+    let limit = api.max_request_bytes;
+    let too_large = |size: &str| {
+        Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body of {size} is over --max-request-bytes ({limit} bytes)"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(declared) = declared.filter(|&n| n > limit) {
+        return Err(too_large(&format!("{declared} bytes")));
+    }
+    let mut body = request.into_body();
+    let mut chunks = Vec::new();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            Rejection::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body failed: {error}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > limit {
+                return Err(too_large("more than that"));
+            }
+            chunks.push(data);
+        }
+    }
+    Ok(chunks)
+}
+
+const DRAINING: &str = "the sidecar is shutting down and takes no more messages";
+
+fn draining() -> Rejection {
+    Rejection {
+        uncounted_reason: Some("draining"),
+        reply: reply::unavailable("overloaded", DRAINING, 5),
+    }
+}
+
+/// Refusals from admission are already counted per message by `Intake`.
+fn refused(why: Refused) -> Rejection {
+    let reply = match why {
+        Refused::Overloaded => reply::unavailable(
+            "overloaded",
+            "the buffer is full (--max-buffer-bytes); the sink is not keeping up, retry later",
+            1,
+        ),
+        Refused::Draining => {
+            reply::unavailable("overloaded", DRAINING, 5)
+        }
+        Refused::LargerThanBudget => reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request is larger than the whole buffer (--max-buffer-bytes)",
+        ),
+    };
+    Rejection { uncounted_reason: None, reply }
+}

@@ -1,0 +1,245 @@
+//! Vectored writes of a list of `Bytes`, for the tar-stream sinks.
+//!
+//! A [`Cursor`] remembers how far a list has been written, so one writer serves a
+//! blocking fd (stdout: [`write_all`] waits for room itself) and a non-blocking fd
+//! driven by poll (fifo: [`write_from`] stops at `WouldBlock` and resumes later).
+//! Each `writev` takes at most `IOV_MAX` slices; partial writes and `EINTR` are
+//! handled here, so callers see only "done", "would block" or a real error.
+//! `poll` and `FIONREAD` on a pipe's write end live here too.
+
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// The most slices one `writev` accepts on Linux (`IOV_MAX`).
+pub const IOV_MAX: usize = 1024;
+
+/// How far a list of chunks has been written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    chunk: usize,
+    offset: usize,
+    done: u64,
+}
+
+impl Cursor {
+    /// Bytes of the list written so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
+    fn advance(&mut self, chunks: &[Bytes], mut written: usize) {
+        self.done += written as u64;
+        while written > 0 {
+            let left = chunks[self.chunk].len() - self.offset;
+            if written < left {
+                self.offset += written;
+                return;
+            }
+            written -= left;
+            self.chunk += 1;
+            self.offset = 0;
+        }
+    }
+
+    /// Steps over chunks with nothing left to write (empty ones included).
+    fn skip_finished(&mut self, chunks: &[Bytes]) {
+        while self.chunk < chunks.len() && self.offset == chunks[self.chunk].len() {
+            self.chunk += 1;
+            self.offset = 0;
+        }
+    }
+}
+
+/// Writes `chunks` from `at` on. Returns `Ok` once everything is written, or the
+/// first error other than `EINTR`; on a non-blocking fd that is `WouldBlock` when
+/// the pipe is full, with `at` telling where to resume.
+pub fn write_from(out: &mut impl Write, chunks: &[Bytes], at: &mut Cursor) -> io::Result<()> {
+    loop {
+        at.skip_finished(chunks);
+        let Some(first) = chunks.get(at.chunk) else {
+            return Ok(());
+        };
+        let rest = &chunks[at.chunk + 1..];
+        let mut slices = Vec::with_capacity(IOV_MAX.min(rest.len() + 1));
+        slices.push(IoSlice::new(&first[at.offset..]));
+        slices.extend(rest.iter().take(IOV_MAX - 1).map(|chunk| IoSlice::new(chunk)));
+        match out.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => at.advance(chunks, written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `chunks` to `out`, waiting for room whenever the fd turns out to be
+/// non-blocking (an inherited stdout may be). `keep_going` is asked between waits.
+pub fn write_all(out: &mut File, chunks: &[Bytes], keep_going: impl Fn() -> bool) -> io::Result<()> {
+    let mut at = Cursor::default();
+    loop {
+        match write_from(out, chunks, &mut at) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !keep_going() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "gave up waiting for the reader"));
+                }
+                poll_writable(out.as_fd(), true, Duration::from_millis(100))?;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// What `poll` says about the write end of a pipe.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub writable: bool,
+    /// No reader any more (`POLLERR` on a pipe's write end, `POLLHUP` elsewhere).
+    pub reader_gone: bool,
+}
+
+/// Waits up to `timeout` for room to write (if `want_write`) or for the reader to
+/// go away, whichever comes first. An `EINTR` counts as "nothing happened yet".
+pub fn poll_writable(fd: BorrowedFd<'_>, want_write: bool, timeout: Duration) -> io::Result<Readiness> {
+    let events = if want_write { libc::POLLOUT } else { 0 };
+    let mut pollfd = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
+    let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd, borrowed for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
+    if ready < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted { Ok(Readiness::default()) } else { Err(err) };
+    }
+    Ok(Readiness {
+        writable: pollfd.revents & libc::POLLOUT != 0,
+        reader_gone: pollfd.revents & (libc::POLLERR | libc::POLLHUP) != 0,
+    })
+}
+
+/// Makes a write to a pipe without reader fail with `EPIPE` on this thread rather
+/// than kill the process with `SIGPIPE`. Rust's runtime ignores SIGPIPE for its own
+/// binaries, but a library must not count on how its host was built (a test
+/// harness, `-Zon-broken-pipe=kill`). The signal a write raises goes to the writing
+/// thread, so blocking it here is enough and leaves the rest of the process alone.
+pub fn block_sigpipe_on_this_thread() {
+    // SAFETY: plain signal-set manipulation on stack values.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Bytes written into a pipe that its reader has not read yet (`FIONREAD`, which
+/// Linux answers on either end of a pipe).
+pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD stores one int through the pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unread as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// A writer that takes at most a few bytes per call and is interrupted every
+    /// other call: the worst a kernel may do.
+    struct Stingy {
+        got: Vec<u8>,
+        calls: usize,
+        max_slices: usize,
+    }
+
+    impl Write for Stingy {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            self.max_slices = self.max_slices.max(bufs.len());
+            if self.calls % 2 == 0 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let flat: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).take(7).collect();
+            self.got.extend_from_slice(&flat);
+            Ok(flat.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn chunks(count: usize) -> Vec<Bytes> {
+        (0..count).map(|i| Bytes::from(vec![(i % 251) as u8; i % 13])).collect()
+    }
+
+    fn flat(chunks: &[Bytes]) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    #[test]
+    fn partial_writes_and_interrupts_lose_nothing() {
+        let chunks = chunks(3000);
+        let mut out = Stingy { got: Vec::new(), calls: 0, max_slices: 0 };
+        let mut at = Cursor::default();
+        write_from(&mut out, &chunks, &mut at).unwrap();
+        assert_eq!(out.got, flat(&chunks));
+        assert_eq!(at.done(), out.got.len() as u64);
+        assert!(out.max_slices <= IOV_MAX);
+    }
+
+    fn pipe() -> (File, File) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills both fds, which we then own.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
+        let [read, write] = fds.map(|fd| File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+        (read, write)
+    }
+
+    #[test]
+    fn resumes_on_a_full_non_blocking_pipe() {
+        let (mut reader, mut writer) = pipe();
+        let chunks: Vec<Bytes> =
+            (0..2500).map(|i| Bytes::from(vec![(i % 256) as u8; 100 + i % 300])).collect();
+        let mut at = Cursor::default();
+        let mut got = Vec::new();
+        let mut would_block = 0;
+        loop {
+            match write_from(&mut writer, &chunks, &mut at) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block += 1,
+                Err(e) => panic!("{e}"),
+            }
+            assert_eq!(at.done(), got.len() as u64 + unread_bytes(reader.as_fd()).unwrap());
+            let mut buf = vec![0; 50_000];
+            let read = reader.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..read]);
+        }
+        drop(writer);
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        got.extend(rest);
+        assert!(would_block > 0, "500 KB must overflow a 64 KiB pipe");
+        assert_eq!(got, flat(&chunks));
+    }
+
+    #[test]
+    fn poll_reports_room_then_a_vanished_reader() {
+        let (reader, writer) = pipe();
+        let ready = poll_writable(writer.as_fd(), true, Duration::ZERO).unwrap();
+        assert_eq!(ready, Readiness { writable: true, reader_gone: false });
+        drop(reader);
+        assert!(poll_writable(writer.as_fd(), false, Duration::from_secs(5)).unwrap().reader_gone);
+    }
+}

@@ -1,0 +1,121 @@
+//! A deliberately small HTTP/1.1 client over TCP or a Unix socket.
+//!
+//! The tests need to send exactly the bytes they mean, malformed ones included,
+//! and to talk over Unix sockets; a full client library would hide both.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// A keep-alive connection.
+pub struct Connection {
+    reader: BufReader<Box<dyn Stream>>,
+}
+
+impl Connection {
+    pub fn tcp(addr: &str) -> Self {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        // Head and body go out in two writes: without this, Nagle's algorithm holds
+        // the body until the server's delayed ACK, 40 ms per request.
+        stream.set_nodelay(true).unwrap();
+        Self { reader: BufReader::new(Box::new(stream)) }
+    }
+
+    pub fn unix(path: &Path) -> Self {
+        let stream = UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Self { reader: BufReader::new(Box::new(stream)) }
+    }
+
+    /// Sends a request with a body and the given extra headers; reads the answer.
+    pub fn request(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: {}\r\n", body.len());
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        stream.flush().unwrap();
+        self.read_response()
+    }
+
+    /// Sends raw bytes as they are (for malformed requests); reads one answer.
+    pub fn raw(&mut self, bytes: &[u8]) -> Response {
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes).unwrap();
+        stream.flush().unwrap();
+        self.read_response()
+    }
+
+    pub fn read_response(&mut self) -> Response {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {line:?}"));
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).expect("header line");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header has a colon");
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).expect("body");
+        Response { status, headers, body }
+    }
+}
+
+/// One request on a fresh TCP connection.
+pub fn request(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    Connection::tcp(addr).request(method, target, headers, body)
+}
+
+pub fn post(addr: &str, target: &str, content_type: &str, body: &[u8]) -> Response {
+    request(addr, "POST", target, &[("Content-Type", content_type)], body)
+}
+
+pub fn get(addr: &str, target: &str) -> Response {
+    request(addr, "GET", target, &[], b"")
+}

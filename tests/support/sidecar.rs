@@ -1,0 +1,139 @@
+//! Starts the real `spout-sidecar` binary for a test and stops it afterwards.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_spout-sidecar");
+
+pub struct Sidecar {
+    pub child: Child,
+    /// `127.0.0.1:PORT` of the HTTP listener.
+    pub addr: String,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Sidecar {
+    /// Starts the sidecar on an ephemeral port with `args` (no `--listen` needed)
+    /// and waits until it is ready.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with(args, |_| {})
+    }
+
+    /// Like `start`, letting the test adjust the command (env, working dir, stdout).
+    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
+        let mut command = Command::new(BIN);
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        command.stderr(Stdio::piped()).stdin(Stdio::null());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SPOUT_") {
+                command.env_remove(key);
+            }
+        }
+        adjust(&mut command);
+        let mut child = command.spawn().expect("spawn spout-sidecar");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut addr = None;
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(found) = line.split("listening on http://").nth(1) {
+                        addr = Some(found.trim().to_owned());
+                    }
+                    // Every listener is bound once the ready line is out.
+                    if line.contains(" ready") {
+                        if let Some(addr) = addr.take() {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                }
+            });
+        }
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("sidecar did not start listening; log:\n{}", log.lock().unwrap())
+        });
+        Self { child, addr, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        wait_exit(&mut self.child, Duration::from_secs(40))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every committed file of a `dir:` sink: (commit id, file name, bytes), in commit order.
+pub fn dir_commits(root: &Path) -> Vec<(String, String, Vec<u8>)> {
+    let mut commits: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    commits.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
+    commits.sort();
+    let mut files = Vec::new();
+    for commit in commits {
+        let id = commit.file_name().unwrap().to_string_lossy().into_owned();
+        let mut stack = vec![commit.clone()];
+        let mut in_commit = Vec::new();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let name = path.strip_prefix(&commit).unwrap().to_string_lossy().into_owned();
+                    in_commit.push((id.clone(), name, std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        in_commit.sort_by(|a, b| a.1.cmp(&b.1));
+        files.extend(in_commit);
+    }
+    files
+}
