@@ -89,6 +89,17 @@ pub struct Options {
     #[arg(long, env = "SPOUT_AUTH_TOKEN_FILE", value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// For a pfs:// sink: a file whose first line is the pachd auth token (sent as
+    /// `authn-token`). Without it, SPOUT_PACHD_TOKEN, else the pachctl config's
+    /// session token. Read again before each retry, so a fixed token needs no restart.
+    #[arg(long, env = "SPOUT_PACHD_TOKEN_FILE", value_name = "PATH")]
+    pub pachd_token_file: Option<PathBuf>,
+
+    /// For a pfs:// sink: the pachd auth token itself (prefer the environment or
+    /// --pachd-token-file to keep it out of `ps`).
+    #[arg(long, env = "SPOUT_PACHD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub pachd_token: Option<String>,
+
     /// Listen on a non-loopback TCP address without --auth-token-file. A spout
     /// `service` exposes the port to the whole cluster: only do this on purpose.
     #[arg(long, env = "SPOUT_ALLOW_UNAUTHENTICATED")]
@@ -114,17 +125,6 @@ pub struct Options {
     /// How long to remember an `Idempotency-Key`.
     #[arg(long, env = "SPOUT_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = humantime::parse_duration, value_name = "DUR")]
     pub idempotency_window: Duration,
-
-    /// For a pfs:// sink: a file whose first line is the pachd auth token (sent as
-    /// `authn-token`). Without it, SPOUT_PACHD_TOKEN, else the pachctl config's
-    /// session token. Read again before each retry, so a fixed token needs no restart.
-    #[arg(long, env = "SPOUT_PACHD_TOKEN_FILE", value_name = "PATH")]
-    pub pachd_token_file: Option<PathBuf>,
-
-    /// For a pfs:// sink: the pachd auth token itself (prefer the environment or
-    /// --pachd-token-file to keep it out of `ps`).
-    #[arg(long, env = "SPOUT_PACHD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub pachd_token: Option<String>,
 
     /// On SIGTERM, how long to keep committing what was accepted before giving up
     /// and exiting non-zero. Kubernetes waits 30 s by default.

@@ -59,7 +59,8 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     let spec = match &options.sink {
         SinkSpec::Auto => sink::resolve_auto(),
         spec => spec.clone(),
-    };
+    }
+    .with_pachd_token(options.pachd_token_file.clone(), options.pachd_token.clone());
     let sink = sink::open(&spec).map_err(|e| format!("cannot open sink {spec}: {e}"))?;
     let sink_name = sink.describe();
     let health = Arc::new(Health::new(sink_name.clone()));

@@ -176,9 +176,9 @@ fn a_wrong_token_is_reported_and_nothing_is_lost_once_it_is_fixed() {
     let mut setup = Setup::new(pachd.uri("guarded@master"));
     setup.token_file = Some(token_file.clone());
     let pipeline = Pipeline::start(setup);
+    wait_until("the idle sink's probe reports the refused token", || pipeline.health.state() != SinkState::Up);
     let admitted = pipeline.send(vec![message(Some("kept.txt"), "kept")]);
 
-    wait_until("the sink reports the refused token", || pipeline.health.state() != SinkState::Up);
     let error = pipeline.health.last_error().unwrap();
     let source = format!("the token file {}", token_file.display());
     assert!(error.contains("pachd refused the token") && error.contains(&source), "{error}");
@@ -197,8 +197,8 @@ fn a_wrong_token_is_reported_and_nothing_is_lost_once_it_is_fixed() {
 fn an_unreachable_pachd_is_down_until_it_comes_up() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let pipeline = Pipeline::start(Setup::new(format!("pfs://127.0.0.1:{port}/late")));
+    wait_until("the idle sink's probe finds pachd down", || pipeline.health.state() == SinkState::Down);
     let admitted = pipeline.send(vec![message(Some("waited.txt"), "waited")]);
-    wait_until("the sink is down", || pipeline.health.state() == SinkState::Down);
 
     let mut pachd = FakePachd::start(None, Some(port));
     pipeline.verdict(admitted).expect("committed once pachd is up");

@@ -80,22 +80,12 @@ impl Committer {
         Self { pachd, ctx, backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)), repo_ready: false }
     }
 
-    /// Makes sure pachd is reachable and the repo exists, retrying until it is so or
-    /// the sidecar gives up: `/readyz` tells the truth before the first batch.
-    pub async fn prepare(&mut self) {
-        loop {
-            let result = self.ensure_repo().await;
-            match result {
-                Ok(()) => {
-                    self.ctx.health.up();
-                    self.backoff.reset();
-                    return;
-                }
-                Err(failure) => self.report(&failure),
-            }
-            if !pause(&self.ctx.give_up, self.backoff.next_delay()).await {
-                return;
-            }
+    /// Checks once that pachd is reachable, takes the token and has the repo (creating
+    /// it if need be), so `/readyz` tells the truth while no batch is in flight.
+    pub async fn probe(&mut self) {
+        match self.ensure_repo().await {
+            Ok(()) => self.ctx.health.up(),
+            Err(failure) => self.report(&failure),
         }
     }
 

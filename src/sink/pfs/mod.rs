@@ -7,7 +7,8 @@
 //! back to taking and laying out the next batch while the previous one commits,
 //! and `settle` counts the batches the committer has settled. Commits on a branch
 //! cannot overlap (pachd refuses to start a commit whose parent is open), so one
-//! committer is all the concurrency there is to have.
+//! committer is all the concurrency there is to have. While idle, `probe` has the
+//! committer check pachd and the repo now and then, for `/readyz`.
 //!
 //! `target` parses the URI and finds the token, `client` speaks to pachd,
 //! `requests` lays a batch out as a ModifyFile stream, `committer` retries.
@@ -18,9 +19,10 @@ pub mod proto;
 mod requests;
 pub mod target;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::mpsc;
@@ -31,16 +33,28 @@ pub use self::target::{detect_worker, Target, TokenSource};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::message::File;
 
+/// How often an idle sink asks pachd whether it is there.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 pub struct PfsSink {
     target: Target,
     worker: Option<Worker>,
     in_flight: usize,
 }
 
+/// What the committer thread is asked to do, in order.
+enum Job {
+    Commit(Commit),
+    Probe,
+}
+
 /// The committer thread and the channels to it.
 struct Worker {
-    batches: mpsc::UnboundedSender<Commit>,
+    jobs: mpsc::UnboundedSender<Job>,
     settled: Receiver<()>,
+    /// A probe is queued or running: no second one until it is done.
+    probing: Arc<AtomicBool>,
+    last_probe: Option<Instant>,
     thread: JoinHandle<()>,
 }
 
@@ -49,17 +63,18 @@ impl PfsSink {
         Self { target, worker: None, in_flight: 0 }
     }
 
-    fn worker(&mut self, ctx: &SinkContext) -> &Worker {
+    fn worker(&mut self, ctx: &SinkContext) -> &mut Worker {
         let target = &self.target;
         self.worker.get_or_insert_with(|| {
-            let (batches, queue) = mpsc::unbounded_channel();
+            let (jobs, queue) = mpsc::unbounded_channel();
             let (done, settled) = crossbeam_channel::unbounded();
-            let (target, ctx) = (target.clone(), ctx.clone());
+            let probing = Arc::new(AtomicBool::new(false));
+            let (target, ctx, probed) = (target.clone(), ctx.clone(), probing.clone());
             let thread = std::thread::Builder::new()
                 .name("pfs-commit".into())
-                .spawn(move || commit_in_order(target, ctx, queue, done))
+                .spawn(move || commit_in_order(target, ctx, queue, done, probed))
                 .expect("spawning the pfs committer thread");
-            Worker { batches, settled, thread }
+            Worker { jobs, settled, probing, last_probe: None, thread }
         })
     }
 }
@@ -69,17 +84,26 @@ impl Sink for PfsSink {
         self.target.to_string()
     }
 
-    /// Connects (once) ahead of the first batch, so `/readyz` tells the truth
-    /// before traffic arrives.
-    fn probe(&mut self, ctx: &SinkContext) {
-        self.worker(ctx);
+    fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
+        match self.worker(ctx).jobs.send(Job::Commit(commit)) {
+            Ok(()) => self.in_flight += 1,
+            Err(mpsc::error::SendError(job)) => {
+                if let Job::Commit(commit) = job {
+                    commit.ack.failed("the pfs committer thread has stopped");
+                }
+            }
+        }
     }
 
-    fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
-        match self.worker(ctx).batches.send(commit) {
-            Ok(()) => self.in_flight += 1,
-            Err(mpsc::error::SendError(commit)) => commit.ack.failed("the pfs committer thread has stopped"),
+    fn probe(&mut self, ctx: &SinkContext) {
+        let worker = self.worker(ctx);
+        if worker.last_probe.is_some_and(|t| t.elapsed() < PROBE_EVERY) || worker.probing.load(Ordering::Relaxed) {
+            return;
         }
+        worker.last_probe = Some(Instant::now());
+        worker.probing.store(true, Ordering::Relaxed);
+        // A stopped committer has no one to probe for; its batches fail on submit.
+        let _ = worker.jobs.send(Job::Probe);
     }
 
     fn settle(&mut self, wait: Duration, _ctx: &SinkContext) -> usize {
@@ -97,52 +121,53 @@ impl Sink for PfsSink {
 
 impl Drop for PfsSink {
     fn drop(&mut self) {
-        if let Some(Worker { batches, thread, .. }) = self.worker.take() {
+        if let Some(Worker { jobs, thread, .. }) = self.worker.take() {
             // Closing the queue ends the committer once it has settled what it holds.
-            drop(batches);
+            drop(jobs);
             let _ = thread.join();
         }
     }
 }
 
 /// The committer thread: commits the queued batches in order, settling each.
-fn commit_in_order(target: Target, ctx: SinkContext, mut queue: mpsc::UnboundedReceiver<Commit>, done: Sender<()>) {
+fn commit_in_order(
+    target: Target,
+    ctx: SinkContext,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    done: Sender<()>,
+    probing: Arc<AtomicBool>,
+) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("building the pfs committer's runtime");
     runtime.block_on(async {
-        let pachd = match Pachd::new(&target) {
-            Ok(pachd) => pachd,
-            Err(error) => {
-                ctx.health.failing(SinkState::Down, "config", &error);
-                while let Some(commit) = queue.recv().await {
-                    commit.ack.failed(&error);
-                    let _ = done.send(());
+        let mut committer = Pachd::new(&target).map(|pachd| Committer::new(pachd, ctx.clone()));
+        if let Err(error) = &committer {
+            ctx.health.failing(SinkState::Down, "config", error);
+        }
+        while let Some(job) = queue.recv().await {
+            let Job::Commit(Commit { files, ack }) = job else {
+                if let Ok(committer) = committer.as_mut() {
+                    committer.probe().await;
                 }
-                return;
-            }
-        };
-        let mut committer = Committer::new(pachd, ctx.clone());
-        let mut next = tokio::select! {
-            biased;
-            commit = queue.recv() => commit,
-            () = committer.prepare() => queue.recv().await,
-        };
-        while let Some(Commit { files, ack }) = next {
-            let files: Arc<[File]> = files.into();
-            let batch = Batch {
-                files: &files,
-                bytes: ack.bytes,
-                description: format!("{MARKER}: batch {} of {} messages", ack.no, ack.messages),
+                probing.store(false, Ordering::Relaxed);
+                continue;
             };
-            match committer.commit(batch).await {
-                Ok(id) => ack.committed(super::receipt(id, &files, ctx.layout)),
+            let files: Arc<[File]> = files.into();
+            let verdict = match committer.as_mut() {
+                Ok(committer) => {
+                    let description = format!("{MARKER}: batch {} of {} messages", ack.no, ack.messages);
+                    committer.commit(Batch { files: &files, bytes: ack.bytes, description }).await
+                }
+                Err(error) => Err(error.clone()),
+            };
+            match verdict {
+                Ok(id) => ack.committed(ctx.receipt(id, &files)),
                 Err(error) => ack.failed(error),
             }
             // The sink thread may be gone already at shutdown; the ack is settled anyway.
             let _ = done.send(());
-            next = queue.recv().await;
         }
     });
 }
