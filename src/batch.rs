@@ -92,6 +92,10 @@ impl Batcher {
         &self.ledger
     }
 
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
     /// Adds one request's messages (their bytes already reserved in the budget) and
     /// registers `waiter` for the verdict on the batch that holds them.
     pub fn push(

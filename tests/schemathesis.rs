@@ -18,7 +18,7 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
     let tmp = tempfile::tempdir().unwrap();
     let sink = format!("dir:{}", tmp.path().join("out").display());
     // A short batch age keeps generated wait=commit requests quick.
-    let sidecar = Sidecar::start(&["--sink", &sink, "--max-batch-age", "10ms", "--log", "warn"]);
+    let sidecar = Sidecar::start(&["--sink", &sink, "--max-batch-age", "10ms"]);
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
     let output = Command::new("schemathesis")
         .args(["run", spec, "--url"])

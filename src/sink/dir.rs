@@ -1,16 +1,103 @@
-//! The `dir:` sink. (Stub: being written.)
+//! The `dir:` sink: each commit becomes one directory `ROOT/<commit-id>/` holding the
+//! batch's files; a `/` in a name makes subdirectories.
+//!
+//! Atomic: a commit is written into `ROOT/.tmp-<id>/`, every file in it fsynced, then
+//! every directory, then renamed to `ROOT/<id>`, and `ROOT` fsynced. A reader sees a
+//! commit whole or not at all, and once it has appeared a crash does not take it back.
+//! Readers must skip names starting with `.`: a `.tmp-*` directory is a commit being
+//! written, or one a crash interrupted (removed when the sink next opens).
+//!
+//! Commit ids are 20-digit zero-padded numbers, so they sort as text in commit order.
+//! They start from the clock in nanoseconds and past the largest id already in `ROOT`,
+//! so they keep increasing across restarts even if the clock has stepped back. One
+//! sidecar per directory: a second one could race for an id (the loser retries with
+//! the next id, but the order of the two streams is then interleaved).
+//!
+//! Within one commit, files of the same name are appended in arrival order; with
+//! `--overwrite` the last one wins. Failures of the file system (full, read-only,
+//! permissions) are retried with backoff until they pass or shutdown gives up, the
+//! half-written temp directory removed each time. A batch that can never be laid out
+//! as a tree (a name that is both a file and a directory) fails at once.
 
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
 
-use super::{Commit, Sink, SinkContext};
+use bytes::Bytes;
+
+use super::backoff::Backoff;
+use super::vectored::{self, Cursor};
+use super::{next_commit_id, Commit, Sink, SinkContext, SinkState};
+use crate::ingest::file_name;
+use crate::message::{Payload, Sequencer};
+use crate::metrics::METRICS;
+
+/// Directories in `ROOT` with this prefix are commits not yet renamed into place.
+pub const TEMP_PREFIX: &str = ".tmp-";
+const ID_DIGITS: usize = 20;
 
 pub struct DirSink {
     root: PathBuf,
+    ids: Sequencer,
+    backoff: Backoff,
 }
 
 impl DirSink {
-    pub fn open(root: PathBuf) -> std::io::Result<Self> {
-        Ok(Self { root })
+    /// Opens (creating) `root`, removes temp directories a crash left, and places the
+    /// next id past every commit already there.
+    pub fn open(root: PathBuf) -> io::Result<Self> {
+        fs::create_dir_all(&root)?;
+        let mut ids = Sequencer::starting_now();
+        let mut removed_any = false;
+        for entry in fs::read_dir(&root)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TEMP_PREFIX) {
+                tracing::info!("removing {}, a commit a previous run did not finish", entry.path().display());
+                if entry.file_type()?.is_dir() {
+                    fs::remove_dir_all(entry.path())?;
+                } else {
+                    fs::remove_file(entry.path())?;
+                }
+                removed_any = true;
+            } else if let Some(id) = parse_id(name) {
+                ids.skip_past(id);
+            }
+        }
+        if removed_any {
+            sync_dir(&root).map_err(|f| f.error)?;
+        }
+        Ok(Self { root, ids, backoff: Backoff::default() })
+    }
+
+    /// One attempt at `tree`. `placed` remembers a commit already renamed into place,
+    /// so a retry after a failed fsync of `ROOT` does not write it a second time.
+    fn attempt(&mut self, tree: &Tree<'_>, placed: &mut Option<String>) -> Result<String, Failure> {
+        let id = match placed {
+            Some(id) => id.clone(),
+            None => {
+                let id = next_commit_id(&mut self.ids);
+                let temp = self.root.join(format!("{TEMP_PREFIX}{id}"));
+                let written = tree.write(&temp).and_then(|()| {
+                    let target = self.root.join(&id);
+                    fs::rename(&temp, &target).doing("renaming into place", &target)
+                });
+                if let Err(failure) = written {
+                    if let Err(e) = fs::remove_dir_all(&temp) {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            tracing::warn!("cannot remove {}: {e}", temp.display());
+                        }
+                    }
+                    return Err(failure);
+                }
+                placed.insert(id).clone()
+            }
+        };
+        sync_dir(&self.root)?;
+        Ok(id)
     }
 }
 
@@ -19,7 +106,314 @@ impl Sink for DirSink {
         format!("dir:{}", self.root.display())
     }
 
-    fn submit(&mut self, commit: Commit, _ctx: &SinkContext) {
-        commit.ack.failed("dir sink not written yet");
+    fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
+        let Commit { files, ack } = commit;
+        let tree = match Tree::plan(&files, ctx.overwrite) {
+            Ok(tree) => tree,
+            Err(why) => return ack.failed(format_args!("the batch cannot be written as a directory: {why}")),
+        };
+        let mut placed = None;
+        loop {
+            match self.attempt(&tree, &mut placed) {
+                Ok(id) => {
+                    self.backoff.reset();
+                    ctx.health.up();
+                    return ack.committed(ctx.receipt(id, &files));
+                }
+                Err(failure) => {
+                    ctx.health.failing(SinkState::Retrying, failure.kind(), &failure);
+                    if !ctx.pause(self.backoff.next_delay()) {
+                        return ack.failed(format_args!("gave up writing the commit: {failure}"));
+                    }
+                    METRICS.sink_retries.inc();
+                }
+            }
+        }
+    }
+}
+
+fn parse_id(name: &str) -> Option<u64> {
+    if name.len() == ID_DIGITS && name.bytes().all(|b| b.is_ascii_digit()) {
+        name.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// A batch's files as the tree they become: each name once, with the payloads that
+/// make it up in order, and the directories to create, parents first.
+struct Tree<'a> {
+    files: Vec<(&'a str, Vec<&'a Payload>)>,
+    dirs: Vec<&'a str>,
+}
+
+impl<'a> Tree<'a> {
+    fn plan(files: &'a [crate::message::File], overwrite: bool) -> Result<Self, String> {
+        let mut position: HashMap<&str, usize> = HashMap::new();
+        let mut merged: Vec<(&str, Vec<&Payload>)> = Vec::new();
+        for file in files {
+            // Ingest checked client names already; this keeps every path inside the commit.
+            file_name::validate(&file.name)?;
+            match position.get(file.name.as_str()) {
+                Some(&at) if overwrite => merged[at].1 = vec![&file.data],
+                Some(&at) => merged[at].1.push(&file.data),
+                None => {
+                    position.insert(&file.name, merged.len());
+                    merged.push((&file.name, vec![&file.data]));
+                }
+            }
+        }
+        let mut dirs = Vec::new();
+        let mut seen = HashSet::new();
+        for (name, _) in &merged {
+            for (slash, _) in name.match_indices('/') {
+                let dir = &name[..slash];
+                if position.contains_key(dir) {
+                    return Err(format!("{dir:?} is both a file and the directory of {name:?}"));
+                }
+                if seen.insert(dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+        Ok(Self { files: merged, dirs })
+    }
+
+    /// Writes the tree under `temp` (which must not exist), everything fsynced.
+    fn write(&self, temp: &Path) -> Result<(), Failure> {
+        fs::create_dir(temp).doing("creating", temp)?;
+        for dir in &self.dirs {
+            let path = temp.join(dir);
+            fs::create_dir(&path).doing("creating", &path)?;
+        }
+        for (name, parts) in &self.files {
+            let path = temp.join(name);
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&path).doing("creating", &path)?;
+            // Cloning `Bytes` shares the payload: the chunks go to `writev` as they are.
+            let chunks: Vec<Bytes> = parts.iter().flat_map(|p| p.chunks()).cloned().collect();
+            vectored::write_from(&mut file, &chunks, &mut Cursor::default()).doing("writing", &path)?;
+            file.sync_all().doing("syncing", &path)?;
+        }
+        for dir in &self.dirs {
+            sync_dir(&temp.join(dir))?;
+        }
+        sync_dir(temp)
+    }
+}
+
+fn sync_dir(path: &Path) -> Result<(), Failure> {
+    File::open(path).and_then(|dir| dir.sync_all()).doing("syncing", path)
+}
+
+/// A failed file-system step: what was done, on which path, and why it failed.
+#[derive(Debug)]
+struct Failure {
+    step: &'static str,
+    path: PathBuf,
+    error: io::Error,
+}
+
+impl Failure {
+    /// The `kind` label of `spout_sink_errors_total`.
+    fn kind(&self) -> &'static str {
+        match self.error.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => "no_space",
+            Some(libc::EROFS) => "read_only",
+            Some(libc::EACCES | libc::EPERM) => "permission",
+            _ => "io",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.step, self.path.display(), self.error)
+    }
+}
+
+trait Doing<T> {
+    fn doing(self, step: &'static str, path: &Path) -> Result<T, Failure>;
+}
+
+impl<T> Doing<T> for io::Result<T> {
+    fn doing(self, step: &'static str, path: &Path) -> Result<T, Failure> {
+        self.map_err(|error| Failure { step, path: path.to_owned(), error })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::ack::{BatchAck, Ledger, SealReason, VerdictReceiver};
+    use crate::buffer::Budget;
+    use crate::message::File as BatchFile;
+    use crate::sink::{Health, Layout};
+
+    /// A commit of `files` (name, chunks) and the receiver of its verdict.
+    fn commit(files: &[(&str, &[&[u8]])]) -> (Commit, VerdictReceiver) {
+        let files: Vec<BatchFile> = files
+            .iter()
+            .map(|(name, chunks)| BatchFile {
+                name: name.to_string(),
+                data: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>().into(),
+            })
+            .collect();
+        let bytes = files.iter().map(|f| f.data.len()).sum();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ledger = Ledger::new(Arc::new(Budget::new(1 << 20)));
+        let ack = BatchAck::new(1, files.len() as u64, bytes, SealReason::Flush, 1, Instant::now(), vec![tx], ledger);
+        (Commit { files, ack }, rx)
+    }
+
+    fn context(overwrite: bool) -> SinkContext {
+        SinkContext::new(Arc::new(Health::new("dir:test".into())), overwrite)
+    }
+
+    fn committed_id(mut verdict: VerdictReceiver) -> String {
+        verdict.try_recv().expect("settled").expect("committed").commit.clone()
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_commit_is_a_directory_of_its_files_with_subdirectories() {
+        let root = tempfile::tempdir().unwrap();
+        let mut sink = DirSink::open(root.path().into()).unwrap();
+        let (commit, verdict) = commit(&[("a.txt", &[b"hel", b"lo"]), ("logs/2024/x.ndjson", &[b"{}\n"])]);
+        sink.submit(commit, &context(false));
+        let id = committed_id(verdict);
+        assert_eq!((id.len(), id.bytes().all(|b| b.is_ascii_digit())), (20, true));
+        assert_eq!(entries(root.path()), std::slice::from_ref(&id), "no temp directory left");
+        let dir = root.path().join(&id);
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"hello");
+        assert_eq!(fs::read(dir.join("logs/2024/x.ndjson")).unwrap(), b"{}\n");
+    }
+
+    #[test]
+    fn same_name_appends_unless_overwrite() {
+        let files: &[(&str, &[&[u8]])] = &[("x", &[b"1"]), ("d/y", &[b"2"]), ("x", &[b"3", b"4"])];
+        for (overwrite, expected) in [(false, &b"134"[..]), (true, &b"34"[..])] {
+            let root = tempfile::tempdir().unwrap();
+            let mut sink = DirSink::open(root.path().into()).unwrap();
+            let (commit, verdict) = commit(files);
+            sink.submit(commit, &context(overwrite));
+            let dir = root.path().join(committed_id(verdict));
+            assert_eq!(fs::read(dir.join("x")).unwrap(), expected, "overwrite: {overwrite}");
+            assert_eq!(fs::read(dir.join("d/y")).unwrap(), b"2");
+        }
+    }
+
+    #[test]
+    fn receipts_name_the_batch_file_under_layout_batch() {
+        let root = tempfile::tempdir().unwrap();
+        let mut sink = DirSink::open(root.path().into()).unwrap();
+        let (commit, mut verdict) = commit(&[("batch-00000000000000000001", &[b"a\n"])]);
+        sink.submit(commit, &SinkContext { layout: Layout::Batch, ..context(false) });
+        let receipt = verdict.try_recv().unwrap().unwrap();
+        assert_eq!(receipt.batch_file.as_deref(), Some("batch-00000000000000000001"));
+    }
+
+    #[test]
+    fn ids_keep_increasing_across_sinks_and_past_what_is_there() {
+        let root = tempfile::tempdir().unwrap();
+        let mut first = DirSink::open(root.path().into()).unwrap();
+        let (one, one_verdict) = commit(&[("f", &[b"1"])]);
+        first.submit(one, &context(false));
+        let (two, two_verdict) = commit(&[("f", &[b"2"])]);
+        first.submit(two, &context(false));
+        let (one, two) = (committed_id(one_verdict), committed_id(two_verdict));
+        assert!(one < two);
+        drop(first);
+        // A commit from a run whose clock was far ahead of ours.
+        let ahead = format!("{:020}", two.parse::<u64>().unwrap() + 10u64.pow(15));
+        fs::create_dir(root.path().join(&ahead)).unwrap();
+        let mut second = DirSink::open(root.path().into()).unwrap();
+        let (three, three_verdict) = commit(&[("f", &[b"3"])]);
+        second.submit(three, &context(false));
+        let three = committed_id(three_verdict);
+        assert!(three > ahead, "{three} after {ahead}");
+        assert_eq!(entries(root.path()), [one, two, ahead, three]);
+    }
+
+    #[test]
+    fn opening_removes_what_a_crash_left_half_written() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join(".tmp-00000000000000000007/sub")).unwrap();
+        fs::write(root.path().join(".tmp-00000000000000000007/sub/f"), b"partial").unwrap();
+        fs::write(root.path().join(".tmp-stray"), b"").unwrap();
+        fs::create_dir(root.path().join("00000000000000000005")).unwrap();
+        DirSink::open(root.path().into()).unwrap();
+        assert_eq!(entries(root.path()), ["00000000000000000005"]);
+    }
+
+    #[test]
+    fn a_name_that_is_also_a_directory_fails_at_once() {
+        let root = tempfile::tempdir().unwrap();
+        let mut sink = DirSink::open(root.path().into()).unwrap();
+        let (commit, mut verdict) = commit(&[("a/b", &[b"1"]), ("a", &[b"2"])]);
+        sink.submit(commit, &context(false));
+        let error = verdict.try_recv().unwrap().unwrap_err();
+        assert!(error.0.contains("\"a\" is both a file and the directory of \"a/b\""), "{error}");
+        assert!(entries(root.path()).is_empty());
+    }
+
+    /// Makes `root` unusable in a way that stops root too: a file where the directory was.
+    fn break_root(root: &Path) {
+        fs::remove_dir(root).unwrap();
+        fs::write(root, b"not a directory").unwrap();
+    }
+
+    fn mend_root(root: &Path) {
+        fs::remove_file(root).unwrap();
+        fs::create_dir(root).unwrap();
+    }
+
+    #[test]
+    fn file_system_failures_are_retried_until_they_pass() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("out");
+        let mut sink = DirSink::open(root.clone()).unwrap();
+        break_root(&root);
+        let ctx = context(false);
+        let retries_before = METRICS.sink_retries.get();
+        let (commit, verdict) = commit(&[("kept", &[b"intact"])]);
+        let writer = {
+            let ctx = ctx.clone();
+            std::thread::spawn(move || sink.submit(commit, &ctx))
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ctx.health.state() != SinkState::Retrying || METRICS.sink_retries.get() == retries_before {
+            assert!(Instant::now() < deadline, "the sink never reported the failure");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(ctx.health.last_error().unwrap().contains("Not a directory"), "{:?}", ctx.health.last_error());
+        mend_root(&root);
+        writer.join().unwrap();
+        assert_eq!(ctx.health.state(), SinkState::Up);
+        let id = committed_id(verdict);
+        assert_eq!(entries(&root), std::slice::from_ref(&id));
+        assert_eq!(fs::read(root.join(id).join("kept")).unwrap(), b"intact");
+    }
+
+    #[test]
+    fn giving_up_fails_the_batch() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("out");
+        let mut sink = DirSink::open(root.clone()).unwrap();
+        break_root(&root);
+        let ctx = context(false);
+        ctx.give_up.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (commit, mut verdict) = commit(&[("lost", &[b"x"])]);
+        sink.submit(commit, &ctx);
+        let error = verdict.try_recv().unwrap().unwrap_err();
+        assert!(error.0.starts_with("gave up writing the commit: creating "), "{error}");
     }
 }

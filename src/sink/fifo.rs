@@ -1,16 +1,268 @@
-//! The `fifo:` sink. (Stub: being written.)
+//! The `fifo:` sink: one tar archive per batch into a Pachyderm 1.x spout's named
+//! pipe, each archive one commit.
+//!
+//! The pipe stays open and archives follow each other, as Pachyderm's reader expects.
+//! Writes are non-blocking and pipelined: an archive is written as soon as it is
+//! submitted, without waiting for the reader to finish the one before.
+//!
+//! **When is an archive committed?** Once the reader has consumed all of its bytes.
+//! The sink counts the bytes written since it opened the pipe; `FIONREAD` tells how
+//! many of them still sit unread in the pipe, so `consumed = written - unread`, and
+//! every archive that ends at or before `consumed` is acknowledged.
+//!
+//! **When the reader goes away** (`EPIPE` on a write, `POLLERR` from poll), the sink
+//! first settles what the reader consumed, while the pipe can still tell. Then:
+//! - the reader left between two archives (`consumed` is an archive's first byte):
+//!   what is left in the pipe begins with a whole archive, so the pipe stays open
+//!   for the next reader (older Pachyderm closes and reopens it after each commit);
+//! - the reader left inside an archive: it discards that truncated archive, so the
+//!   sink closes the pipe at once, which makes the kernel drop what the dead reader
+//!   left unread, backs off, reopens, and sends every archive not wholly consumed
+//!   again, each from its first byte, in order. Nothing is lost or doubled, and the
+//!   next reader starts at an archive's first byte.
+//!
+//! The one race no writer can close: a new reader that opens the pipe after the old
+//! one left but before the sink has closed it joins the old pipe, so it reads what
+//! the dead reader left (starting inside an archive), and archives it reads whole
+//! in that moment are also sent again. Polling every few milliseconds keeps the
+//! window short; a restarted Pachyderm worker takes far longer to reopen the pipe.
+//!
+//! Memory: an archive's bytes are released from the budget only when it is
+//! committed, so a stalled reader stops ingest by itself; the queue holds nothing
+//! the budget does not count but headers. Everything here runs on the sink thread.
 
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use super::{Commit, Sink, SinkContext};
+use super::backoff::Backoff;
+use super::vectored::{self, Cursor};
+use super::{next_commit_id, Commit, Sink, SinkContext, SinkState};
+use crate::ack::{BatchAck, Receipt};
+use crate::message::Sequencer;
+use crate::metrics::METRICS;
+use crate::tar::{self, Archive};
+
+/// The longest the sink sleeps between looks at the pipe while waiting.
+const STEP: Duration = Duration::from_millis(5);
+/// How long a reader may be away between archives before the sink reports it.
+const ABSENCE_GRACE: Duration = Duration::from_secs(1);
 
 pub struct FifoSink {
     path: PathBuf,
+    ids: Sequencer,
+    /// Archives not yet consumed, oldest first: written, being written or waiting.
+    queue: VecDeque<InFlight>,
+    pipe: Option<Pipe>,
+    backoff: Backoff,
+    /// When to try opening the pipe again.
+    reopen_at: Instant,
+}
+
+struct InFlight {
+    archive: Archive,
+    receipt: Receipt,
+    ack: BatchAck,
+    /// Where the archive ends in the bytes written since the pipe was opened; set
+    /// when writing it begins.
+    end: Option<u64>,
+}
+
+impl InFlight {
+    fn start(&self) -> Option<u64> {
+        self.end.map(|end| end - self.archive.len)
+    }
+}
+
+struct Pipe {
+    file: File,
+    /// Bytes written since this open.
+    written: u64,
+    /// The first archive in the queue not yet wholly written, and how far it got.
+    next: usize,
+    cursor: Cursor,
+    /// The reader left between two archives; the pipe waits for the next one.
+    absent: Option<Absence>,
+}
+
+struct Absence {
+    since: Instant,
+    reported: bool,
 }
 
 impl FifoSink {
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self {
+            path,
+            ids: Sequencer::starting_now(),
+            queue: VecDeque::new(),
+            pipe: None,
+            backoff: Backoff::default(),
+            reopen_at: Instant::now(),
+        }
+    }
+
+    /// Writes, settles and reopens as far as possible within `wait`; returns early
+    /// once something settled.
+    fn progress(&mut self, wait: Duration, ctx: &SinkContext) {
+        let deadline = Instant::now() + wait;
+        let unsettled = self.queue.len();
+        while !self.queue.is_empty() {
+            if ctx.giving_up() {
+                return self.abandon();
+            }
+            if self.pipe.is_none() {
+                self.try_open(ctx);
+            }
+            if self.pipe.is_some() {
+                self.exchange(ctx);
+            }
+            let now = Instant::now();
+            if now >= deadline || self.queue.len() < unsettled {
+                return;
+            }
+            self.pause((deadline - now).min(STEP), ctx);
+        }
+    }
+
+    fn try_open(&mut self, ctx: &SinkContext) {
+        if Instant::now() < self.reopen_at {
+            return;
+        }
+        vectored::block_sigpipe_on_this_thread();
+        // Non-blocking, so an absent reader is ENXIO instead of a thread stuck in open().
+        let opened = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+        let failure = match opened {
+            Ok(file) => match file.metadata() {
+                Ok(meta) if meta.file_type().is_fifo() => {
+                    ctx.health.up();
+                    self.backoff.reset();
+                    self.pipe =
+                        Some(Pipe { file, written: 0, next: 0, cursor: Cursor::default(), absent: None });
+                    return;
+                }
+                Ok(_) => ("not_a_fifo", format!("{} is not a named pipe", self.path.display())),
+                Err(err) => ("open", err.to_string()),
+            },
+            Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
+                ("no_reader", format!("nothing has {} open for reading", self.path.display()))
+            }
+            Err(err) => ("open", format!("{}: {err}", self.path.display())),
+        };
+        ctx.health.failing(SinkState::Down, failure.0, &failure.1);
+        self.reopen_at = Instant::now() + self.backoff.next_delay();
+    }
+
+    /// With the pipe open: notices a returning reader, writes what fits, settles
+    /// what was consumed.
+    fn exchange(&mut self, ctx: &SinkContext) {
+        let pipe = self.pipe.as_mut().expect("called with the pipe open");
+        if let Some(absence) = &mut pipe.absent {
+            match vectored::poll_writable(pipe.file.as_fd(), false, Duration::ZERO) {
+                Ok(ready) if ready.reader_gone => {
+                    if !absence.reported && absence.since.elapsed() >= ABSENCE_GRACE {
+                        absence.reported = true;
+                        ctx.health.failing(SinkState::Down, "no_reader", &"the reader closed the pipe");
+                    }
+                    return;
+                }
+                _ => {
+                    pipe.absent = None;
+                    ctx.health.up();
+                }
+            }
+        }
+        if let Err(err) = self.write_more().and_then(|()| self.commit_consumed().map(drop)) {
+            let kind = if err.kind() == io::ErrorKind::BrokenPipe { "epipe" } else { "io" };
+            self.reader_left(kind, &err, ctx);
+        }
+    }
+
+    fn write_more(&mut self) -> io::Result<()> {
+        let pipe = self.pipe.as_mut().expect("called with the pipe open");
+        while let Some(next) = self.queue.get_mut(pipe.next) {
+            next.end.get_or_insert(pipe.written - pipe.cursor.done() + next.archive.len);
+            let before = pipe.cursor.done();
+            let result = vectored::write_from(&mut pipe.file, &next.archive.chunks, &mut pipe.cursor);
+            pipe.written += pipe.cursor.done() - before;
+            match result {
+                Ok(()) => {
+                    pipe.next += 1;
+                    pipe.cursor = Cursor::default();
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledges every archive the reader has consumed whole; returns `consumed`.
+    fn commit_consumed(&mut self) -> io::Result<u64> {
+        let pipe = self.pipe.as_mut().expect("called with the pipe open");
+        let consumed = pipe.written.saturating_sub(vectored::unread_bytes(pipe.file.as_fd())?);
+        while self.queue.front().is_some_and(|a| a.end.is_some_and(|end| end <= consumed)) {
+            let done = self.queue.pop_front().expect("checked above");
+            pipe.next -= 1;
+            done.ack.committed(done.receipt);
+        }
+        Ok(consumed)
+    }
+
+    /// Waits up to `nap` for room in the pipe or for the reader to leave.
+    fn pause(&mut self, nap: Duration, ctx: &SinkContext) {
+        let Some(pipe) = &self.pipe else {
+            std::thread::sleep(nap.min(self.reopen_at.saturating_duration_since(Instant::now())));
+            return;
+        };
+        if pipe.absent.is_some() {
+            std::thread::sleep(nap);
+            return;
+        }
+        let want_write = pipe.next < self.queue.len();
+        if let Ok(ready) = vectored::poll_writable(pipe.file.as_fd(), want_write, nap) {
+            if ready.reader_gone {
+                self.reader_left("reader_gone", &"the reader closed the pipe", ctx);
+            }
+        }
+    }
+
+    /// The reader is gone: see the module comment for what happens and why.
+    fn reader_left(&mut self, kind: &str, error: &dyn std::fmt::Display, ctx: &SinkContext) {
+        if let Ok(consumed) = self.commit_consumed() {
+            let between_archives =
+                self.queue.front().and_then(InFlight::start).map_or(true, |s| s == consumed);
+            if between_archives {
+                let pipe = self.pipe.as_mut().expect("called with the pipe open");
+                pipe.absent.get_or_insert(Absence { since: Instant::now(), reported: false });
+                return;
+            }
+        }
+        // Closed first, then reported: whoever sees the report knows the pipe is gone.
+        self.pipe = None;
+        let resent = self.queue.iter_mut().filter_map(|a| a.end.take()).count();
+        METRICS.sink_retries.inc_by(resent as u64);
+        ctx.health.failing(SinkState::Retrying, kind, error);
+        self.reopen_at = Instant::now() + self.backoff.next_delay();
+    }
+
+    /// Shutting down past its deadline: settles what was consumed and fails the rest.
+    /// A reader still holding the pipe may yet read archives that were wholly in it;
+    /// failing them says "not known to be committed", which stays true.
+    fn abandon(&mut self) {
+        if self.pipe.is_some() {
+            let _ = self.commit_consumed();
+        }
+        self.pipe = None;
+        for archive in self.queue.drain(..) {
+            archive
+                .ack
+                .failed("gave up: the pipe's reader had not consumed the archive by the shutdown deadline");
+        }
     }
 }
 
@@ -19,7 +271,23 @@ impl Sink for FifoSink {
         format!("fifo:{}", self.path.display())
     }
 
-    fn submit(&mut self, commit: Commit, _ctx: &SinkContext) {
-        commit.ack.failed("fifo sink not written yet");
+    fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
+        let archive = tar::encode_now(&commit.files);
+        let receipt = ctx.receipt(next_commit_id(&mut self.ids), &commit.files);
+        self.queue.push_back(InFlight { archive, receipt, ack: commit.ack, end: None });
+        self.progress(Duration::ZERO, ctx);
+    }
+
+    fn settle(&mut self, wait: Duration, ctx: &SinkContext) -> usize {
+        self.progress(wait, ctx);
+        self.queue.len()
+    }
+
+    /// Opens the pipe ahead of the first batch: `/readyz` then says whether a
+    /// reader is there, and the first archive does not wait for the open.
+    fn probe(&mut self, ctx: &SinkContext) {
+        if self.pipe.is_none() {
+            self.try_open(ctx);
+        }
     }
 }

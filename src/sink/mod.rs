@@ -54,6 +54,10 @@ pub trait Sink: Send {
     fn settle(&mut self, _wait: Duration, _ctx: &SinkContext) -> usize {
         0
     }
+
+    /// Checks, while no commit is in flight, that the destination is reachable, so
+    /// that health (and `/readyz`) tell the truth before the next batch arrives.
+    fn probe(&mut self, _ctx: &SinkContext) {}
 }
 
 /// What every sink needs from the process around it.
@@ -144,16 +148,15 @@ pub fn receipt(commit: String, files: &[File], layout: Layout) -> Receipt {
 /// what is still in flight. Blocking writes happen here, never on the async runtime.
 pub fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, layout_kind: Layout, ctx: SinkContext) {
     const POLL: Duration = Duration::from_millis(2);
+    const PROBE_EVERY: Duration = Duration::from_millis(250);
     let ctx = SinkContext { layout: layout_kind, ..ctx };
     let mut in_flight = 0;
+    sink.probe(&ctx);
     loop {
-        let next = if in_flight > 0 {
-            batches.recv_timeout(POLL)
-        } else {
-            batches.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        };
+        let next = batches.recv_timeout(if in_flight > 0 { POLL } else { PROBE_EVERY });
         match next {
             Ok(batch) => sink.submit(layout(batch, layout_kind), &ctx),
+            Err(RecvTimeoutError::Timeout) if in_flight == 0 => sink.probe(&ctx),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }

@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: each test file includes this module.
+//! Helpers shared by the integration tests; each test file uses a part of them.
 #![allow(dead_code)]
 
 pub mod client;
+pub mod pachyderm_reader;
 pub mod sidecar;

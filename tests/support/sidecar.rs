@@ -25,7 +25,7 @@ impl Sidecar {
     /// Like `start`, letting the test adjust the command (env, working dir, stdout).
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Self {
         let mut command = Command::new(BIN);
-        command.args(["--listen", "127.0.0.1:0", "--log", "info"]).args(args);
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
         command.stderr(Stdio::piped()).stdin(Stdio::null());
         for (key, _) in std::env::vars() {
             if key.starts_with("SPOUT_") {
@@ -40,9 +40,16 @@ impl Sidecar {
         {
             let log = log.clone();
             std::thread::spawn(move || {
+                let mut addr = None;
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
-                        let _ = tx.send(addr.trim().to_owned());
+                    if let Some(found) = line.split("listening on http://").nth(1) {
+                        addr = Some(found.trim().to_owned());
+                    }
+                    // Every listener is bound once the ready line is out.
+                    if line.contains(" ready") {
+                        if let Some(addr) = addr.take() {
+                            let _ = tx.send(addr);
+                        }
                     }
                     log.lock().unwrap().push_str(&line);
                     log.lock().unwrap().push('\n');
