@@ -254,7 +254,7 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
     s.rate = Some(rate);
     s.max_batch_age = Some(options.commit_age);
     // Enough connections for every request to wait a batch age and some more.
-    s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.05) * 2.0) as usize).clamp(16, 2048);
+    s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.05) * 2.0) as usize).clamp(16, 1000);
     let waited = r.sidecar(s).await;
     let age_ms = options.commit_age.as_secs_f64() * 1000.0;
     targets.push(Target::new(
