@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use spout_sidecar::ack::Ledger;
 use spout_sidecar::batch::{Batcher, Policy};
@@ -99,6 +100,7 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         idempotency: Idempotency::new(options.idempotency_keys, options.idempotency_window),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = Vec::new();
     let mut socket_files = Vec::new();
     let mut endpoints = Endpoints { token_file: options.auth_token_file.as_deref(), ..Endpoints::default() };
 
@@ -108,14 +110,14 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         tracing::info!("listening on http://{local}");
         let reachable = if local.ip().is_unspecified() { format!("127.0.0.1:{}", local.port()) } else { local.to_string() };
         endpoints.url = Some(format!("http://{reachable}"));
-        tokio::spawn(http::serve(api.clone(), Transport::Http, listener, stop_rx.clone()));
+        servers.push(tokio::spawn(http::serve(api.clone(), Transport::Http, listener, stop_rx.clone())));
     }
     if let Some(path) = &options.socket {
         let (listener, file) = bind_unix(path)?;
         tracing::info!("listening on unix:{}", path.display());
         socket_files.push(file);
         endpoints.socket = Some(path);
-        tokio::spawn(http::serve(api.clone(), Transport::Unix, listener, stop_rx.clone()));
+        servers.push(tokio::spawn(http::serve(api.clone(), Transport::Unix, listener, stop_rx.clone())));
     }
     if let Some(path) = &options.raw_socket {
         let (listener, file) = bind_unix(path)?;
@@ -157,19 +159,17 @@ async fn run(options: Options) -> Result<ExitCode, String> {
             if !matches!(joined, Ok(Ok(()))) {
                 return Err("the sink thread failed while draining".into());
             }
+            shutdown::close_servers(servers, Instant::now() + shutdown::ANSWER_GRACE).await;
             tracing::info!("drained: everything accepted is committed");
             drop(socket_files);
             Ok(exit)
         }
         Err(left) => {
-            // The sink now fails what it holds; let it answer the waiting requests
-            // (502) before the process goes.
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                tokio::task::spawn_blocking(move || sink_thread.join()),
-            )
-            .await;
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            // The sink now fails what it holds; let it settle, and the servers send
+            // the waiting requests their 502, before the process goes.
+            let deadline = Instant::now() + shutdown::GIVE_UP_GRACE;
+            let _ = tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(move || sink_thread.join())).await;
+            shutdown::close_servers(servers, deadline).await;
             tracing::error!(
                 "shutdown timeout ({}) passed with {} bytes in {} batches not committed",
                 humantime::format_duration(options.shutdown_timeout),

@@ -21,6 +21,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Semaphore};
@@ -70,19 +71,24 @@ impl Listener for tokio::net::UnixListener {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, serving each on its own task.
+/// Accepts connections until `shutdown` turns true, serving each on its own task;
+/// then closes the listener and returns once every connection has answered the
+/// request it was serving and closed. A reply whose commit has just settled (a
+/// `wait=commit` answer) thus still goes out before the process exits: a client
+/// that never gets it would send again what is already committed.
 pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener, mut shutdown: watch::Receiver<bool>) {
     let connections = Arc::new(Semaphore::new(api.max_connections));
+    let graceful = GracefulShutdown::new();
     loop {
         // Waiting for a slot before accepting leaves further clients in the kernel's
         // backlog instead of accepting connections we would not serve.
         let slot = tokio::select! {
             slot = connections.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = shutdown.wait_for(|&stop| stop) => return,
+            _ = shutdown.wait_for(|&stop| stop) => break,
         };
         let stream = tokio::select! {
             accepted = listener.accept_stream() => accepted,
-            _ = shutdown.wait_for(|&stop| stop) => return,
+            _ = shutdown.wait_for(|&stop| stop) => break,
         };
         let stream = match stream {
             Ok(stream) => stream,
@@ -94,6 +100,7 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
             }
         };
         let api = api.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
             let header_timeout = api.header_timeout;
@@ -105,11 +112,13 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = connection.await {
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!("connection ended: {error}");
             }
         });
     }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 async fn handle(api: &Api, transport: Transport, request: Request<Body>) -> Reply {
