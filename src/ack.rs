@@ -7,7 +7,7 @@
 //! Dropping an unsettled `BatchAck` (a sink thread that died) fails it, so no
 //! waiter hangs and no budget leaks.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -77,17 +77,44 @@ pub struct CommitSummary {
 
 const HISTORY: usize = 16;
 
+/// A batch sealed and not yet settled: what a shutdown past its timeout names as
+/// not committed. Its messages have the sequence numbers `first_seq..=last_seq()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsettled {
+    pub batch: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub first_seq: u64,
+}
+
+impl Unsettled {
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.messages.saturating_sub(1)
+    }
+}
+
 /// State shared by every batch's acknowledgement.
 #[derive(Debug)]
 pub struct Ledger {
     budget: Arc<Budget>,
     settled: watch::Sender<u64>,
     history: Mutex<VecDeque<CommitSummary>>,
+    unsettled: Mutex<BTreeMap<u64, Unsettled>>,
 }
 
 impl Ledger {
     pub fn new(budget: Arc<Budget>) -> Arc<Self> {
-        Arc::new(Self { budget, settled: watch::Sender::new(0), history: Mutex::default() })
+        Arc::new(Self {
+            budget,
+            settled: watch::Sender::new(0),
+            history: Mutex::default(),
+            unsettled: Mutex::default(),
+        })
+    }
+
+    /// Every batch sealed and not yet settled, oldest first.
+    pub fn unsettled(&self) -> Vec<Unsettled> {
+        self.unsettled.lock().unwrap().values().copied().collect()
     }
 
     pub fn budget(&self) -> &Arc<Budget> {
@@ -138,6 +165,8 @@ impl BatchAck {
         waiters: Vec<oneshot::Sender<Verdict>>,
         ledger: Arc<Ledger>,
     ) -> Self {
+        let unsettled = Unsettled { batch: no, messages, bytes, first_seq };
+        ledger.unsettled.lock().unwrap().insert(no, unsettled);
         Self {
             no,
             messages,
@@ -174,6 +203,8 @@ impl BatchAck {
             batch = self.no,
             messages = self.messages,
             bytes = self.bytes,
+            first_seq = self.first_seq,
+            last_seq = self.first_seq + self.messages.saturating_sub(1),
             "commit failed, its messages are not committed: {error}"
         );
         self.settle(Err(error));
@@ -181,6 +212,7 @@ impl BatchAck {
 
     fn settle(&mut self, verdict: Verdict) {
         self.settled = true;
+        self.ledger.unsettled.lock().unwrap().remove(&self.no);
         self.ledger.budget.release(self.bytes);
         let summary = CommitSummary {
             batch: self.no,

@@ -168,13 +168,12 @@ async fn run(options: Options) -> Result<ExitCode, String> {
             // The sink now fails what it holds; let it settle, and the servers send
             // the waiting requests their 502, before the process goes.
             let deadline = Instant::now() + shutdown::GIVE_UP_GRACE;
-            let _ = tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(move || sink_thread.join())).await;
+            let sink_done = tokio::task::spawn_blocking(move || sink_thread.join());
+            let _ = tokio::time::timeout_at(deadline, sink_done).await;
             shutdown::close_servers(servers, deadline).await;
             tracing::error!(
-                "shutdown timeout ({}) passed with {} bytes in {} batches not committed",
-                humantime::format_duration(options.shutdown_timeout),
-                left.bytes,
-                left.batches
+                "shutdown timeout ({}) passed; not committed: {left}",
+                humantime::format_duration(options.shutdown_timeout)
             );
             Ok(ExitCode::from(3))
         }

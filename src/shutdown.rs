@@ -3,6 +3,7 @@
 //! thread commits everything accepted. If that takes longer than
 //! `--shutdown-timeout`, the sink is told to give up and the exit code says so.
 
+use std::fmt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::ack::Unsettled;
 use crate::ingest::Intake;
 use crate::sink::SinkContext;
 
@@ -48,15 +50,34 @@ impl Signals {
     }
 }
 
-/// What was left when the drain gave up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Uncommitted {
-    pub bytes: u64,
-    pub batches: u64,
+/// What was left when the drain gave up: the batches not committed by the deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uncommitted(pub Vec<Unsettled>);
+
+/// How many batches the shutdown report names one by one.
+const NAMED: usize = 8;
+
+impl fmt::Display for Uncommitted {
+    /// E.g. `26 messages (250 bytes) in 3 batches: batch 1 (seq 5..=14), ...`: the
+    /// sequence numbers are those the 202 answers gave (`first_seq`, `last_seq`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let messages: u64 = self.0.iter().map(|b| b.messages).sum();
+        let bytes: u64 = self.0.iter().map(|b| b.bytes).sum();
+        write!(f, "{messages} messages ({bytes} bytes) in {} batches", self.0.len())?;
+        for (i, batch) in self.0.iter().take(NAMED).enumerate() {
+            let sep = if i == 0 { ":" } else { "," };
+            write!(f, "{sep} batch {} (seq {}..={})", batch.batch, batch.first_seq, batch.last_seq())?;
+        }
+        if let (Some(first), Some(last)) = (self.0.get(NAMED), self.0.last()) {
+            let more = self.0.len() - NAMED;
+            write!(f, " and {more} more (seq {}..={})", first.first_seq, last.last_seq())?;
+        }
+        Ok(())
+    }
 }
 
 /// Stops intake and waits until every accepted message is committed, at most
-/// `timeout`. Returns what was not committed in time.
+/// `timeout`. Returns what was not committed in time, and tells the sink to give up.
 pub async fn drain(intake: &Intake, sink: &SinkContext, timeout: Duration) -> Result<(), Uncommitted> {
     intake.start_draining();
     let batcher = intake.batcher();
@@ -70,9 +91,9 @@ pub async fn drain(intake: &Intake, sink: &SinkContext, timeout: Duration) -> Re
     if tokio::time::timeout(timeout, ledger.wait_settled(last)).await.is_ok() {
         return Ok(());
     }
+    let left = Uncommitted(ledger.unsettled());
     sink.give_up.store(true, Ordering::Relaxed);
-    let settled = *ledger.settled().borrow();
-    Err(Uncommitted { bytes: intake.budget().used(), batches: last.saturating_sub(settled) })
+    Err(left)
 }
 
 /// How long, once everything is committed, the HTTP servers get to send the answers
@@ -106,3 +127,26 @@ impl Drop for SocketFile {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(batch: u64, first_seq: u64) -> Unsettled {
+        Unsettled { batch, messages: 10, bytes: 100, first_seq }
+    }
+
+    #[test]
+    fn the_report_names_each_batch_by_its_sequence_numbers() {
+        let left = Uncommitted(vec![batch(4, 1000), batch(5, 1010)]);
+        assert_eq!(
+            left.to_string(),
+            "20 messages (200 bytes) in 2 batches: batch 4 (seq 1000..=1009), batch 5 (seq 1010..=1019)"
+        );
+        let many = Uncommitted((0..11).map(|i| batch(i + 1, 10 * i)).collect());
+        let report = many.to_string();
+        let start = "110 messages (1100 bytes) in 11 batches: batch 1 (seq 0..=9),";
+        assert!(report.starts_with(start), "{report}");
+        assert!(report.ends_with(", batch 8 (seq 70..=79) and 3 more (seq 80..=109)"), "{report}");
+    }
+}
