@@ -41,12 +41,16 @@ pub struct Connection {
 
 impl Connection {
     pub fn tcp(addr: &str) -> Self {
-        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Self::try_tcp(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+    }
+
+    pub fn try_tcp(addr: &str) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         // Head and body go out in two writes: without this, Nagle's algorithm holds
         // the body until the server's delayed ACK, 40 ms per request.
-        stream.set_nodelay(true).unwrap();
-        Self { reader: BufReader::new(Box::new(stream)) }
+        stream.set_nodelay(true)?;
+        Ok(Self { reader: BufReader::new(Box::new(stream)) })
     }
 
     pub fn unix(path: &Path) -> Self {
@@ -57,16 +61,35 @@ impl Connection {
 
     /// Sends a request with a body and the given extra headers; reads the answer.
     pub fn request(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.try_request(method, target, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {target}: no answer: {e}"))
+    }
+
+    /// Like [`Self::request`], for tests where a connection may fail.
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         let mut head = format!("{method} {target} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: {}\r\n", body.len());
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-        stream.flush().unwrap();
-        self.read_response()
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        stream.flush()?;
+        self.try_read_response()
+    }
+
+    /// Writes raw bytes without reading an answer (a body sent in pieces).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes)?;
+        stream.flush()
     }
 
     /// Sends raw bytes as they are (for malformed requests); reads one answer.
@@ -78,8 +101,16 @@ impl Connection {
     }
 
     pub fn read_response(&mut self) -> Response {
+        self.try_read_response().unwrap_or_else(|e| panic!("no answer: {e}"))
+    }
+
+    /// Reads one answer; an error if the connection ends or breaks before it is whole.
+    pub fn try_read_response(&mut self) -> std::io::Result<Response> {
+        let broken = |what: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_owned());
         let mut line = String::new();
-        self.reader.read_line(&mut line).expect("status line");
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(broken("the connection closed before the status line"));
+        }
         let status = line
             .split_whitespace()
             .nth(1)
@@ -88,7 +119,9 @@ impl Connection {
         let mut headers = Vec::new();
         loop {
             let mut line = String::new();
-            self.reader.read_line(&mut line).expect("header line");
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(broken("the connection closed inside the headers"));
+            }
             let line = line.trim_end();
             if line.is_empty() {
                 break;
@@ -102,8 +135,8 @@ impl Connection {
             .map(|(_, v)| v.parse().unwrap())
             .unwrap_or(0);
         let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).expect("body");
-        Response { status, headers, body }
+        self.reader.read_exact(&mut body)?;
+        Ok(Response { status, headers, body })
     }
 }
 
