@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming as Body;
-use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
@@ -58,6 +58,15 @@ impl Rejection {
     fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         Self { uncounted_reason: Some(reason), reply: reply::error(status, reason, message) }
     }
+
+    /// For a refusal that leaves the body unread: the connection closes after the
+    /// answer (the rest of a 10 GiB body is not worth reading to keep it), and
+    /// `Connection: close` tells the client so, rather than letting it pipeline
+    /// further requests into a connection about to end.
+    fn closing(mut self) -> Self {
+        self.reply.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        self
+    }
 }
 
 impl From<DecodeError> for Rejection {
@@ -72,25 +81,8 @@ impl From<DecodeError> for Rejection {
 }
 
 async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Result<Reply, Rejection> {
-    if api.intake.is_draining() {
-        return Err(draining());
-    }
-    let options = RequestOptions::parse(request.uri().query(), request.headers())
-        .map_err(|message| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
-    if let Some(name) = &options.file {
-        file_name::validate(name)
-            .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why))?;
-    }
-    let headers = request.headers().clone();
-    let content_type = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
-    let framing = Framing::from_content_type(content_type.as_deref())?;
-    let body = tokio::time::timeout(api.body_timeout, read_body(api, request)).await.map_err(|_| {
-        Rejection::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            format!("the body did not arrive within --body-timeout ({:?})", api.body_timeout),
-        )
-    })??;
+    let Received { options, headers, content_type, framing, body } =
+        receive(api, request).await.map_err(Rejection::closing)?;
     let ticket = match idempotency_key(&headers)? {
         None => None,
         Some(key) => {
@@ -146,6 +138,40 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
         ticket.settled(verdict);
     }
     Ok(reply)
+}
+
+/// A request read whole and checked as far as its headers go.
+struct Received {
+    options: RequestOptions,
+    headers: HeaderMap,
+    content_type: Option<String>,
+    framing: Framing,
+    body: Vec<Bytes>,
+}
+
+/// Checks the request's head and reads its body. A refusal from here on leaves the
+/// body unread, at least in part.
+async fn receive(api: &Api, request: Request<Body>) -> Result<Received, Rejection> {
+    if api.intake.is_draining() {
+        return Err(draining());
+    }
+    let options = RequestOptions::parse(request.uri().query(), request.headers())
+        .map_err(|message| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
+    if let Some(name) = &options.file {
+        file_name::validate(name)
+            .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why))?;
+    }
+    let headers = request.headers().clone();
+    let content_type = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    let framing = Framing::from_content_type(content_type.as_deref())?;
+    let body = tokio::time::timeout(api.body_timeout, read_body(api, request)).await.map_err(|_| {
+        Rejection::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the body did not arrive within --body-timeout ({:?})", api.body_timeout),
+        )
+    })??;
+    Ok(Received { options, headers, content_type, framing, body })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
