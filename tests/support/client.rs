@@ -45,7 +45,11 @@ impl Connection {
     }
 
     pub fn try_tcp(addr: &str) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(addr)?;
+        Self::over_tcp(TcpStream::connect(addr)?)
+    }
+
+    /// A connection over a stream the test also uses otherwise (a clone that writes).
+    pub fn over_tcp(stream: TcpStream) -> std::io::Result<Self> {
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         // Head and body go out in two writes: without this, Nagle's algorithm holds
         // the body until the server's delayed ACK, 40 ms per request.
