@@ -99,6 +99,10 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         idempotency: Idempotency::new(options.idempotency_keys, options.idempotency_window),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The raw socket stops before the drain (it reads what its connections already
+    // sent, then admits it); HTTP keeps answering, with 503, until the drain is done.
+    let (raw_stop_tx, raw_stop_rx) = watch::channel(false);
+    let mut raw_server = None;
     let mut socket_files = Vec::new();
     let mut endpoints = Endpoints { token_file: options.auth_token_file.as_deref(), ..Endpoints::default() };
 
@@ -123,7 +127,7 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         socket_files.push(file);
         endpoints.raw_socket = Some(path);
         let limit = options.max_message_bytes;
-        tokio::spawn(raw_socket::serve(listener, options.raw_framing, intake.clone(), limit, stop_rx.clone()));
+        raw_server = Some(tokio::spawn(raw_socket::serve(listener, options.raw_framing, intake.clone(), limit, raw_stop_rx)));
     }
     tracing::info!(sink = %sink_name, "spout-sidecar {} ready", env!("CARGO_PKG_VERSION"));
 
@@ -149,6 +153,12 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         exit = ExitCode::from(supervisor::exit_code(status));
     }
 
+    let _ = raw_stop_tx.send(true);
+    if let Some(server) = raw_server {
+        if tokio::time::timeout(options.shutdown_timeout, server).await.is_err() {
+            tracing::warn!("the raw socket did not finish reading within --shutdown-timeout");
+        }
+    }
     let drained = shutdown::drain(&intake, &sink_ctx, options.shutdown_timeout).await;
     let _ = stop_tx.send(true);
     match drained {
