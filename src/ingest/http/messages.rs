@@ -210,7 +210,13 @@ fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict) -> Reply {
             .iter()
             .zip(admission.seqs.first..)
             .map(|(name, seq)| name.clone().unwrap_or_else(|| default_file_name(seq)))
-            .collect(),
+            .fold(Vec::new(), |mut files: Vec<String>, file| {
+                // Messages appended to one file name it once.
+                if files.last() != Some(&file) {
+                    files.push(file);
+                }
+                files
+            }),
     };
     let answer = Accepted {
         accepted: admission.count,
