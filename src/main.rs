@@ -100,7 +100,7 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut socket_files = Vec::new();
-    let mut endpoints = Endpoints::default();
+    let mut endpoints = Endpoints { token_file: options.auth_token_file.as_deref(), ..Endpoints::default() };
 
     if let Listen::Tcp(addr) = &options.listen {
         let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;

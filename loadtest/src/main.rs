@@ -1,1 +1,143 @@
-fn main() {}
+//! The `loadtest` command line.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use loadtest::report::{self, Report};
+use loadtest::scenario::{Harness, Scenario};
+use loadtest::suite::{self, SuiteOptions};
+use loadtest::{baselines, run};
+
+/// Load generator for spout-sidecar.
+///
+/// Starts the sidecar (built with `cargo build --release` unless --sidecar names a
+/// binary) with the scenario's sink and batching options, drives it over HTTP on
+/// TCP or a Unix socket, or its raw socket, in any framing, in a closed loop (fixed
+/// concurrency) or an open loop (fixed rate; latency counted from when each request
+/// was due), then flushes, stops it, reads back everything the sink committed (a
+/// dir: tree, or a FIFO it reads as a Pachyderm worker would) and checks that every
+/// accepted message is there exactly once with its bytes unchanged. A run that
+/// loses, duplicates or damages a message exits non-zero, whatever its speed.
+///
+/// Reports requests/s, messages/s, MB/s, latency percentiles and the sidecar's peak
+/// RSS as a table (and as JSON with --json).
+#[derive(Parser)]
+#[command(version, about, long_about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    #[command(flatten)]
+    harness: Harness,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One scenario against the sidecar.
+    ///
+    /// Example: 1,000 x 100 B NDJSON messages per request into a dir: sink, one file
+    /// per batch:
+    ///   loadtest run --framing ndjson --batch 1000 --sink dir --layout batch
+    Run(Scenario),
+
+    /// Every target of issue 6 with its baseline; prints ratios and PASS/MISS.
+    ///
+    /// Exits non-zero when a message is lost or damaged in any scenario (with
+    /// --strict, also when a target is missed). For a quick check: --duration 2s
+    /// --overload-duration 3s.
+    Suite(SuiteOptions),
+
+    /// A baseline alone.
+    #[command(subcommand)]
+    Baseline(Baseline),
+}
+
+#[derive(Subcommand)]
+enum Baseline {
+    /// The HTTP ceiling: the scenario's load against a bare hyper server that reads
+    /// each body and answers 202 (sink and batching options are ignored).
+    Http(Scenario),
+
+    /// The pipe ceiling: large writes into a named pipe, drained by a reader.
+    Pipe {
+        /// Bytes per write.
+        #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+        chunk: u64,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+
+    /// The Pachyderm docs' spout: baselines/tarfile_spout.py writing each message
+    /// as its own tar archive (commit) into a named pipe.
+    Python {
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| format!("`{s}`: {e}"))
+}
+
+fn write_json(harness: &Harness, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = &harness.json {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)?;
+    }
+    Ok(())
+}
+
+fn print_reports(harness: &Harness, reports: &[Report]) -> anyhow::Result<bool> {
+    print!("{}", report::table(reports));
+    for r in reports.iter().filter(|r| !r.ok) {
+        for e in r.errors.iter().chain(r.verify.iter().flat_map(|v| &v.errors)) {
+            eprintln!("{}: {e}", r.name);
+        }
+    }
+    write_json(harness, &reports)?;
+    Ok(reports.iter().all(|r| r.ok))
+}
+
+async fn main_async(cli: Cli) -> anyhow::Result<bool> {
+    let harness = &cli.harness;
+    match cli.command {
+        Command::Run(scenario) => print_reports(harness, &[run::run(&scenario, harness).await?]),
+        Command::Baseline(Baseline::Http(scenario)) => {
+            print_reports(harness, &[baselines::http_ceiling(&scenario, harness).await?])
+        }
+        Command::Baseline(Baseline::Pipe { chunk, duration }) => {
+            print_reports(harness, &[baselines::pipe_ceiling("pipe-ceiling", chunk as usize, duration, harness)?])
+        }
+        Command::Baseline(Baseline::Python { size, duration }) => {
+            print_reports(harness, &[baselines::python_tarfile("python-tarfile", size, duration, harness)?])
+        }
+        Command::Suite(options) => {
+            let result = suite::run_suite(&options, harness).await;
+            println!("machine: {} cores, {}\n", result.machine.cores, result.machine.cpu);
+            print!("{}\n{}", report::table(&result.reports), suite::targets_table(&result.targets));
+            for failure in &result.failures {
+                eprintln!("FAILED {failure}");
+            }
+            write_json(harness, &result)?;
+            let missed = result.targets.iter().any(|t| t.pass == Some(false));
+            Ok(result.failures.is_empty() && !(options.strict && missed))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    match runtime.block_on(main_async(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use crate::ack::{BatchAck, Receipt};
 use crate::batch::Batch;
@@ -155,14 +155,29 @@ pub fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, layout_kind: Layou
     let mut in_flight = 0;
     sink.probe(&ctx);
     loop {
-        let next = batches.recv_timeout(if in_flight > 0 { POLL } else { PROBE_EVERY });
-        match next {
-            Ok(batch) => sink.submit(layout(batch, layout_kind), &ctx),
-            Err(RecvTimeoutError::Timeout) if in_flight == 0 => sink.probe(&ctx),
-            Err(RecvTimeoutError::Timeout) => {}
+        let next = if in_flight > 0 {
+            batches.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        } else {
+            batches.recv_timeout(PROBE_EVERY)
+        };
+        // With nothing new to submit, the sink does the waiting: it can wake as soon
+        // as its pipe has room instead of when a fixed sleep ends.
+        let wait = match next {
+            Ok(batch) => {
+                sink.submit(layout(batch, layout_kind), &ctx);
+                Duration::ZERO
+            }
+            Err(RecvTimeoutError::Timeout) if in_flight == 0 => {
+                sink.probe(&ctx);
+                Duration::ZERO
+            }
+            Err(RecvTimeoutError::Timeout) => POLL,
             Err(RecvTimeoutError::Disconnected) => break,
-        }
-        in_flight = sink.settle(Duration::ZERO, &ctx);
+        };
+        in_flight = sink.settle(wait, &ctx);
     }
     while sink.settle(Duration::from_millis(50), &ctx) > 0 && !ctx.giving_up() {}
 }

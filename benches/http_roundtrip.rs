@@ -1,0 +1,109 @@
+//! End-to-end in-process HTTP round trips: a keep-alive client on loopback TCP, the
+//! sidecar's HTTP API, intake, budget and batcher, and a sink thread whose sink
+//! commits instantly (so the figure is everything but the sink's own I/O).
+
+use std::sync::Arc;
+
+use clap::Parser;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hyper::Method;
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+
+use loadtest::body::{encode, Framing};
+use loadtest::client::{Conn, Endpoint};
+use loadtest::msg::Generator;
+use spout_sidecar::ack::Ledger;
+use spout_sidecar::batch::{Batcher, Policy};
+use spout_sidecar::buffer::Budget;
+use spout_sidecar::config::Options;
+use spout_sidecar::ingest::http::{self, Api};
+use spout_sidecar::ingest::idempotency::Idempotency;
+use spout_sidecar::ingest::{Intake, Transport};
+use spout_sidecar::message::Sequencer;
+use spout_sidecar::sink::{self, Commit, Health, Sink, SinkContext};
+
+struct InstantSink;
+
+impl Sink for InstantSink {
+    fn describe(&self) -> String {
+        "instant".into()
+    }
+
+    fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
+        let receipt = ctx.receipt("bench".into(), &commit.files);
+        commit.ack.committed(receipt);
+    }
+}
+
+/// The sidecar's pipeline behind its HTTP API on a loopback port, configured by
+/// sidecar command-line `args`. Returns the address; runs until the runtime ends.
+fn serve(runtime: &Runtime, args: &[&str]) -> Endpoint {
+    let options = Options::try_parse_from(["spout-sidecar"].iter().chain(args)).unwrap();
+    let ledger = Ledger::new(Arc::new(Budget::new(options.max_buffer_bytes)));
+    let (batches_tx, batches_rx) = crossbeam_channel::unbounded();
+    let policy = Policy {
+        max_bytes: options.max_batch_bytes,
+        max_messages: options.max_batch_messages,
+        max_age: options.max_batch_age,
+    };
+    let batcher = Batcher::new(policy, Sequencer::starting_now(), ledger, batches_tx);
+    let intake = Arc::new(Intake::new(batcher.clone(), options.when_full, options.block_timeout));
+    let health = Arc::new(Health::new("instant".into()));
+    let ctx = SinkContext::new(health.clone(), false);
+    std::thread::spawn(move || sink::run(Box::new(InstantSink), batches_rx, options.layout, ctx));
+    let api = Arc::new(Api {
+        intake,
+        health,
+        sink: "instant".into(),
+        layout: options.layout,
+        max_message_bytes: options.max_message_bytes,
+        max_request_bytes: options.max_request_bytes,
+        token: None,
+        header_timeout: options.header_timeout,
+        body_timeout: options.body_timeout,
+        max_connections: options.max_connections as usize,
+        idempotency: Idempotency::new(options.idempotency_keys, options.idempotency_window),
+    });
+    let _guard = runtime.enter();
+    runtime.spawn(batcher.run_age_timer());
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let endpoint = Endpoint::Tcp(listener.local_addr().unwrap());
+    let (stop, stopped) = watch::channel(false);
+    runtime.spawn(async move {
+        http::serve(api, Transport::Http, listener, stopped).await;
+        drop(stop);
+    });
+    endpoint
+}
+
+fn http_roundtrip(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let plain = serve(&runtime, &[]);
+    // One message per batch: every wait=commit answer waits for a real seal and ack.
+    let committing = serve(&runtime, &["--max-batch-messages", "1"]);
+    let mut generator = Generator::new(1, 100);
+
+    let mut group = c.benchmark_group("http_roundtrip");
+    let cases = [
+        ("single_100B", &plain, Framing::Raw, 1, "/messages"),
+        ("ndjson_1000x100B", &plain, Framing::Ndjson, 1000, "/messages"),
+        ("single_100B_wait_commit", &committing, Framing::Raw, 1, "/messages?wait=commit"),
+    ];
+    for (label, endpoint, framing, count, path) in cases {
+        let mut conn = runtime.block_on(Conn::open(endpoint)).unwrap();
+        let messages: Vec<_> = (0..count).map(|id| generator.message(id, 100)).collect();
+        group.throughput(Throughput::Elements(count));
+        group.bench_function(BenchmarkId::from_parameter(label), |b| {
+            b.iter(|| {
+                let body = encode(framing, &messages);
+                let answer = runtime.block_on(conn.send(Method::POST, path, &framing.content_type(), body)).unwrap();
+                assert!(answer.status.is_success(), "{}", answer.status);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, http_roundtrip);
+criterion_main!(benches);

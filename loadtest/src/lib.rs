@@ -1,0 +1,21 @@
+//! A load generator for spout-sidecar that measures it against baselines and checks
+//! that every message it sent was committed exactly once, bytes unchanged.
+//!
+//! ```text
+//! scenario ─► run: sink + read-back, sidecar process, load (workers on connections)
+//!                  └─► flush, stop, read back ─► verify ─► report (table, JSON)
+//! suite ─► scenarios + baselines (bare hyper, pipe, Python tarfile) ─► targets
+//! ```
+
+pub mod baselines;
+pub mod body;
+pub mod client;
+pub mod load;
+pub mod msg;
+pub mod process;
+pub mod readback;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod suite;
+pub mod verify;

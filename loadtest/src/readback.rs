@@ -1,0 +1,287 @@
+//! Reading back what a sink committed: a `dir:` tree after the run, or a named pipe
+//! read while the run goes on, the way a Pachyderm 1.x worker reads a spout: tar
+//! archives back to back, one commit each, the pipe reopened whenever its writer
+//! closes it (the Python pattern commits by closing the pipe).
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::verify::{Separator, Tally};
+
+const BLOCK: usize = 512;
+
+/// Reads a `dir:` sink's tree, `<root>/<commit-id>/<files...>`, into `tally`.
+pub fn read_dir_tree(root: &Path, separator: Separator, tally: &mut Tally) -> anyhow::Result<()> {
+    let mut commits: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            // Commits in the making are hidden; after a clean shutdown none are left.
+            tally.note(format!("leftover temporary entry {}", entry.path().display()));
+            continue;
+        }
+        if !entry.file_type()?.is_dir() {
+            bail!("{} is not a commit directory", entry.path().display());
+        }
+        commits.push(entry.path());
+    }
+    commits.sort();
+    for commit in commits {
+        tally.commits += 1;
+        scan_tree(&commit, &commit, separator, tally)?;
+    }
+    Ok(())
+}
+
+fn scan_tree(commit: &Path, dir: &Path, separator: Separator, tally: &mut Tally) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            scan_tree(commit, &path, separator, tally)?;
+        } else {
+            let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path.strip_prefix(commit.parent().unwrap_or(commit)).unwrap_or(&path);
+            tally.scan(&name.display().to_string(), &data, separator);
+        }
+    }
+    Ok(())
+}
+
+/// Paces reads to a byte rate: a slow consumer, to make a sink back up.
+struct Paced<R> {
+    inner: R,
+    bytes_per_sec: f64,
+    started: Instant,
+    total: u64,
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let cap = buf.len().min(64 << 10);
+        let n = self.inner.read(&mut buf[..cap])?;
+        self.total += n as u64;
+        let due = Duration::from_secs_f64(self.total as f64 / self.bytes_per_sec);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+        Ok(n)
+    }
+}
+
+/// A thread reading a named pipe until told to stop, reopening it whenever its writer
+/// closes it.
+pub struct PipeReader<T> {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+    thread: JoinHandle<anyhow::Result<T>>,
+}
+
+/// What one open of the pipe is handed: the reader, and the running result.
+type Consume<T> = dyn FnMut(&mut dyn BufRead, &mut T) -> io::Result<()> + Send;
+
+impl<T: Send + 'static> PipeReader<T> {
+    fn spawn(path: &Path, bytes_per_sec: Option<f64>, mut state: T, mut consume: Box<Consume<T>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (path, stop, bytes) = (path.to_owned(), stop.clone(), bytes.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut total = 0;
+                while !stop.load(Ordering::Acquire) {
+                    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                    let counted = Counted { inner: file, total: &bytes };
+                    let mut reader: Box<dyn BufRead> = match bytes_per_sec {
+                        Some(rate) => Box::new(BufReader::with_capacity(
+                            256 << 10,
+                            Paced { inner: counted, bytes_per_sec: rate, started, total },
+                        )),
+                        None => Box::new(BufReader::with_capacity(256 << 10, counted)),
+                    };
+                    consume(&mut reader, &mut state).with_context(|| format!("reading {}", path.display()))?;
+                    total = bytes.load(Ordering::Relaxed);
+                }
+                Ok(state)
+            })
+        };
+        Self { path: path.to_owned(), stop, bytes, thread }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Ends the reader once every writer has closed the pipe: wakes it from its
+    /// blocking open with a writer that writes nothing, and joins it.
+    pub fn finish(self) -> anyhow::Result<T> {
+        self.stop.store(true, Ordering::Release);
+        while !self.thread.is_finished() {
+            // Opening for write without blocking fails (ENXIO) while no reader has the
+            // pipe open; the reader is then between two opens, so try again.
+            let poke = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.path);
+            drop(poke);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.thread.join().map_err(|_| anyhow::anyhow!("the pipe reader panicked"))?
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+struct Counted<'a> {
+    inner: File,
+    total: &'a AtomicU64,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.total.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Reads tar archives from the pipe into a tally, one commit per archive.
+pub fn tar_reader(path: &Path, bytes_per_sec: Option<f64>, tally: Tally, separator: Separator) -> PipeReader<Tally> {
+    PipeReader::spawn(path, bytes_per_sec, tally, Box::new(move |r, t| read_archives(r, t, separator)))
+}
+
+/// Reads the pipe and checksums every byte, as the tar reader does: the consumer
+/// side of the pipe-bandwidth ceiling.
+pub fn drain_reader(path: &Path) -> PipeReader<u32> {
+    PipeReader::spawn(
+        path,
+        None,
+        0,
+        Box::new(|reader, crc| {
+            let mut hasher = crc32fast::Hasher::new_with_initial(*crc);
+            loop {
+                let chunk = reader.fill_buf()?;
+                if chunk.is_empty() {
+                    *crc = hasher.finalize();
+                    return Ok(());
+                }
+                hasher.update(chunk);
+                let n = chunk.len();
+                reader.consume(n);
+            }
+        }),
+    )
+}
+
+/// Archives back to back until the writer closes the pipe. The zero blocks that end
+/// an archive (two, or more up to a 10 KiB record as Python's `tarfile` pads) are
+/// skipped; the next non-zero block starts the next archive.
+fn read_archives(reader: &mut dyn BufRead, tally: &mut Tally, separator: Separator) -> io::Result<()> {
+    loop {
+        let Some(first) = next_header_block(reader)? else { return Ok(()) };
+        let mut archive = tar::Archive::new(io::Cursor::new(first).chain(&mut *reader));
+        let mut files = 0;
+        let entries = archive.entries()?;
+        for entry in entries {
+            let mut entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tally.corrupt += 1;
+                    tally.note(format!("commit {} is not a whole tar archive: {e}", tally.commits + 1));
+                    return Ok(());
+                }
+            };
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let name = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut data)?;
+            tally.scan(&name, &data, separator);
+            files += 1;
+        }
+        if files > 0 {
+            tally.commits += 1;
+        }
+    }
+}
+
+fn next_header_block(reader: &mut dyn BufRead) -> io::Result<Option<[u8; BLOCK]>> {
+    let mut block = [0u8; BLOCK];
+    loop {
+        let mut filled = 0;
+        while filled < BLOCK {
+            match reader.read(&mut block[filled..])? {
+                0 if filled == 0 => return Ok(None),
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "pipe closed mid-block")),
+                n => filled += n,
+            }
+        }
+        if block.iter().any(|&b| b != 0) {
+            return Ok(Some(block));
+        }
+    }
+}
+
+/// Creates a named pipe at `path`.
+pub fn make_fifo(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; mkfifo does not keep the pointer.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("mkfifo {}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::Generator;
+    use std::io::Write;
+
+    fn archive(generator: &mut Generator, ids: &[u64], record_padding: bool) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for &id in ids {
+            let data = generator.message(id, 700).to_vec();
+            let mut header = tar::Header::new_ustar();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, format!("m-{id}"), &data[..]).unwrap();
+        }
+        let mut bytes = builder.into_inner().unwrap();
+        if record_padding {
+            bytes.resize(bytes.len().next_multiple_of(10240), 0);
+        }
+        bytes
+    }
+
+    #[test]
+    fn reads_archives_back_to_back_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out");
+        make_fifo(&fifo).unwrap();
+        let reader = tar_reader(&fifo, None, Tally::new(5), Separator::None);
+        let mut generator = Generator::new(5, 1000);
+        {
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            pipe.write_all(&archive(&mut generator, &[0, 1], false)).unwrap();
+            pipe.write_all(&archive(&mut generator, &[2], true)).unwrap();
+        }
+        {
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            pipe.write_all(&archive(&mut generator, &[3], true)).unwrap();
+        }
+        let tally = reader.finish().unwrap();
+        assert_eq!((tally.commits, tally.messages, tally.corrupt), (3, 4, 0));
+    }
+}

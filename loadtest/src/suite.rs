@@ -1,0 +1,283 @@
+//! The suite: issue 6's targets, each a sidecar scenario measured next to the
+//! baseline it is judged against, in one run on one machine, reported as ratios
+//! with PASS or MISS.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::baselines;
+use crate::body::Framing;
+use crate::load::Sizes;
+use crate::report::{self, Report};
+use crate::run;
+use crate::scenario::{Harness, Layout, Scenario, Sink};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SuiteOptions {
+    /// How long each scenario and baseline runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// How long the 2x overload lasts (the target says 60 s).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub overload_duration: Duration,
+
+    /// How fast the slow FIFO reader of the overload drains, MB/s: the load offered
+    /// is twice this.
+    #[arg(long, default_value_t = 100.0)]
+    pub overload_drain: f64,
+
+    /// The sidecar's --max-batch-age in the wait=commit scenario.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub commit_age: Duration,
+
+    /// Run only the scenarios whose names contain one of these.
+    #[arg(long, value_name = "NAME")]
+    pub only: Vec<String>,
+
+    /// Exit non-zero when a target is missed, not only when a message is lost.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub target: String,
+    pub measured: Option<f64>,
+    pub required: f64,
+    pub unit: String,
+    /// Whether the measure must be at least (else at most) `required`.
+    pub at_least: bool,
+    pub pass: Option<bool>,
+}
+
+impl Target {
+    /// `measured` must be at least (`at_least`) or at most `required`.
+    fn new(target: &str, measured: Option<f64>, required: f64, unit: &str, at_least: bool) -> Target {
+        let pass = measured.map(|m| if at_least { m >= required } else { m <= required });
+        Target { target: target.into(), measured, required, unit: unit.into(), at_least, pass }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+}
+
+impl Machine {
+    pub fn here() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine { cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), cpu }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SuiteReport {
+    pub machine: Machine,
+    pub reports: Vec<Report>,
+    pub targets: Vec<Target>,
+    pub failures: Vec<String>,
+}
+
+struct Runner<'a> {
+    options: &'a SuiteOptions,
+    harness: &'a Harness,
+    reports: Vec<Report>,
+    failures: Vec<String>,
+}
+
+impl Runner<'_> {
+    fn wanted(&self, name: &str) -> bool {
+        self.options.only.is_empty() || self.options.only.iter().any(|o| name.contains(o.as_str()))
+    }
+
+    /// Records a report, or the error that kept it from being made.
+    fn keep(&mut self, name: &str, outcome: anyhow::Result<Report>) -> Option<Report> {
+        match outcome {
+            Ok(report) => {
+                if !report.ok {
+                    self.failures.push(format!("{name}: {}", failure(&report)));
+                }
+                eprintln!("{}", report::table(std::slice::from_ref(&report)).lines().nth(2).unwrap_or_default());
+                self.reports.push(report.clone());
+                Some(report)
+            }
+            Err(e) => {
+                self.failures.push(format!("{name}: {e:#}"));
+                eprintln!("{name}: FAILED: {e:#}");
+                None
+            }
+        }
+    }
+
+    async fn sidecar(&mut self, scenario: Scenario) -> Option<Report> {
+        if !self.wanted(&scenario.name) {
+            return None;
+        }
+        let outcome = run::run(&scenario, self.harness).await;
+        self.keep(&scenario.name, outcome)
+    }
+
+    async fn http_ceiling(&mut self, scenario: Scenario) -> Option<Report> {
+        if !self.wanted(&scenario.name) {
+            return None;
+        }
+        let outcome = baselines::http_ceiling(&scenario, self.harness).await;
+        self.keep(&scenario.name, outcome)
+    }
+
+    async fn blocking(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&str, &Harness) -> anyhow::Result<Report> + Send + 'static,
+    ) -> Option<Report> {
+        if !self.wanted(name) {
+            return None;
+        }
+        let (owned, harness) = (name.to_owned(), self.harness.clone());
+        let outcome = tokio::task::spawn_blocking(move || f(&owned, &harness)).await.map_err(anyhow::Error::from);
+        self.keep(name, outcome.and_then(|r| r))
+    }
+}
+
+fn failure(report: &Report) -> String {
+    let mut why: Vec<String> = report.errors.clone();
+    if let Some(v) = &report.verify {
+        if !v.ok {
+            why.push(format!(
+                "check failed: accepted {}, found {}, missing {}, duplicated {}, corrupt {}, refused but committed {}, never sent {}",
+                v.accepted, v.found, v.missing, v.duplicated, v.corrupt, v.refused_but_committed, v.never_sent
+            ));
+            why.extend(v.errors.iter().cloned());
+        }
+    }
+    why.join("; ")
+}
+
+fn base(name: &str, duration: Duration) -> Scenario {
+    let mut s = Scenario::named(name);
+    s.duration = duration;
+    s
+}
+
+/// Runs every scenario and baseline and judges the targets.
+pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport {
+    let d = options.duration;
+    let mut r = Runner { options, harness, reports: Vec::new(), failures: Vec::new() };
+    let mut targets = Vec::new();
+    let ratio = |a: &Option<Report>, b: &Option<Report>, f: fn(&Report) -> f64| match (a, b) {
+        (Some(a), Some(b)) if f(b) > 0.0 => Some(f(a) / f(b)),
+        _ => None,
+    };
+
+    // 1. Single-message POSTs: the sidecar against the bare hyper server.
+    let single = |name: &str| {
+        let mut s = base(name, d);
+        (s.size, s.connections, s.sink) = (Sizes::fixed(100), 64, Sink::Fifo(None));
+        s
+    };
+    let ceiling = r.http_ceiling(single("http-ceiling")).await;
+    let single_run = r.sidecar(single("single-100B-fifo")).await;
+    targets.push(Target::new(
+        "single 100 B POSTs, 64 connections: req/s vs bare hyper",
+        ratio(&single_run, &ceiling, |r| r.requests_per_sec),
+        0.85,
+        "x",
+        true,
+    ));
+
+    // 2. Batched POSTs with --layout batch, against the docs' Python pattern.
+    let python = r.blocking("python-tarfile", move |n, h| baselines::python_tarfile(n, 100, d, h)).await;
+    for (name, framing, sink) in [
+        ("batched-ndjson-dir", Framing::Ndjson, Sink::Dir(None)),
+        ("batched-frames-fifo", Framing::Frames, Sink::Fifo(None)),
+    ] {
+        let mut s = base(name, d);
+        (s.framing, s.batch, s.size, s.connections, s.sink, s.layout) =
+            (framing, 1000, Sizes::fixed(100), 16, sink, Layout::Batch);
+        (s.max_batch_messages, s.max_batch_bytes) = (Some(100_000), Some(16 << 20));
+        let batched = r.sidecar(s).await;
+        let committed = batched.as_ref().map(|b| b.committed_messages_per_sec);
+        targets.push(Target::new(&format!("{name}: committed msg/s"), committed, 1.5e6, "msg/s", true));
+        targets.push(Target::new(
+            &format!("{name}: committed msg/s vs Python tarfile"),
+            ratio(&batched, &python, |r| r.committed_messages_per_sec),
+            50.0,
+            "x",
+            true,
+        ));
+    }
+
+    // 3. 1 MiB messages into the FIFO, against large writes into a pipe.
+    let pipe = r.blocking("pipe-ceiling", move |n, h| baselines::pipe_ceiling(n, 1 << 20, d, h)).await;
+    let mut s = base("fifo-1MiB", d);
+    (s.size, s.connections, s.sink) = (Sizes::fixed(1 << 20), 4, Sink::Fifo(None));
+    let big = r.sidecar(s).await;
+    targets.push(Target::new(
+        "1 MiB messages into fifo: committed MB/s vs raw pipe",
+        ratio(&big, &pipe, |r| r.committed_mb_per_sec),
+        0.7,
+        "x",
+        true,
+    ));
+
+    // 4. Twice the load a slow reader drains: memory must stay bounded.
+    let buffer: u64 = 64 << 20;
+    let message = 64 << 10;
+    let mut s = base("overload-2x", options.overload_duration);
+    (s.size, s.connections, s.sink) = (Sizes::fixed(message), 128, Sink::Fifo(None));
+    s.reader_rate = Some(options.overload_drain);
+    s.rate = Some(2.0 * options.overload_drain * 1e6 / message as f64);
+    s.max_buffer_bytes = Some(buffer);
+    s.sidecar_args = vec!["--block-timeout=1s".into()];
+    let overload = r.sidecar(s).await;
+    targets.push(Target::new(
+        "2x overload: peak RSS vs --max-buffer-bytes + 64 MiB",
+        overload.as_ref().and_then(|o| o.peak_rss_bytes).map(|b| b as f64 / 1048576.0),
+        (buffer + (64 << 20)) as f64 / 1048576.0,
+        "MiB",
+        false,
+    ));
+
+    // 5. wait=commit at half the single-message peak, in an open loop.
+    let peak = single_run.as_ref().map(|s| s.requests_per_sec).unwrap_or(2000.0);
+    let rate = (peak / 2.0).max(100.0);
+    let mut s = single("wait-commit-half-peak");
+    s.wait_commit = true;
+    s.rate = Some(rate);
+    s.max_batch_age = Some(options.commit_age);
+    // Enough connections for every request to wait a batch age and some more.
+    s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.05) * 2.0) as usize).clamp(16, 1000);
+    let waited = r.sidecar(s).await;
+    let age_ms = options.commit_age.as_secs_f64() * 1000.0;
+    targets.push(Target::new(
+        "wait=commit at half peak: p99 vs --max-batch-age + 20 ms",
+        waited.as_ref().and_then(|w| w.latency).map(|l| l.p99_ms),
+        age_ms + 20.0,
+        "ms",
+        false,
+    ));
+
+    SuiteReport { machine: Machine::here(), reports: r.reports, targets, failures: r.failures }
+}
+
+/// The targets as a text table.
+pub fn targets_table(targets: &[Target]) -> String {
+    let mut out = String::from("| target | measured | required | verdict |\n|---|---|---|---|\n");
+    for t in targets {
+        let (measured, verdict) = match (t.measured, t.pass) {
+            (Some(m), Some(pass)) => (format!("{m:.2} {}", t.unit), if pass { "PASS" } else { "MISS" }),
+            _ => ("-".into(), "n/a (not run)"),
+        };
+        let bound = if t.at_least { ">=" } else { "<=" };
+        out.push_str(&format!("| {} | {measured} | {bound} {:.2} {} | {verdict} |\n", t.target, t.required, t.unit));
+    }
+    out
+}
