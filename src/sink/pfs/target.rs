@@ -200,7 +200,7 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
     match name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
         Some(c) => Err(format!(
-            "the {what} name `{name}` has `{c}`: Pachyderm allows only letters, digits, `_` and `-`"
+            "the {what} name `{name}` has {c:?}: Pachyderm allows only letters, digits, `_` and `-`"
         )),
         None => Ok(()),
     }
@@ -343,7 +343,7 @@ mod tests {
             ("pfs://host:http/r", "`http` is not a port number"),
             ("pfs://::1:1650/r", "an IPv6 host goes in brackets"),
             ("pfs://host:1650/r@", "the branch name is empty"),
-            ("pfs://host:1650/a/b", "the repo name `a/b` has `/`"),
+            ("pfs://host:1650/a/b", "the repo name `a/b` has '/'"),
             ("pfs://host:1650/r?project=", "the project name is empty"),
             ("pfs://host:1650/r?repo=x", "unknown parameter `repo=x`"),
             ("pfs://u:p@host/r", "user info before the host"),
