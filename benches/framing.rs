@@ -1,78 +1,85 @@
-//! Each framing decoder on a body of 1,000 messages of 100 bytes that arrived in
-//! 16 KiB reads (so messages straddle chunks, as they do off a socket).
+//! Decoding throughput of each body framing, on a 4 MiB body arriving in 64 KiB
+//! chunks as hyper hands it over, and of the raw socket's incremental splitter.
 
-use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use spout_sidecar::ingest::framing::split::{Splitter, Unit};
 use spout_sidecar::ingest::framing::{decode, Framing};
 
-const MESSAGES: usize = 1000;
-const SIZE: usize = 100;
-const BOUNDARY: &str = "bench-boundary";
+const BODY_BYTES: usize = 4 << 20;
+const CHUNK_BYTES: usize = 64 << 10;
+const MESSAGE_BYTES: usize = 100;
 
-fn body(framing: &Framing) -> Vec<u8> {
-    let message = [b'm'; SIZE];
-    let mut body = Vec::new();
-    match framing {
-        Framing::Whole => body.extend_from_slice(&[b'm'; SIZE * MESSAGES]),
-        Framing::Lines => (0..MESSAGES).for_each(|_| {
-            body.extend_from_slice(&message);
-            body.push(b'\n');
-        }),
-        Framing::Frames => (0..MESSAGES).for_each(|_| {
-            body.extend_from_slice(&(SIZE as u32).to_be_bytes());
-            body.extend_from_slice(&message);
-        }),
-        Framing::Multipart { boundary } => {
-            for i in 0..MESSAGES {
-                body.extend_from_slice(
-                    format!(
-                        "--{boundary}\r\nContent-Disposition: form-data; name=\"m\"; filename=\"m-{i}\"\r\n\r\n"
-                    )
-                    .as_bytes(),
-                );
-                body.extend_from_slice(&message);
-                body.extend_from_slice(b"\r\n");
-            }
-            body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-        }
+fn chunked(stream: &[u8]) -> Vec<Bytes> {
+    stream.chunks(CHUNK_BYTES).map(Bytes::copy_from_slice).collect()
+}
+
+fn message(i: usize) -> Vec<u8> {
+    format!("{{\"n\":{i:>10},\"pad\":\"{}\"}}", "x".repeat(MESSAGE_BYTES - 29)).into_bytes()
+}
+
+fn bodies() -> Vec<(&'static str, Framing, Vec<u8>)> {
+    let count = BODY_BYTES / (MESSAGE_BYTES + 4);
+    let messages: Vec<Vec<u8>> = (0..count).map(message).collect();
+    let ndjson: Vec<u8> = messages.iter().flat_map(|m| m.iter().copied().chain([b'\n'])).collect();
+    let frames: Vec<u8> =
+        messages.iter().flat_map(|m| (m.len() as u32).to_be_bytes().into_iter().chain(m.iter().copied())).collect();
+    let boundary = "bench-boundary-1f2e3d";
+    let mut multipart = Vec::new();
+    for part in 0..64 {
+        multipart.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"p\"; filename=\"f{part}\"\r\n\r\n").as_bytes(),
+        );
+        multipart.extend_from_slice(&vec![b'm'; BODY_BYTES / 64]);
+        multipart.extend_from_slice(b"\r\n");
     }
-    body
+    multipart.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    vec![
+        ("ndjson", Framing::Lines, ndjson),
+        ("frames", Framing::Frames, frames),
+        ("multipart", Framing::Multipart { boundary: boundary.into() }, multipart),
+        ("whole", Framing::Whole, vec![b'w'; BODY_BYTES]),
+    ]
 }
 
-fn chunks(body: &[u8]) -> Vec<Bytes> {
-    body.chunks(16 << 10).map(Bytes::copy_from_slice).collect()
-}
-
-fn framing(c: &mut Criterion) {
+fn http_bodies(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let framings = [
-        ("whole", Framing::Whole),
-        ("ndjson", Framing::Lines),
-        ("frames", Framing::Frames),
-        ("multipart", Framing::Multipart { boundary: BOUNDARY.into() }),
-    ];
-    for (unit, per_message) in [("bytes", false), ("messages", true)] {
-        let mut group = c.benchmark_group(format!("framing/{unit}"));
-        for (label, framing) in &framings {
-            let body = chunks(&body(framing));
-            let count = if *framing == Framing::Whole { 1 } else { MESSAGES };
-            group.throughput(if per_message {
-                Throughput::Elements(count as u64)
-            } else {
-                Throughput::Bytes(body.iter().map(|c| c.len() as u64).sum())
-            });
-            group.bench_with_input(BenchmarkId::from_parameter(label), &body, |b, body| {
-                b.iter(|| {
-                    let messages = runtime.block_on(decode(framing, body.clone(), None, 1 << 20)).unwrap();
-                    assert_eq!(messages.len(), count);
-                    messages
-                })
-            });
-        }
-        group.finish();
+    let mut group = c.benchmark_group("decode_body");
+    for (name, framing, stream) in bodies() {
+        let body = chunked(&stream);
+        group.throughput(Throughput::Bytes(stream.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| runtime.block_on(decode(&framing, body.clone(), None, BODY_BYTES as u64)).unwrap().len())
+        });
     }
+    group.finish();
 }
 
-criterion_group!(benches, framing);
+fn raw_stream(c: &mut Criterion) {
+    let mut group = c.benchmark_group("raw_stream");
+    for (name, unit, stream) in bodies().into_iter().filter_map(|(name, framing, stream)| match framing {
+        Framing::Lines => Some((name, Unit::Line, stream)),
+        Framing::Frames => Some((name, Unit::Frame, stream)),
+        _ => None,
+    }) {
+        group.throughput(Throughput::Bytes(stream.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut splitter = Splitter::new(unit, 1 << 20);
+                let mut buffer = BytesMut::with_capacity(CHUNK_BYTES);
+                let mut count = 0;
+                for read in stream.chunks(CHUNK_BYTES) {
+                    buffer.extend_from_slice(read);
+                    while let Some(message) = splitter.next(&mut buffer, false).unwrap() {
+                        count += message.len();
+                    }
+                }
+                count
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, http_bodies, raw_stream);
 criterion_main!(benches);

@@ -124,6 +124,7 @@ impl Batcher {
         let first = open.seq.take(count);
         if open.opened.is_none() {
             open.opened = Some(Instant::now());
+            METRICS.open_batch_opened.set(crate::message::unix_nanos() as f64 / 1e9);
             self.changed.notify_one();
         }
         open.messages.extend(incoming.into_iter().enumerate().map(|(i, m)| Message {
@@ -190,6 +191,7 @@ impl Batcher {
         );
         METRICS.open_batch_messages.set(0);
         METRICS.open_batch_bytes.set(0);
+        METRICS.open_batch_opened.set(0.0);
         // The sink thread outlives the batcher's sender; should it have died, the
         // batch's ack fails as it is dropped, answering its waiters.
         let _ = out.send(Batch { messages, ack });

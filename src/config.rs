@@ -89,6 +89,17 @@ pub struct Options {
     #[arg(long, env = "SPOUT_AUTH_TOKEN_FILE", value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// For a pfs:// sink: a file whose first line is the pachd auth token (sent as
+    /// `authn-token`). Without it, SPOUT_PACHD_TOKEN, else the pachctl config's
+    /// session token. Read again before each retry, so a fixed token needs no restart.
+    #[arg(long, env = "SPOUT_PACHD_TOKEN_FILE", value_name = "PATH")]
+    pub pachd_token_file: Option<PathBuf>,
+
+    /// For a pfs:// sink: the pachd auth token itself (prefer the environment or
+    /// --pachd-token-file to keep it out of `ps`).
+    #[arg(long, env = "SPOUT_PACHD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub pachd_token: Option<String>,
+
     /// Listen on a non-loopback TCP address without --auth-token-file. A spout
     /// `service` exposes the port to the whole cluster: only do this on purpose.
     #[arg(long, env = "SPOUT_ALLOW_UNAUTHENTICATED")]

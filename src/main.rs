@@ -59,7 +59,8 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     let spec = match &options.sink {
         SinkSpec::Auto => sink::resolve_auto(),
         spec => spec.clone(),
-    };
+    }
+    .with_pachd_token(options.pachd_token_file.clone(), options.pachd_token.clone());
     let sink = sink::open(&spec).map_err(|e| format!("cannot open sink {spec}: {e}"))?;
     let sink_name = sink.describe();
     let health = Arc::new(Health::new(sink_name.clone()));
@@ -99,7 +100,7 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut socket_files = Vec::new();
-    let mut endpoints = Endpoints::default();
+    let mut endpoints = Endpoints { token_file: options.auth_token_file.as_deref(), ..Endpoints::default() };
 
     if let Listen::Tcp(addr) = &options.listen {
         let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub backpressure_wait: Histogram,
     pub open_batch_messages: IntGauge,
     pub open_batch_bytes: IntGauge,
+    pub open_batch_opened: prometheus::Gauge,
     pub sink_errors: IntCounterVec,
     pub sink_retries: IntCounter,
     pub sink_state: IntGaugeVec,
@@ -107,6 +108,15 @@ impl Metrics {
             backpressure_wait: histogram(r, "backpressure_wait_seconds", "Time requests spent waiting for room in the buffer (only those that had to wait).", latency_buckets()),
             open_batch_messages: gauge(r, "open_batch_messages", "Messages in the batch being filled."),
             open_batch_bytes: gauge(r, "open_batch_bytes", "Payload bytes in the batch being filled."),
+            open_batch_opened: {
+                let metric = prometheus::Gauge::new(
+                    "open_batch_opened_timestamp_seconds",
+                    "Unix time the batch being filled received its first message, 0 when none is open: time() minus it is the open batch's age.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(metric.clone())).expect("unique metric");
+                metric
+            },
             sink_errors: counter_vec(r, "sink_errors_total", "Failed sink operations, by kind (e.g. epipe, reader_gone, no_reader, io, unavailable).", &["kind"]),
             sink_retries: counter(r, "sink_retries_total", "Commit attempts repeated after a sink error."),
             sink_state,

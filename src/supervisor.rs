@@ -1,7 +1,8 @@
 //! The supervisor form, `spout-sidecar [OPTS] -- CMD ARGS`: the producer runs as our
 //! child, with SPOUT_URL (and SPOUT_SOCKET, SPOUT_RAW_SOCKET) telling it where to
-//! send. Signals we receive are forwarded to it; when it exits, the sidecar drains
-//! and exits with the child's code, as if it were the child.
+//! send, and SPOUT_AUTH_TOKEN_FILE where the bearer token is. Signals we receive
+//! are forwarded to it; when it exits, the sidecar drains and exits with the
+//! child's code, as if it were the child.
 
 use std::path::Path;
 use std::process::ExitStatus;
@@ -14,6 +15,8 @@ pub struct Endpoints<'a> {
     pub url: Option<String>,
     pub socket: Option<&'a Path>,
     pub raw_socket: Option<&'a Path>,
+    /// `--auth-token-file`: the child reads the bearer token from it.
+    pub token_file: Option<&'a Path>,
     /// Our stdout carries the `stdout:` sink's tar stream: the child's output must
     /// not mix into it, so it goes to stderr instead.
     pub stdout_is_sink: bool,
@@ -35,11 +38,16 @@ pub fn spawn(command: &[String], endpoints: &Endpoints<'_>) -> std::io::Result<C
     if let Some(path) = endpoints.raw_socket {
         cmd.env("SPOUT_RAW_SOCKET", path);
     }
+    if let Some(path) = endpoints.token_file {
+        cmd.env("SPOUT_AUTH_TOKEN_FILE", path);
+    }
     // Our own SPOUT_* options must not leak into a child that is itself configured
-    // by SPOUT_URL: only the three above are meant for it.
+    // by SPOUT_URL: only the three above are meant for it, and the token file it
+    // needs to authenticate.
     for (key, _) in std::env::vars_os() {
         if let Some(key) = key.to_str() {
-            if key.starts_with("SPOUT_") && !matches!(key, "SPOUT_URL" | "SPOUT_SOCKET" | "SPOUT_RAW_SOCKET") {
+            let for_child = matches!(key, "SPOUT_URL" | "SPOUT_SOCKET" | "SPOUT_RAW_SOCKET" | "SPOUT_AUTH_TOKEN_FILE");
+            if key.starts_with("SPOUT_") && !for_child {
                 cmd.env_remove(key);
             }
         }

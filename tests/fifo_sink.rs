@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ struct Spout {
     path: PathBuf,
     intake: Intake,
     health: Arc<Health>,
+    give_up: Arc<AtomicBool>,
     runtime: tokio::runtime::Runtime,
     sink_thread: Option<JoinHandle<()>>,
 }
@@ -48,15 +50,18 @@ impl Spout {
         runtime.spawn(batcher.clone().run_age_timer());
         let health = Arc::new(Health::new(format!("fifo:{}", path.display())));
         let ctx = SinkContext::new(health.clone(), false);
+        let give_up = ctx.give_up.clone();
         let sink = Box::new(FifoSink::new(path.clone()));
         let sink_thread = std::thread::spawn(move || sink::run(sink, batches, Layout::Message, ctx));
         let intake = Intake::new(batcher, WhenFull::Reject, Duration::ZERO);
-        Self { _dir: dir, path, intake, health, runtime, sink_thread: Some(sink_thread) }
+        Self { _dir: dir, path, intake, health, give_up, runtime, sink_thread: Some(sink_thread) }
     }
 
-    /// Admits one request, waiting for room in the budget as long as it takes.
+    /// Admits one request, waiting for room in the budget while the reader makes some.
     fn send(&self, messages: Vec<Incoming>) {
-        self.runtime.block_on(self.intake.admit(messages, Transport::Http, false, true)).unwrap();
+        let admit = self.intake.admit(messages, Transport::Http, false, true);
+        let admitted = self.runtime.block_on(async { tokio::time::timeout(PATIENCE, admit).await });
+        admitted.expect("the budget stayed full: nothing consumes the pipe").unwrap();
     }
 
     /// Admits one request or says why not, without waiting.
@@ -72,10 +77,17 @@ impl Spout {
         *self.intake.batcher().ledger().settled().borrow()
     }
 
-    /// Seals the last batch and waits until the sink thread has settled everything.
+    /// Seals the last batch and waits until the sink thread has settled everything
+    /// (or, when nothing consumes the pipe any more, tells it to give up).
     fn finish(&mut self) {
         self.intake.batcher().close();
-        self.sink_thread.take().unwrap().join().unwrap();
+        let sink_thread = self.sink_thread.take().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while !sink_thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.give_up.store(true, Ordering::Relaxed);
+        sink_thread.join().unwrap();
         let failed: Vec<_> =
             self.intake.batcher().ledger().recent().into_iter().filter_map(|c| c.error).collect();
         assert!(failed.is_empty(), "failed commits: {failed:?}");
@@ -93,8 +105,11 @@ fn mkfifo(path: &Path) {
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
 }
 
+/// How long a test waits for progress before it calls the sink stuck.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + PATIENCE;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(2));
@@ -147,26 +162,43 @@ fn assert_exactly_once(commits: &[Commit], count: usize) {
     }
 }
 
-#[test]
-fn keep_open_reader_commits_every_message_once() {
+/// 5,000 messages through one reader in `mode`: one archive per batch, each message once.
+fn one_archive_per_batch(mode: Mode) {
     let mut spout = Spout::new(64, 8 << 20);
-    let reader = PachydermReader::start(&spout.path, Mode::KeepOpen);
+    let reader = PachydermReader::start(&spout.path, mode);
     requests(0..5_000).for_each(|r| spout.send(r));
     spout.finish();
     let commits = reader.stop();
     assert_eq!(commits.len() as u64, spout.batches_settled(), "one archive per batch");
     assert_exactly_once(&commits, 5_000);
-    assert_eq!(spout.health.state(), SinkState::Up);
+}
+
+#[test]
+fn keep_open_reader_commits_every_message_once() {
+    one_archive_per_batch(Mode::KeepOpen);
 }
 
 #[test]
 fn reader_that_reopens_the_pipe_per_archive_commits_every_message_once() {
-    let mut spout = Spout::new(64, 8 << 20);
-    let reader = PachydermReader::start(&spout.path, Mode::ReopenEachArchive);
-    requests(0..5_000).for_each(|r| spout.send(r));
+    one_archive_per_batch(Mode::ReopenEachArchive);
+}
+
+#[test]
+fn reader_leaving_between_archives_hands_the_pipe_to_the_next() {
+    let mut spout = Spout::new(16, 4 << 20);
+    let first = PachydermReader::leaving_after(&spout.path, 20);
+    let (before, after) = std::thread::scope(|scope| {
+        scope.spawn(|| requests(0..5_000).for_each(|r| spout.send(r)));
+        let before = first.join();
+        // Long enough for the sink to notice the reader left; what it wrote past
+        // the last archive read stays in the pipe for the next reader.
+        std::thread::sleep(Duration::from_millis(50));
+        (before, PachydermReader::start(&spout.path, Mode::KeepOpen))
+    });
+    assert_eq!(before.len(), 20);
     spout.finish();
-    let commits = reader.stop();
-    assert_eq!(commits.len() as u64, spout.batches_settled(), "one archive per batch");
+    let mut commits = before;
+    commits.extend(after.stop());
     assert_exactly_once(&commits, 5_000);
 }
 
@@ -174,7 +206,7 @@ fn reader_that_reopens_the_pipe_per_archive_commits_every_message_once() {
 fn reader_killed_mid_archive_while_100k_messages_flow() {
     const MESSAGES: usize = 100_000;
     let started = Instant::now();
-    let mut spout = Spout::new(200, 4 << 20);
+    let mut spout = Spout::new(16, 4 << 20);
     let doomed = PachydermReader::dying_after(&spout.path, 20 << 20);
     let (before, after) = std::thread::scope(|scope| {
         scope.spawn(|| requests(0..MESSAGES).for_each(|r| spout.send(r)));
@@ -195,7 +227,7 @@ fn reader_killed_mid_archive_while_100k_messages_flow() {
 #[test]
 fn stalled_reader_fills_the_budget_and_acks_stop() {
     const BUDGET: u64 = 1 << 20;
-    let mut spout = Spout::new(64, BUDGET);
+    let mut spout = Spout::new(8, BUDGET);
     let reader = PachydermReader::start_paused(&spout.path, Mode::KeepOpen);
     let mut sent = 0;
     let refused_request = loop {

@@ -2,7 +2,8 @@
 //! batch's files; a `/` in a name makes subdirectories.
 //!
 //! Atomic: a commit is written into `ROOT/.tmp-<id>/`, every file in it fsynced, then
-//! every directory, then renamed to `ROOT/<id>`, and `ROOT` fsynced. A reader sees a
+//! every directory (a commit of many files syncs its file system once instead), then
+//! renamed to `ROOT/<id>`, and `ROOT` fsynced. A reader sees a
 //! commit whole or not at all, and once it has appeared a crash does not take it back.
 //! Readers must skip names starting with `.`: a `.tmp-*` directory is a commit being
 //! written, or one a crash interrupted (removed when the sink next opens).
@@ -23,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -37,6 +39,12 @@ use crate::metrics::METRICS;
 /// Directories in `ROOT` with this prefix are commits not yet renamed into place.
 pub const TEMP_PREFIX: &str = ".tmp-";
 const ID_DIGITS: usize = 20;
+/// Commits of up to this many files fsync each file and directory. Larger ones
+/// make everything durable with one `syncfs`: on a virtual disk each fsync costs a
+/// cache flush of milliseconds (1000 files: ~3 s fsyncing each, ~0.1-1 s one
+/// `syncfs`), at the price of also flushing whatever else is dirty on that file
+/// system. `--layout batch` (one file per commit) avoids both.
+const FSYNC_EACH_UP_TO: usize = 32;
 
 pub struct DirSink {
     root: PathBuf,
@@ -179,25 +187,51 @@ impl<'a> Tree<'a> {
         Ok(Self { files: merged, dirs })
     }
 
-    /// Writes the tree under `temp` (which must not exist), everything fsynced.
+    /// Writes the tree under `temp` (which must not exist), everything durable.
     fn write(&self, temp: &Path) -> Result<(), Failure> {
         fs::create_dir(temp).doing("creating", temp)?;
+        // Opened before anything is written, so `syncfs` on it reports any writeback
+        // error of what follows.
+        let temp_dir = File::open(temp).doing("opening", temp)?;
         for dir in &self.dirs {
             let path = temp.join(dir);
             fs::create_dir(&path).doing("creating", &path)?;
         }
+        let each = self.files.len() <= FSYNC_EACH_UP_TO;
+        let mut unsynced = Vec::new();
         for (name, parts) in &self.files {
             let path = temp.join(name);
             let mut file = OpenOptions::new().write(true).create_new(true).open(&path).doing("creating", &path)?;
             // Cloning `Bytes` shares the payload: the chunks go to `writev` as they are.
             let chunks: Vec<Bytes> = parts.iter().flat_map(|p| p.chunks()).cloned().collect();
             vectored::write_from(&mut file, &chunks, &mut Cursor::default()).doing("writing", &path)?;
+            if each {
+                unsynced.push((file, path));
+            }
+        }
+        if !each {
+            return syncfs(&temp_dir).doing("syncing the file system of", temp);
+        }
+        // All written before any is synced: the first fsync commits the file system's
+        // journal for all of them, the others find their data already durable.
+        for (file, path) in unsynced {
             file.sync_all().doing("syncing", &path)?;
         }
         for dir in &self.dirs {
             sync_dir(&temp.join(dir))?;
         }
-        sync_dir(temp)
+        temp_dir.sync_all().doing("syncing", temp)
+    }
+}
+
+/// Flushes the whole file system `dir` is on (Linux `syncfs`, which reports writeback
+/// errors since 5.8).
+fn syncfs(dir: &File) -> io::Result<()> {
+    // SAFETY: a plain system call on a descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -298,6 +332,21 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_of_many_files_is_synced_at_once_and_intact() {
+        let names: Vec<String> = (0..FSYNC_EACH_UP_TO * 2).map(|i| format!("d{}/f{i}", i % 3)).collect();
+        let chunks: Vec<[&[u8]; 2]> = names.iter().map(|n| [n.as_bytes(), b"!"]).collect();
+        let files: Vec<(&str, &[&[u8]])> = names.iter().zip(&chunks).map(|(n, c)| (n.as_str(), &c[..])).collect();
+        let root = tempfile::tempdir().unwrap();
+        let mut sink = DirSink::open(root.path().into()).unwrap();
+        let (commit, verdict) = commit(&files);
+        sink.submit(commit, &context(false));
+        let dir = root.path().join(committed_id(verdict));
+        for name in &names {
+            assert_eq!(fs::read(dir.join(name)).unwrap(), format!("{name}!").into_bytes());
+        }
+    }
+
+    #[test]
     fn same_name_appends_unless_overwrite() {
         let files: &[(&str, &[&[u8]])] = &[("x", &[b"1"]), ("d/y", &[b"2"]), ("x", &[b"3", b"4"])];
         for (overwrite, expected) in [(false, &b"134"[..]), (true, &b"34"[..])] {
@@ -365,10 +414,15 @@ mod tests {
         assert!(entries(root.path()).is_empty());
     }
 
-    /// Makes `root` unusable in a way that stops root too: a file where the directory was.
-    fn break_root(root: &Path) {
-        fs::remove_dir(root).unwrap();
-        fs::write(root, b"not a directory").unwrap();
+    /// A sink whose root then turns unusable in a way that stops the root user too: a
+    /// file where the directory was.
+    fn sink_with_broken_root() -> (tempfile::TempDir, PathBuf, DirSink) {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("out");
+        let sink = DirSink::open(root.clone()).unwrap();
+        fs::remove_dir(&root).unwrap();
+        fs::write(&root, b"not a directory").unwrap();
+        (parent, root, sink)
     }
 
     fn mend_root(root: &Path) {
@@ -378,10 +432,7 @@ mod tests {
 
     #[test]
     fn file_system_failures_are_retried_until_they_pass() {
-        let parent = tempfile::tempdir().unwrap();
-        let root = parent.path().join("out");
-        let mut sink = DirSink::open(root.clone()).unwrap();
-        break_root(&root);
+        let (_parent, root, mut sink) = sink_with_broken_root();
         let ctx = context(false);
         let retries_before = METRICS.sink_retries.get();
         let (commit, verdict) = commit(&[("kept", &[b"intact"])]);
@@ -405,10 +456,7 @@ mod tests {
 
     #[test]
     fn giving_up_fails_the_batch() {
-        let parent = tempfile::tempdir().unwrap();
-        let root = parent.path().join("out");
-        let mut sink = DirSink::open(root.clone()).unwrap();
-        break_root(&root);
+        let (_parent, _root, mut sink) = sink_with_broken_root();
         let ctx = context(false);
         ctx.give_up.store(true, std::sync::atomic::Ordering::Relaxed);
         let (commit, mut verdict) = commit(&[("lost", &[b"x"])]);

@@ -14,7 +14,8 @@
 //! first settles what the reader consumed, while the pipe can still tell. Then:
 //! - the reader left between two archives (`consumed` is an archive's first byte):
 //!   what is left in the pipe begins with a whole archive, so the pipe stays open
-//!   for the next reader (older Pachyderm closes and reopens it after each commit);
+//!   for the next reader. Older Pachyderm closes and reopens the pipe after each
+//!   commit; closing on our side too would expose every commit to the race below;
 //! - the reader left inside an archive: it discards that truncated archive, so the
 //!   sink closes the pipe at once, which makes the kernel drop what the dead reader
 //!   left unread, backs off, reopens, and sends every archive not wholly consumed
@@ -22,10 +23,11 @@
 //!   next reader starts at an archive's first byte.
 //!
 //! The one race no writer can close: a new reader that opens the pipe after the old
-//! one left but before the sink has closed it joins the old pipe, so it reads what
-//! the dead reader left (starting inside an archive), and archives it reads whole
-//! in that moment are also sent again. Polling every few milliseconds keeps the
-//! window short; a restarted Pachyderm worker takes far longer to reopen the pipe.
+//! one left inside an archive but before the sink has closed it joins the old pipe,
+//! so it reads what the dead reader left (starting inside an archive), and archives
+//! it reads whole in that moment are also sent again. Polling every few
+//! milliseconds keeps the window short; a restarted Pachyderm worker takes far
+//! longer to reopen the pipe.
 //!
 //! Memory: an archive's bytes are released from the budget only when it is
 //! committed, so a stalled reader stops ingest by itself; the queue holds nothing
@@ -92,6 +94,27 @@ struct Pipe {
 struct Absence {
     since: Instant,
     reported: bool,
+}
+
+impl Pipe {
+    /// Whether a reader has the pipe open; notes and, past a grace period, reports
+    /// its absence (older Pachyderm leaves between archives and comes right back).
+    fn reader_present(&mut self, ctx: &SinkContext) -> bool {
+        let gone = vectored::poll_writable(self.file.as_fd(), false, Duration::ZERO)
+            .is_ok_and(|ready| ready.reader_gone);
+        if !gone {
+            if self.absent.take().is_some() {
+                ctx.health.up();
+            }
+            return true;
+        }
+        let absence = self.absent.get_or_insert(Absence { since: Instant::now(), reported: false });
+        if !absence.reported && absence.since.elapsed() >= ABSENCE_GRACE {
+            absence.reported = true;
+            ctx.health.failing(SinkState::Down, "no_reader", &"the reader closed the pipe");
+        }
+        false
+    }
 }
 
 impl FifoSink {
@@ -161,20 +184,8 @@ impl FifoSink {
     /// what was consumed.
     fn exchange(&mut self, ctx: &SinkContext) {
         let pipe = self.pipe.as_mut().expect("called with the pipe open");
-        if let Some(absence) = &mut pipe.absent {
-            match vectored::poll_writable(pipe.file.as_fd(), false, Duration::ZERO) {
-                Ok(ready) if ready.reader_gone => {
-                    if !absence.reported && absence.since.elapsed() >= ABSENCE_GRACE {
-                        absence.reported = true;
-                        ctx.health.failing(SinkState::Down, "no_reader", &"the reader closed the pipe");
-                    }
-                    return;
-                }
-                _ => {
-                    pipe.absent = None;
-                    ctx.health.up();
-                }
-            }
+        if pipe.absent.is_some() && !pipe.reader_present(ctx) {
+            return;
         }
         if let Err(err) = self.write_more().and_then(|()| self.commit_consumed().map(drop)) {
             let kind = if err.kind() == io::ErrorKind::BrokenPipe { "epipe" } else { "io" };
@@ -283,11 +294,16 @@ impl Sink for FifoSink {
         self.queue.len()
     }
 
-    /// Opens the pipe ahead of the first batch: `/readyz` then says whether a
-    /// reader is there, and the first archive does not wait for the open.
+    /// Opens the pipe ahead of the first batch, and notices a reader that left
+    /// while nothing was in flight: `/readyz` then says whether a reader is there,
+    /// and the next archive does not wait for the open. An idle pipe is empty, so
+    /// it stays open for whichever reader comes next.
     fn probe(&mut self, ctx: &SinkContext) {
-        if self.pipe.is_none() {
-            self.try_open(ctx);
+        match &mut self.pipe {
+            None => self.try_open(ctx),
+            Some(pipe) => {
+                pipe.reader_present(ctx);
+            }
         }
     }
 }

@@ -9,11 +9,13 @@
 //! | `fifo:PATH` | [`fifo::FifoSink`]: tar archives into a spout's named pipe |
 //! | `dir:PATH` | [`dir::DirSink`]: one directory per commit, renamed into place |
 //! | `stdout:` | [`stdout::StdoutSink`]: tar archives on standard output |
+//! | `pfs://HOST:PORT/REPO@BRANCH` | [`pfs::PfsSink`]: one Pachyderm 2.x commit per batch over gRPC |
 
 pub mod backoff;
 pub mod dir;
 pub mod fifo;
 pub mod health;
+pub mod pfs;
 pub mod stdout;
 pub mod vectored;
 
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use crate::ack::{BatchAck, Receipt};
 use crate::batch::Batch;
@@ -153,14 +155,29 @@ pub fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, layout_kind: Layou
     let mut in_flight = 0;
     sink.probe(&ctx);
     loop {
-        let next = batches.recv_timeout(if in_flight > 0 { POLL } else { PROBE_EVERY });
-        match next {
-            Ok(batch) => sink.submit(layout(batch, layout_kind), &ctx),
-            Err(RecvTimeoutError::Timeout) if in_flight == 0 => sink.probe(&ctx),
-            Err(RecvTimeoutError::Timeout) => {}
+        let next = if in_flight > 0 {
+            batches.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        } else {
+            batches.recv_timeout(PROBE_EVERY)
+        };
+        // With nothing new to submit, the sink does the waiting: it can wake as soon
+        // as its pipe has room instead of when a fixed sleep ends.
+        let wait = match next {
+            Ok(batch) => {
+                sink.submit(layout(batch, layout_kind), &ctx);
+                Duration::ZERO
+            }
+            Err(RecvTimeoutError::Timeout) if in_flight == 0 => {
+                sink.probe(&ctx);
+                Duration::ZERO
+            }
+            Err(RecvTimeoutError::Timeout) => POLL,
             Err(RecvTimeoutError::Disconnected) => break,
-        }
-        in_flight = sink.settle(Duration::ZERO, &ctx);
+        };
+        in_flight = sink.settle(wait, &ctx);
     }
     while sink.settle(Duration::from_millis(50), &ctx) > 0 && !ctx.giving_up() {}
 }
@@ -177,6 +194,7 @@ pub enum SinkSpec {
     Fifo(PathBuf),
     Dir(PathBuf),
     Stdout,
+    Pfs(pfs::Target),
     Auto,
 }
 
@@ -210,9 +228,12 @@ impl FromStr for SinkSpec {
             path(rest, "fifo").map(SinkSpec::Fifo)
         } else if let Some(rest) = uri.strip_prefix("dir:") {
             path(rest, "dir").map(SinkSpec::Dir)
+        } else if uri.starts_with("pfs:") {
+            uri.parse().map(SinkSpec::Pfs).map_err(|e: pfs::target::BadPfsUri| BadSinkUri(e.0))
         } else {
             Err(BadSinkUri(format!(
-                "unknown sink `{uri}`: expected fifo:PATH, dir:PATH, stdout: or auto"
+                "unknown sink `{uri}`: expected fifo:PATH, dir:PATH, stdout:, \
+                 pfs://HOST:PORT/REPO@BRANCH or auto"
             )))
         }
     }
@@ -221,12 +242,29 @@ impl FromStr for SinkSpec {
 /// The path Pachyderm 1.x spouts write to.
 pub const PFS_OUT: &str = "/pfs/out";
 
-/// Resolves `auto`: the spout pipe when it is one, else a local directory.
+/// Resolves `auto`: the spout pipe when it is one, else pachd inside a Pachyderm
+/// 2.x worker, else a local directory.
 pub fn resolve_auto() -> SinkSpec {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::metadata(PFS_OUT) {
         Ok(meta) if meta.file_type().is_fifo() => SinkSpec::Fifo(PFS_OUT.into()),
-        _ => SinkSpec::Dir("./spout-out".into()),
+        _ => match pfs::detect_worker(|name| std::env::var(name).ok()) {
+            Some(target) => SinkSpec::Pfs(target),
+            None => SinkSpec::Dir("./spout-out".into()),
+        },
+    }
+}
+
+impl SinkSpec {
+    /// Gives a `pfs://` sink the token of `--pachd-token-file` / `SPOUT_PACHD_TOKEN`;
+    /// without them it uses the pachctl config's.
+    pub fn with_pachd_token(self, file: Option<PathBuf>, token: Option<String>) -> Self {
+        match self {
+            SinkSpec::Pfs(target) if target.token == pfs::TokenSource::Unset => {
+                SinkSpec::Pfs(pfs::Target { token: pfs::TokenSource::from_options(file, token), ..target })
+            }
+            other => other,
+        }
     }
 }
 
@@ -236,6 +274,7 @@ pub fn open(spec: &SinkSpec) -> std::io::Result<Box<dyn Sink>> {
         SinkSpec::Fifo(path) => Box::new(fifo::FifoSink::new(path.clone())),
         SinkSpec::Dir(path) => Box::new(dir::DirSink::open(path.clone())?),
         SinkSpec::Stdout => Box::new(stdout::StdoutSink::new()?),
+        SinkSpec::Pfs(target) => Box::new(pfs::PfsSink::new(target.clone())),
         SinkSpec::Auto => return open(&resolve_auto()),
     })
 }
@@ -246,6 +285,7 @@ impl fmt::Display for SinkSpec {
             SinkSpec::Fifo(path) => write!(f, "fifo:{}", path.display()),
             SinkSpec::Dir(path) => write!(f, "dir:{}", path.display()),
             SinkSpec::Stdout => f.write_str("stdout:"),
+            SinkSpec::Pfs(target) => target.fmt(f),
             SinkSpec::Auto => f.write_str("auto"),
         }
     }
@@ -262,5 +302,8 @@ mod tests {
         assert_eq!("stdout:".parse(), Ok(SinkSpec::Stdout));
         assert!("fifo:".parse::<SinkSpec>().is_err());
         assert!("kafka://x".parse::<SinkSpec>().unwrap_err().0.contains("unknown sink"));
+        let pfs: SinkSpec = "pfs://pachd:1650/out@master".parse().unwrap();
+        assert_eq!(pfs.to_string(), "pfs://pachd:1650/out@master");
+        assert!("pfs:/pachd/out".parse::<SinkSpec>().unwrap_err().0.contains("does not start with pfs://"));
     }
 }

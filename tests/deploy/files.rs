@@ -91,3 +91,32 @@ fn every_json_and_yaml_file_parses() {
         );
     }
 }
+
+/// Every string value stored under `key` anywhere in the JSON and YAML files of
+/// deploy/, with the file it came from.
+pub fn values_of_key(key: &str) -> Vec<(String, String)> {
+    fn walk(value: &Value, key: &str, file: &str, found: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match v.as_str() {
+                        Some(s) if k == key => found.push((file.to_owned(), s.to_owned())),
+                        _ => walk(v, key, file, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, key, file, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for path in with_extension(&["json"]) {
+        walk(&json(&path), key, &shown(&path), &mut found);
+    }
+    for path in with_extension(&["yml", "yaml"]) {
+        for doc in yaml_documents(&path) {
+            walk(&doc, key, &shown(&path), &mut found);
+        }
+    }
+    found
+}

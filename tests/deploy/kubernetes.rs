@@ -425,3 +425,19 @@ fn producers_reach_the_sidecar_with_its_token() {
         );
     }
 }
+
+/// (manifest, path) of every HTTP probe on the sidecar: the kubelet sends no token.
+pub fn probe_paths() -> Vec<(String, String)> {
+    pods()
+        .iter()
+        .flat_map(|pod| {
+            let container = sidecar_container(pod);
+            ["readinessProbe", "livenessProbe"].map(|probe| {
+                let path = container[probe]["httpGet"]["path"]
+                    .as_str()
+                    .unwrap_or_default();
+                (pod.context.clone(), path.to_owned())
+            })
+        })
+        .collect()
+}

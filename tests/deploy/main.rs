@@ -11,13 +11,20 @@
 //! - the Grafana dashboard and the alert rules are valid PromQL over metric families
 //!   and labels the sidecar exports;
 //! - promtool accepts the Prometheus configuration and passes the alert unit tests;
-//! - the Dockerfile builds a release binary into a non-root image.
+//! - the Dockerfile builds a release binary into a non-root image;
+//! - against the running binary: its /metrics after known traffic (counters, HELP,
+//!   promtool's lint, every queried series), the probe and scrape paths, and the
+//!   example producers run under the sidecar as the pipeline specs run them.
 
 mod dockerfile;
 mod files;
 mod kubernetes;
+mod live;
 mod monitoring;
 mod pachyderm;
 mod promql;
 mod promtool;
+mod scrape;
 mod sidecar;
+#[path = "../support/mod.rs"]
+mod support;

@@ -9,9 +9,19 @@ use promql_parser::parser::{self, Expr, LabelModifier};
 
 use crate::files;
 
-/// Labels Prometheus attaches to every scraped series, rather than the sidecar: the
-/// target's, and those deploy/prometheus/prometheus.yml relabels from Kubernetes.
-pub const TARGET_LABELS: [&str; 5] = ["job", "instance", "namespace", "pod", "app"];
+/// Labels Prometheus attaches to every scraped series rather than the sidecar: the
+/// target's own, and those deploy/prometheus/prometheus.yml relabels onto it.
+pub fn target_labels() -> BTreeSet<String> {
+    let config = files::yaml(&files::deploy_dir().join("prometheus/prometheus.yml"));
+    let relabelled = config["scrape_configs"]
+        .as_array()
+        .expect("scrape_configs")
+        .iter()
+        .flat_map(|job| job["relabel_configs"].as_array().cloned().unwrap_or_default())
+        .filter_map(|rule| rule["target_label"].as_str().map(str::to_owned))
+        .filter(|label| !label.starts_with("__"));
+    ["job".to_owned(), "instance".to_owned()].into_iter().chain(relabelled).collect()
+}
 
 pub struct Selector {
     pub metric: String,

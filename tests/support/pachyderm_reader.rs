@@ -7,7 +7,8 @@
 //! [`Mode::ReopenEachArchive`] it closes the pipe after each archive and opens it
 //! again, as older Pachyderm did. A reader can also be started paused (it holds the
 //! pipe open and reads nothing: a stalled consumer) or made to die inside an
-//! archive (it closes the pipe there, as a killed process would).
+//! archive (it closes the pipe there, as a killed process would) or leave after a
+//! number of archives.
 //!
 //! The reader only finds where an archive ends; the `tar` crate then checks and
 //! decodes the archive, long names included, into the files it commits.
@@ -40,6 +41,8 @@ struct Control {
     paused: AtomicBool,
     /// Die inside the first archive still being read once this many bytes are read.
     die_after: Option<u64>,
+    /// Close the pipe and end after this many archives, between two archives.
+    leave_after: Option<usize>,
     bytes_read: AtomicU64,
     files_committed: AtomicU64,
 }
@@ -78,6 +81,11 @@ impl PachydermReader {
         Self::spawn(path, Mode::KeepOpen, Control { die_after: Some(bytes), ..Control::default() })
     }
 
+    /// Reads `archives` archives, then closes the pipe and ends: [`Self::join`].
+    pub fn leaving_after(path: &Path, archives: usize) -> Self {
+        Self::spawn(path, Mode::KeepOpen, Control { leave_after: Some(archives), ..Control::default() })
+    }
+
     fn spawn(path: &Path, mode: Mode, control: Control) -> Self {
         let control = Arc::new(control);
         let thread = {
@@ -99,7 +107,7 @@ impl PachydermReader {
         self.control.files_committed.load(Ordering::SeqCst)
     }
 
-    /// Waits for the reader to end by itself (a dying reader) and returns its commits.
+    /// Waits for the reader to end by itself (dying or leaving) and returns its commits.
     pub fn join(self) -> Vec<Commit> {
         self.thread.join().expect("the reader thread panicked")
     }
@@ -130,6 +138,9 @@ fn read_commits(path: &Path, mode: Mode, control: &Control) -> Vec<Commit> {
                     let files = decode(&bytes);
                     control.files_committed.fetch_add(files.len() as u64, Ordering::SeqCst);
                     commits.push(files);
+                    if control.leave_after == Some(commits.len()) {
+                        return commits;
+                    }
                     if mode == Mode::ReopenEachArchive || control.stop.load(Ordering::SeqCst) {
                         break;
                     }
@@ -164,9 +175,13 @@ fn read_archive(pipe: &mut File, control: &Control) -> Outcome {
         if must_die() {
             return Outcome::Died;
         }
-        let size = tar::Header::from_byte_slice(&header)
-            .entry_size()
-            .expect("a valid tar header: did the reader start inside an archive?");
+        let header = tar::Header::from_byte_slice(&header);
+        assert_eq!(
+            header.cksum().ok(),
+            Some(checksum(header.as_bytes())),
+            "a valid tar header: did the reader start inside an archive?"
+        );
+        let size = header.entry_size().expect("a header's size");
         for _ in 0..size.div_ceil(BLOCK as u64) {
             let Some(data) = read_block(pipe, control) else { return Outcome::Truncated };
             archive.extend_from_slice(&data);
@@ -196,6 +211,14 @@ fn read_block(pipe: &mut File, control: &Control) -> Option<[u8; BLOCK]> {
         }
     }
     Some(block)
+}
+
+/// A header's checksum: the sum of its bytes, the checksum field counted as spaces.
+fn checksum(header: &[u8; BLOCK]) -> u32 {
+    let field = 148..156;
+    let sum: u32 =
+        header.iter().enumerate().filter(|(i, _)| !field.contains(i)).map(|(_, &b)| u32::from(b)).sum();
+    sum + 8 * u32::from(b' ')
 }
 
 fn is_zero(block: &[u8]) -> bool {

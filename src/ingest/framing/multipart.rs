@@ -89,13 +89,17 @@ mod tests {
     use super::super::split::encode::cut;
     use super::super::DecodeErrorKind;
     use super::*;
+    use proptest::prelude::*;
 
     const BOUNDARY: &str = "------------------------d74496d66958873e";
 
     fn run(body: &[u8], name: Option<&str>, max: u64) -> Result<Vec<Incoming>, DecodeError> {
-        let body = cut(body, &[7, 60, 61, 130]);
+        run_in_chunks(body, &[7, 60, 61, 130], name, max)
+    }
+
+    fn run_in_chunks(body: &[u8], cuts: &[usize], name: Option<&str>, max: u64) -> Result<Vec<Incoming>, DecodeError> {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        runtime.block_on(decode(BOUNDARY, body, name, max))
+        runtime.block_on(decode(BOUNDARY, cut(body, cuts), name, max))
     }
 
     #[test]
@@ -136,5 +140,44 @@ mod tests {
         assert_eq!(e.kind, DecodeErrorKind::BadFraming);
         assert!(e.message.starts_with("multipart part 2 is malformed"), "{}", e.message);
         assert_eq!(run(b"no boundary here", None, 100).unwrap_err().kind, DecodeErrorKind::BadFraming);
+    }
+
+    /// Part bytes made of what a delimiter is made of: CRLFs, dashes and the boundary
+    /// short of its last byte, so that parts come close to ending early.
+    fn delimiter_lookalikes() -> impl Strategy<Value = Vec<u8>> {
+        let near_miss = format!("\r\n--{}", &BOUNDARY[..BOUNDARY.len() - 1]).into_bytes();
+        let piece = prop_oneof![
+            Just(b"\r\n".to_vec()),
+            Just(b"--".to_vec()),
+            Just(near_miss),
+            any::<u8>().prop_map(|b| vec![b]),
+        ];
+        prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn parts_round_trip_with_their_names(
+            parts in prop::collection::vec(
+                (prop::option::of("[a-z0-9_-][a-z0-9._-]{0,7}(/[a-z0-9_-]{1,8}){0,2}"), delimiter_lookalikes()),
+                1..6,
+            ),
+            cuts in prop::collection::vec(0usize..2000, 0..8),
+        ) {
+            // A part holding the delimiter itself cannot be sent: an encoder picks another boundary.
+            let delimiter = format!("\r\n--{BOUNDARY}").into_bytes();
+            prop_assume!(parts.iter().all(|(_, bytes)| {
+                memchr::memmem::find(&[b"\r\n".as_slice(), bytes].concat(), &delimiter).is_none()
+            }));
+            let encoded: Vec<(Option<&str>, &[u8])> = parts.iter().map(|(n, b)| (n.as_deref(), &b[..])).collect();
+            let messages = run_in_chunks(&encode(BOUNDARY, &encoded), &cuts, Some("request.bin"), 1000).unwrap();
+            let got: Vec<(String, Vec<u8>)> =
+                messages.into_iter().map(|m| (m.name.unwrap(), m.payload.to_vec())).collect();
+            let expected: Vec<(String, Vec<u8>)> = parts
+                .into_iter()
+                .map(|(name, bytes)| (name.unwrap_or_else(|| "request.bin".into()), bytes))
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
     }
 }

@@ -1,0 +1,168 @@
+//! The ModifyFile stream one batch becomes: `set_commit`, then per file an
+//! optional `delete_file` (`--overwrite`) and its bytes as `add_file` requests.
+//!
+//! pachd takes gRPC messages of at most 20 MiB, so a file's bytes go in pieces of at
+//! most [`MAX_PIECE`]; pieces for one path append to each other. A piece is a
+//! `Bytes` slice of the payload, not a copy, except where several small chunks
+//! (NDJSON lines and their newlines under `--layout batch`) are joined into one
+//! piece: one copy of a few KiB costs less than a request per line. tonic then
+//! encodes each request into its send buffer, the one copy every byte takes.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::proto::google::protobuf::BytesValue;
+use super::proto::pfs_v2::{add_file, modify_file_request::Body, AddFile, Commit, DeleteFile, ModifyFileRequest};
+use crate::message::{File, Payload};
+
+/// The largest piece of a file in one request: well under pachd's 20 MiB limit.
+pub const MAX_PIECE: usize = 3 << 20;
+/// Chunks smaller than this are joined with their small neighbours.
+const SMALL_CHUNK: usize = 64 << 10;
+
+/// The requests for one batch, made lazily file by file.
+pub fn modify_file_requests(
+    commit: Commit,
+    files: Arc<[File]>,
+    overwrite: bool,
+) -> impl Iterator<Item = ModifyFileRequest> + Send + 'static {
+    let set_commit = request(Body::SetCommit(commit));
+    std::iter::once(set_commit).chain((0..files.len()).flat_map(move |i| file_requests(&files[i], overwrite)))
+}
+
+fn file_requests(file: &File, overwrite: bool) -> Vec<ModifyFileRequest> {
+    let delete = overwrite.then(|| {
+        request(Body::DeleteFile(DeleteFile { path: file.name.clone(), datum: String::new() }))
+    });
+    let adds = pieces(&file.data).into_iter().map(|piece| {
+        request(Body::AddFile(AddFile {
+            path: file.name.clone(),
+            datum: String::new(),
+            source: Some(add_file::Source::Raw(BytesValue { value: piece })),
+        }))
+    });
+    delete.into_iter().chain(adds).collect()
+}
+
+fn request(body: Body) -> ModifyFileRequest {
+    ModifyFileRequest { body: Some(body) }
+}
+
+/// The payload cut into pieces of at most [`MAX_PIECE`] bytes, in order. An empty
+/// payload is one empty piece, so the file still appears in the commit.
+pub fn pieces(payload: &Payload) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut run = SmallRun::default();
+    for chunk in payload.chunks() {
+        if chunk.len() < SMALL_CHUNK {
+            if run.len + chunk.len() > MAX_PIECE {
+                run.flush(&mut out);
+            }
+            run.len += chunk.len();
+            run.chunks.push(chunk.clone());
+        } else {
+            run.flush(&mut out);
+            let mut start = 0;
+            while start < chunk.len() {
+                let end = (start + MAX_PIECE).min(chunk.len());
+                out.push(chunk.slice(start..end));
+                start = end;
+            }
+        }
+    }
+    run.flush(&mut out);
+    if out.is_empty() {
+        out.push(Bytes::new());
+    }
+    out
+}
+
+/// Consecutive small chunks waiting to become one piece.
+#[derive(Default)]
+struct SmallRun {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl SmallRun {
+    fn flush(&mut self, out: &mut Vec<Bytes>) {
+        match self.chunks.len() {
+            0 => {}
+            // A lone chunk goes as it is: joining is only worth it for several.
+            1 => out.push(self.chunks.pop().expect("one chunk")),
+            _ => {
+                let mut joined = BytesMut::with_capacity(self.len);
+                for chunk in self.chunks.drain(..) {
+                    joined.extend_from_slice(&chunk);
+                }
+                out.push(joined.freeze());
+            }
+        }
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(sizes: &[usize]) -> Payload {
+        let chunks: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Bytes::from(vec![b'a' + (i % 26) as u8; n]))
+            .collect();
+        Payload::from(chunks)
+    }
+
+    fn joined(pieces: &[Bytes]) -> Vec<u8> {
+        pieces.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    #[test]
+    fn big_chunks_are_sliced_not_copied() {
+        let data = payload(&[MAX_PIECE * 2 + 5]);
+        let cut = pieces(&data);
+        assert_eq!(cut.iter().map(Bytes::len).collect::<Vec<_>>(), [MAX_PIECE, MAX_PIECE, 5]);
+        assert_eq!(cut[0].as_ptr(), data.chunks()[0].as_ptr(), "a slice of the payload");
+        assert_eq!(joined(&cut), data.to_vec());
+    }
+
+    #[test]
+    fn small_chunks_are_joined_up_to_the_limit_in_order() {
+        let sizes: Vec<usize> = std::iter::repeat_n(40_000, 100).chain([SMALL_CHUNK, 3]).collect();
+        let data = payload(&sizes);
+        let cut = pieces(&data);
+        assert!(cut.iter().all(|p| p.len() <= MAX_PIECE));
+        assert_eq!(cut.len(), 4, "78 + 22 small chunks, the large one, the lone small one");
+        assert_eq!(joined(&cut), data.to_vec());
+        let lone = payload(&[10]);
+        assert_eq!(pieces(&lone)[0].as_ptr(), lone.chunks()[0].as_ptr());
+    }
+
+    #[test]
+    fn an_empty_file_is_one_empty_add() {
+        assert_eq!(pieces(&Payload::new()), vec![Bytes::new()]);
+    }
+
+    #[test]
+    fn overwrite_deletes_before_adding() {
+        let files: Arc<[File]> = vec![
+            File { name: "a".into(), data: payload(&[MAX_PIECE + 1]) },
+            File { name: "b".into(), data: payload(&[1]) },
+        ]
+        .into();
+        let kinds = |overwrite| {
+            modify_file_requests(Commit::default(), files.clone(), overwrite)
+                .map(|r| match r.body.unwrap() {
+                    Body::SetCommit(_) => "set".to_owned(),
+                    Body::AddFile(add) => format!("add {}", add.path),
+                    Body::DeleteFile(delete) => format!("delete {}", delete.path),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(false), ["set", "add a", "add a", "add b"]);
+        assert_eq!(kinds(true), ["set", "delete a", "add a", "add a", "delete b", "add b"]);
+    }
+}

@@ -1,0 +1,372 @@
+//! Where the `pfs://` sink commits: the parsed URI, where its auth token comes
+//! from, and the `auto` detection inside a Pachyderm 2.x worker.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// pachd's port on its Kubernetes Service.
+pub const DEFAULT_PORT: u16 = 30650;
+/// The worker's local pachd peer, used when the worker's pachctl config names none.
+const WORKER_PACHD: &str = "localhost:1653";
+pub const DEFAULT_BRANCH: &str = "master";
+pub const DEFAULT_PROJECT: &str = "default";
+/// Where a Pachyderm 2.x worker writes the pachctl config it gives user code.
+const WORKER_PACH_CONFIG: &str = "/pachctl/config.json";
+
+const USAGE: &str = "expected pfs://HOST:PORT/REPO@BRANCH?project=PROJECT \
+                     (port defaults to 30650, branch to master, project to default)";
+
+/// A parsed `pfs://HOST:PORT/REPO@BRANCH?project=P`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `HOST:PORT` of pachd's gRPC API, spoken in plaintext as inside a worker.
+    pub address: String,
+    pub project: String,
+    pub repo: String,
+    pub branch: String,
+    pub token: TokenSource,
+}
+
+/// Where the `authn-token` sent to pachd comes from. Read again before each retry
+/// that follows a failure, so a fixed token file takes effect without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Not configured: the pachctl config's token if there is one, else none.
+    Unset,
+    /// `SPOUT_PACHD_TOKEN`.
+    Literal(Secret),
+    /// `--pachd-token-file`: its first line.
+    File(PathBuf),
+    /// The active context's `session_token` in a pachctl config file.
+    PachConfig(PathBuf),
+}
+
+/// A token, kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl TokenSource {
+    /// Chooses the source from `--pachd-token-file` and `SPOUT_PACHD_TOKEN`.
+    pub fn from_options(file: Option<PathBuf>, token: Option<String>) -> Self {
+        match (file, token) {
+            (Some(path), _) => TokenSource::File(path),
+            (None, Some(token)) if !token.trim().is_empty() => {
+                TokenSource::Literal(Secret(token.trim().to_owned()))
+            }
+            _ => TokenSource::Unset,
+        }
+    }
+
+    /// The token to send, or `None` to send none.
+    pub fn load(&self) -> Result<Option<String>, String> {
+        match self {
+            TokenSource::Unset => match pachctl_config_path() {
+                Some(path) => Ok(read_pach_config(&path)?.session_token),
+                None => Ok(None),
+            },
+            TokenSource::Literal(Secret(token)) => Ok(Some(token.clone())),
+            TokenSource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the pachd token file {}: {e}", path.display()))?;
+                match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+                    Some(token) => Ok(Some(token.to_owned())),
+                    None => Err(format!("the pachd token file {} is empty", path.display())),
+                }
+            }
+            TokenSource::PachConfig(path) => Ok(read_pach_config(path)?.session_token),
+        }
+    }
+
+    /// Where the token comes from, for error messages that tell the user what to fix.
+    pub fn describe(&self) -> String {
+        match self {
+            TokenSource::Unset => match pachctl_config_path() {
+                Some(path) => format!("the session token of {}", path.display()),
+                None => "no token (set --pachd-token-file or SPOUT_PACHD_TOKEN)".into(),
+            },
+            TokenSource::Literal(_) => "SPOUT_PACHD_TOKEN".into(),
+            TokenSource::File(path) => format!("the token file {}", path.display()),
+            TokenSource::PachConfig(path) => format!("the session token of {}", path.display()),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pfs://{}/{}@{}", self.address, self.repo, self.branch)?;
+        if self.project != DEFAULT_PROJECT {
+            write!(f, "?project={}", self.project)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPfsUri(pub String);
+
+impl FromStr for Target {
+    type Err = BadPfsUri;
+
+    fn from_str(uri: &str) -> Result<Self, Self::Err> {
+        let bad = |what: String| BadPfsUri(format!("bad sink `{uri}`: {what}; {USAGE}"));
+        let rest = uri.strip_prefix("pfs://").ok_or_else(|| bad("it does not start with pfs://".into()))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let address = parse_authority(authority).map_err(bad)?;
+        if path.is_empty() {
+            return Err(bad("the repo is missing".into()));
+        }
+        let (repo, branch) = match path.split_once('@') {
+            Some((repo, branch)) => (repo, branch),
+            None => (path, DEFAULT_BRANCH),
+        };
+        check_name("repo", repo).map_err(bad)?;
+        check_name("branch", branch).map_err(bad)?;
+        let mut project = DEFAULT_PROJECT;
+        for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("project", name)) => {
+                    check_name("project", name).map_err(bad)?;
+                    project = name;
+                }
+                _ => return Err(bad(format!("unknown parameter `{pair}`, only `project=` is known"))),
+            }
+        }
+        Ok(Target {
+            address,
+            project: project.into(),
+            repo: repo.into(),
+            branch: branch.into(),
+            token: TokenSource::Unset,
+        })
+    }
+}
+
+/// `HOST:PORT`, `HOST` (default port) or `[V6]:PORT`.
+fn parse_authority(authority: &str) -> Result<String, String> {
+    if authority.is_empty() {
+        return Err("the host is missing".into());
+    }
+    if authority.contains('@') {
+        return Err("user info before the host is not supported; give the token with \
+                    --pachd-token-file or SPOUT_PACHD_TOKEN"
+            .into());
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (v6, after) = bracketed.split_once(']').ok_or("`[` without `]` around an IPv6 host")?;
+        let port = match after {
+            "" => None,
+            after => Some(after.strip_prefix(':').ok_or_else(|| format!("`{after}` after the IPv6 host"))?),
+        };
+        (&authority[..v6.len() + 2], port)
+    } else if authority.matches(':').count() > 1 {
+        return Err("an IPv6 host goes in brackets, e.g. pfs://[::1]:1650/REPO".into());
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is missing".into());
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(port) => port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
+            format!("`{port}` is not a port number")
+        })?,
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+/// Pachyderm's rule for repo, branch and project names.
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("the {what} name is empty"));
+    }
+    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
+        Some(c) => Err(format!(
+            "the {what} name `{name}` has `{c}`: Pachyderm allows only letters, digits, `_` and `-`"
+        )),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PachConfig {
+    #[serde(default)]
+    v2: Option<PachConfigV2>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PachConfigV2 {
+    #[serde(default)]
+    active_context: String,
+    #[serde(default)]
+    contexts: HashMap<String, PachContext>,
+}
+
+/// The fields of a pachctl context the sink uses.
+#[derive(Debug, Default, Clone, Deserialize)]
+struct PachContext {
+    #[serde(default)]
+    pachd_address: Option<String>,
+    #[serde(default)]
+    session_token: Option<String>,
+}
+
+fn read_pach_config(path: &Path) -> Result<PachContext, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the pachctl config {}: {e}", path.display()))?;
+    let config: PachConfig = serde_json::from_str(&text)
+        .map_err(|e| format!("the pachctl config {} is not valid JSON: {e}", path.display()))?;
+    let v2 = config.v2.unwrap_or_default();
+    let mut context = v2.contexts.get(&v2.active_context).cloned().ok_or_else(|| {
+        format!(
+            "the pachctl config {} has no active context (v2.active_context `{}`)",
+            path.display(),
+            v2.active_context
+        )
+    })?;
+    context.session_token = context.session_token.filter(|t| !t.is_empty());
+    Ok(context)
+}
+
+/// `$PACH_CONFIG`, else the worker's config, else pachctl's default, if it exists.
+fn pachctl_config_path() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".pachyderm/config.json"));
+    std::env::var_os("PACH_CONFIG")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from(WORKER_PACH_CONFIG)])
+        .chain(home)
+        .find(|p| p.is_file())
+}
+
+/// The `auto` sink inside a Pachyderm 2.x worker: a pachctl config (`$PACH_CONFIG`
+/// or /pachctl/config.json) and `$PPS_PIPELINE_NAME` are both there. Commits go to
+/// the pipeline's output repo through the pachd the config names.
+pub fn detect_worker(env: impl Fn(&str) -> Option<String>) -> Option<Target> {
+    let pipeline = env("PPS_PIPELINE_NAME").filter(|p| !p.is_empty())?;
+    let config = env("PACH_CONFIG")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| WORKER_PACH_CONFIG.into());
+    if !config.is_file() {
+        return None;
+    }
+    let address = match read_pach_config(&config) {
+        Ok(context) => context.pachd_address,
+        Err(e) => {
+            tracing::warn!("{e}; trying pachd at {WORKER_PACHD}");
+            None
+        }
+    };
+    let address = address
+        .map(|a| a.trim_start_matches("grpc://").trim_end_matches('/').to_owned())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| WORKER_PACHD.into());
+    Some(Target {
+        address,
+        project: env("PPS_PROJECT_NAME").filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_PROJECT.into()),
+        repo: pipeline,
+        branch: DEFAULT_BRANCH.into(),
+        token: TokenSource::PachConfig(config),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(uri: &str) -> Result<Target, String> {
+        uri.parse::<Target>().map_err(|e| e.0)
+    }
+
+    #[test]
+    fn parses_full_and_short_uris() {
+        let t = parse("pfs://pachd.ns.svc:1650/events@raw?project=ingest").unwrap();
+        assert_eq!(
+            (t.address.as_str(), t.repo.as_str(), t.branch.as_str(), t.project.as_str()),
+            ("pachd.ns.svc:1650", "events", "raw", "ingest")
+        );
+        let t = parse("pfs://localhost/events").unwrap();
+        assert_eq!((t.address.as_str(), t.branch.as_str(), t.project.as_str()), ("localhost:30650", "master", "default"));
+        assert_eq!(parse("pfs://[::1]:1653/r@b").unwrap().address, "[::1]:1653");
+        assert_eq!(parse("pfs://[::1]/r").unwrap().address, "[::1]:30650");
+        assert_eq!(t.to_string(), "pfs://localhost:30650/events@master");
+    }
+
+    #[test]
+    fn says_what_is_wrong() {
+        let cases = [
+            ("pfs://", "the host is missing"),
+            ("pfs://host:1650", "the repo is missing"),
+            ("pfs://host:1650/", "the repo is missing"),
+            ("pfs://host:http/r", "`http` is not a port number"),
+            ("pfs://::1:1650/r", "an IPv6 host goes in brackets"),
+            ("pfs://host:1650/r@", "the branch name is empty"),
+            ("pfs://host:1650/a/b", "the repo name `a/b` has `/`"),
+            ("pfs://host:1650/r?project=", "the project name is empty"),
+            ("pfs://host:1650/r?repo=x", "unknown parameter `repo=x`"),
+            ("pfs://u:p@host/r", "user info before the host"),
+        ];
+        for (uri, expected) in cases {
+            let error = parse(uri).unwrap_err();
+            assert!(error.contains(expected), "{uri}: {error}");
+            assert!(error.contains("expected pfs://HOST:PORT/REPO@BRANCH"), "{error}");
+        }
+    }
+
+    #[test]
+    fn reads_the_token_file_and_tells_when_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let source = TokenSource::from_options(Some(path.clone()), Some("ignored".into()));
+        assert_eq!(source.load(), Ok(Some("s3cret".into())));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(source.load().unwrap_err().contains("is empty"));
+        let missing = TokenSource::File(dir.path().join("nope"));
+        assert!(missing.load().unwrap_err().contains("cannot read the pachd token file"));
+        assert_eq!(format!("{:?}", TokenSource::from_options(None, Some("t".into()))), "Literal(Secret(..))");
+    }
+
+    #[test]
+    fn detects_a_worker_from_its_pachctl_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.json");
+        std::fs::write(
+            &config,
+            r#"{"v2": {"active_context": "w", "contexts": {
+                "other": {"pachd_address": "grpc://elsewhere:1"},
+                "w": {"pachd_address": "grpc://localhost:1653", "session_token": "tok"}}}}"#,
+        )
+        .unwrap();
+        let config_str = config.to_str().unwrap().to_owned();
+        let env = |name: &str| match name {
+            "PACH_CONFIG" => Some(config_str.clone()),
+            "PPS_PIPELINE_NAME" => Some("spout".into()),
+            "PPS_PROJECT_NAME" => Some("proj".into()),
+            _ => None,
+        };
+        let target = detect_worker(env).unwrap();
+        assert_eq!(target.to_string(), "pfs://localhost:1653/spout@master?project=proj");
+        assert_eq!(target.token.load(), Ok(Some("tok".into())));
+        let no_pipeline = |name: &str| if name == "PACH_CONFIG" { Some(config_str.clone()) } else { None };
+        assert_eq!(detect_worker(no_pipeline), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! The tar-stream sinks through the real binary: `fifo:` with a Pachyderm-like
+//! reader on a real named pipe, and `stdout:` read back as a tar stream. Messages go
+//! in over HTTP; what the reader commits must hold each of them exactly once.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::client::{self, Connection};
+use support::pachyderm_reader::{Commit, Mode, PachydermReader};
+use support::sidecar::{eventually, Sidecar};
+
+fn fifo_in(dir: &Path) -> PathBuf {
+    let path = dir.join("out");
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    path
+}
+
+/// Line `i` of the NDJSON stream: unique, and long enough to need padding.
+fn line(i: usize) -> String {
+    format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 61))
+}
+
+/// POSTs lines `range` as one NDJSON request, retrying while the buffer is full.
+fn post_lines(conn: &mut Connection, range: std::ops::Range<usize>) {
+    let body: String = range.map(|i| line(i) + "\n").collect();
+    loop {
+        let answer =
+            conn.request("POST", "/messages", &[("Content-Type", "application/x-ndjson")], body.as_bytes());
+        match answer.status {
+            202 => return,
+            503 => std::thread::sleep(Duration::from_millis(10)),
+            other => panic!("unexpected {other}: {}", answer.text()),
+        }
+    }
+}
+
+/// Asserts that `commits` hold lines `0..count` exactly once each, under unique names.
+fn assert_lines_exactly_once(commits: &[Commit], count: usize) {
+    let files: Vec<&(String, Vec<u8>)> = commits.iter().flatten().collect();
+    let names: BTreeSet<&String> = files.iter().map(|(name, _)| name).collect();
+    assert_eq!(names.len(), files.len(), "file names are unique");
+    let mut lines: Vec<String> =
+        files.iter().map(|(_, data)| String::from_utf8(data.clone()).unwrap()).collect();
+    lines.sort_by_key(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap());
+    assert_eq!(lines.len(), count, "messages committed");
+    assert!(lines.iter().enumerate().all(|(i, l)| *l == line(i)), "every line once, bytes unchanged");
+}
+
+fn metric(sidecar: &Sidecar, series: &str) -> u64 {
+    let text = client::get(&sidecar.addr, "/metrics").text();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
+}
+
+#[test]
+fn wait_commit_answers_once_the_reader_has_consumed_the_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = fifo_in(tmp.path());
+    let reader = PachydermReader::start_paused(&fifo, Mode::KeepOpen);
+    let sink = format!("fifo:{}", fifo.display());
+    let sidecar = Sidecar::start(&["--sink", &sink, "--max-batch-age", "10ms"]);
+    let (answered, answer) = std::sync::mpsc::channel();
+    let addr = sidecar.addr.clone();
+    std::thread::spawn(move || {
+        let headers = [("Spout-File", "greeting.txt")];
+        answered.send(client::request(&addr, "POST", "/messages?wait=commit", &headers, b"hello")).unwrap();
+    });
+    // The archive fits in the pipe's buffer, but in there it is not committed yet.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(answer.try_recv().is_err(), "answered before the reader read the archive");
+    reader.resume();
+    let answer = answer.recv_timeout(Duration::from_secs(30)).expect("an answer once the reader has read");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let commit = answer.json()["commit"].as_str().unwrap().to_owned();
+    assert!(commit.len() == 20 && commit.bytes().all(|b| b.is_ascii_digit()), "{commit}");
+    assert_eq!(answer.json()["files"], serde_json::json!(["greeting.txt"]));
+    assert!(sidecar.stop().success());
+    assert_eq!(reader.stop(), vec![vec![("greeting.txt".to_owned(), b"hello".to_vec())]]);
+}
+
+#[test]
+fn reader_that_reopens_per_archive_gets_every_message_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = fifo_in(tmp.path());
+    let reader = PachydermReader::start(&fifo, Mode::ReopenEachArchive);
+    let sink = format!("fifo:{}", fifo.display());
+    let sidecar = Sidecar::start(&["--sink", &sink, "--max-batch-messages", "50", "--max-batch-age", "5ms"]);
+    let mut conn = Connection::tcp(&sidecar.addr);
+    (0..100).for_each(|i| post_lines(&mut conn, i * 30..(i + 1) * 30));
+    assert!(sidecar.stop().success());
+    assert_lines_exactly_once(&reader.stop(), 3_000);
+}
+
+#[test]
+fn reader_killed_mid_archive_while_100k_messages_flow_then_restarted() {
+    const MESSAGES: usize = 100_000;
+    const PER_REQUEST: usize = 100;
+    let started = std::time::Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = fifo_in(tmp.path());
+    let sink = format!("fifo:{}", fifo.display());
+    let sidecar = Sidecar::start(&[
+        "--sink",
+        &sink,
+        "--max-batch-messages",
+        "500",
+        "--max-batch-age",
+        "20ms",
+        "--max-buffer-bytes",
+        "2MiB",
+    ]);
+    let doomed = PachydermReader::dying_after(&fifo, 16 << 20);
+    let (before, after) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut conn = Connection::tcp(&sidecar.addr);
+            (0..MESSAGES / PER_REQUEST)
+                .for_each(|r| post_lines(&mut conn, r * PER_REQUEST..(r + 1) * PER_REQUEST));
+        });
+        let before = doomed.join();
+        // The sink closes the pipe before it reports the reader gone: a reader
+        // started after that cannot join the old pipe and start inside an archive.
+        eventually(Duration::from_secs(30), "the sidecar to notice the reader died", || {
+            let status = client::get(&sidecar.addr, "/status").json();
+            (status["sink_state"] != "up").then_some(())
+        });
+        (before, PachydermReader::start(&fifo, Mode::KeepOpen))
+    });
+    let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
+    assert_eq!(flushed.status, 200, "{}", flushed.text());
+    assert!(metric(&sidecar, "spout_sink_retries_total") > 0, "archives were sent again");
+    assert!(sidecar.stop().success());
+    let mut commits = before;
+    commits.extend(after.stop());
+    assert_lines_exactly_once(&commits, MESSAGES);
+    eprintln!("100,000 messages over HTTP, reader killed mid-archive: {:.2?}", started.elapsed());
+}
+
+#[test]
+fn stdout_sink_streams_archive_after_archive() {
+    let sidecar = Sidecar::start_with(&["--sink", "stdout:", "--max-batch-messages", "40"], |command| {
+        command.stdout(Stdio::piped());
+    });
+    let mut sidecar = sidecar;
+    let stdout = sidecar.child.stdout.take().unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut stream = tar::Archive::new(stdout);
+        stream.set_ignore_zeros(true);
+        let files: Vec<(String, Vec<u8>)> = stream
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let mut entry = entry.unwrap();
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+                (String::from_utf8(entry.path_bytes().into_owned()).unwrap(), data)
+            })
+            .collect();
+        files
+    });
+    let mut conn = Connection::tcp(&sidecar.addr);
+    (0..10).for_each(|i| post_lines(&mut conn, i * 20..(i + 1) * 20));
+    assert!(sidecar.stop().success());
+    assert_lines_exactly_once(&[reading.join().unwrap()], 200);
+}
