@@ -260,8 +260,10 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
     s.wait_commit = true;
     s.rate = Some(rate);
     s.max_batch_age = Some(options.commit_age);
-    // Enough connections for every request to wait a batch age and some more.
-    s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.05) * 2.0) as usize).clamp(16, 1000);
+    // Enough connections for every request to wait its batch's age and 20 ms more,
+    // twice over; the sidecar's own connection cap (1024 by default) raised to match.
+    s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.02) * 2.0) as usize).clamp(16, 8000);
+    s.sidecar_args = vec![format!("--max-connections={}", s.connections + 16)];
     let waited = r.sidecar(s).await;
     let age_ms = options.commit_age.as_secs_f64() * 1000.0;
     targets.push(Target::new(
