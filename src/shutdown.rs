@@ -8,8 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::ack::Unsettled;
 use crate::ingest::Intake;
@@ -104,19 +102,6 @@ pub const ANSWER_GRACE: Duration = Duration::from_secs(2);
 /// How long, past the shutdown timeout, the sink gets to fail what it holds and the
 /// servers to send those requests their 502.
 pub const GIVE_UP_GRACE: Duration = Duration::from_secs(5);
-
-/// Waits until the HTTP servers, told to stop, have answered and closed every
-/// connection, or until `deadline`; then the process may exit.
-pub async fn close_servers(servers: Vec<JoinHandle<()>>, deadline: Instant) {
-    let all_closed = async {
-        for server in servers {
-            let _ = server.await;
-        }
-    };
-    if tokio::time::timeout_at(deadline, all_closed).await.is_err() {
-        tracing::info!("closing the HTTP connections still open at the deadline");
-    }
-}
 
 /// Removes a Unix socket file when dropped, so a restart can bind the path again.
 pub struct SocketFile(pub std::path::PathBuf);

@@ -1,9 +1,9 @@
-//! Runs every client snippet of docs/clients.md against the real binary: each must
+//! Runs every client snippet of README.md against the real binary: each must
 //! succeed and commit exactly the messages its `<!-- test: ...; commits: ... -->` line
 //! names, read back from the `dir:` sink.
 //!
-//! curl, python3 with `requests`, and nc (netcat-openbsd) are required in CI and
-//! skipped with a note elsewhere; Go is optional everywhere (CI does not install it).
+//! curl, python3 with `requests`, nc (netcat-openbsd) and go are required; .ci/run
+//! installs them, and a missing one fails with its install hint.
 
 mod support;
 
@@ -21,8 +21,8 @@ struct Snippet {
 }
 
 fn snippets() -> Vec<Snippet> {
-    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/clients.md");
-    let text = std::fs::read_to_string(&doc).expect("docs/clients.md");
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let text = std::fs::read_to_string(&doc).expect("README.md");
     let mut lines = text.lines();
     let mut found = Vec::new();
     while let Some(line) = lines.next() {
@@ -54,7 +54,7 @@ fn snippet(name: &str) -> Snippet {
     snippets()
         .into_iter()
         .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("docs/clients.md has no `{name}` snippet"))
+        .unwrap_or_else(|| panic!("README.md has no `{name}` snippet"))
 }
 
 /// Fails with the install hint when `program` is missing: a snippet nobody ran

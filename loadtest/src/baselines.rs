@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::client::Endpoint;
 use crate::load::{self, Load, Target};
+use crate::process::{self, Server};
 use crate::readback;
 use crate::report::Report;
 use crate::run::WorkDir;
@@ -40,81 +41,51 @@ where
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
 }
 
-/// The bare server, on a runtime of its own (as many workers as cores, like the
-/// sidecar's), until the returned guard is dropped.
-struct BareServer {
-    endpoint: Endpoint,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl BareServer {
-    fn start(unix: Option<PathBuf>) -> anyhow::Result<BareServer> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        tcp.set_nonblocking(true)?;
-        let endpoint = match &unix {
-            Some(path) => Endpoint::Unix(path.clone()),
-            None => Endpoint::Tcp(tcp.local_addr()?),
-        };
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let accept = async {
-                    match unix {
-                        Some(path) => {
-                            let listener = tokio::net::UnixListener::bind(path).expect("binding the bare server's socket");
-                            while let Ok((stream, _)) = listener.accept().await {
-                                tokio::spawn(serve(stream));
-                            }
-                        }
-                        None => {
-                            let listener = tokio::net::TcpListener::from_std(tcp).expect("a bound listener");
-                            while let Ok((stream, _)) = listener.accept().await {
-                                let _ = stream.set_nodelay(true);
-                                tokio::spawn(serve(stream));
-                            }
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = accept => {}
-                    _ = stopped => {}
-                }
-            });
-            runtime.shutdown_background();
-        });
-        Ok(BareServer { endpoint, shutdown: Some(shutdown), thread: Some(thread) })
-    }
-}
-
-impl Drop for BareServer {
-    fn drop(&mut self) {
-        drop(self.shutdown.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+/// Serves the bare server on `endpoint` until the process is killed: what
+/// `loadtest bare-server` runs, in a process of its own as the sidecar is.
+pub async fn serve_bare(endpoint: &Endpoint) -> anyhow::Result<()> {
+    match endpoint {
+        Endpoint::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            loop {
+                let (stream, _) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                tokio::spawn(serve(stream));
+            }
+        }
+        Endpoint::Unix(path) => {
+            let listener = tokio::net::UnixListener::bind(path)?;
+            loop {
+                let (stream, _) = listener.accept().await?;
+                tokio::spawn(serve(stream));
+            }
         }
     }
 }
 
 /// The HTTP ceiling: `scenario`'s load (HTTP over TCP or the Unix socket) against
-/// the bare server.
+/// the bare server, run as `loadtest bare-server` in a process of its own.
 pub async fn http_ceiling(scenario: &Scenario, harness: &Harness) -> anyhow::Result<Report> {
     let work = WorkDir::new(harness, &scenario.name)?;
-    let unix = match scenario.transport {
-        Transport::Http => None,
-        Transport::Unix => Some(work.join("bare.sock")),
+    let control = Endpoint::Tcp(process::free_port()?);
+    let mut args = vec!["bare-server".to_owned(), "--listen".into(), control.to_string()];
+    let endpoint = match scenario.transport {
+        Transport::Http => control.clone(),
+        Transport::Unix => {
+            let path = work.join("bare.sock");
+            args.extend(["--socket".into(), path.display().to_string()]);
+            Endpoint::Unix(path)
+        }
         Transport::Raw => bail!("the HTTP ceiling is measured over HTTP"),
     };
-    let server = BareServer::start(unix)?;
-    for _ in 0..500 {
-        if crate::client::Conn::open(&server.endpoint).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let exe = std::env::current_exe()?;
+    if exe.file_stem().is_none_or(|stem| stem != "loadtest") {
+        bail!("the HTTP ceiling runs `loadtest bare-server`: call it from the loadtest binary");
     }
+    let mut server = Server::spawn(&exe, &args, &work.join("bare-server.log"), None)?;
+    server.wait_ready(&control).await?;
     let load = Load {
-        target: Target::Http(server.endpoint.clone()),
+        target: Target::Http(endpoint),
         framing: scenario.framing,
         batch: scenario.batch,
         sizes: scenario.size,
@@ -126,9 +97,10 @@ pub async fn http_ceiling(scenario: &Scenario, harness: &Harness) -> anyhow::Res
         check_accepted: false,
     };
     let measured = load::drive(&load).await?;
-    tokio::task::spawn_blocking(move || drop(server)).await?;
+    let stopped = tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(10))).await??;
     let mut report = Report::from_load(&scenario.name, &measured, Duration::ZERO);
     report.scenario = Some(serde_json::to_value(scenario)?);
+    report.peak_rss_bytes = Some(stopped.peak_rss);
     Ok(report)
 }
 

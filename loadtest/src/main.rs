@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use loadtest::client::Endpoint;
 use loadtest::report::{self, Report};
 use loadtest::scenario::{Harness, Scenario};
 use loadtest::suite::{self, SuiteOptions};
@@ -52,6 +53,18 @@ enum Command {
     /// A baseline alone.
     #[command(subcommand)]
     Baseline(Baseline),
+
+    /// The HTTP-ceiling server: reads each request's body and answers 202, nothing
+    /// else. The HTTP baseline starts it; it runs until killed.
+    #[command(hide = true)]
+    BareServer {
+        /// TCP address to serve on (`tcp:HOST:PORT`).
+        #[arg(long)]
+        listen: Endpoint,
+        /// Also serve on this Unix socket.
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +127,14 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Baseline(Baseline::Python { size, duration }) => {
             print_reports(harness, &[baselines::python_tarfile("python-tarfile", size, duration, harness)?])
+        }
+        Command::BareServer { listen, socket } => {
+            let tcp = tokio::spawn(async move { baselines::serve_bare(&listen).await });
+            if let Some(path) = socket {
+                baselines::serve_bare(&Endpoint::Unix(path)).await?;
+            }
+            tcp.await??;
+            Ok(true)
         }
         Command::Suite(options) => {
             let result = suite::run_suite(&options, harness).await;

@@ -98,7 +98,7 @@ impl<T: Send + 'static> PipeReader<T> {
                 let mut total = 0;
                 while !stop.load(Ordering::Acquire) {
                     let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-                    let counted = Counted { inner: file, total: &bytes };
+                    let counted = Counted { inner: file, total: &bytes, stop: &stop };
                     let mut reader: Box<dyn BufRead> = match bytes_per_sec {
                         Some(rate) => Box::new(BufReader::with_capacity(
                             256 << 10,
@@ -140,13 +140,35 @@ impl<T: Send + 'static> PipeReader<T> {
 
 use std::os::unix::fs::OpenOptionsExt;
 
+/// The pipe's read end: counts bytes, and once told to stop, ends at the first
+/// 100 ms without data even if a writer still has the pipe open (a sidecar this
+/// harness did not start keeps it open; everything it committed has been read by
+/// then, since `/flush?wait=commit` returned).
 struct Counted<'a> {
     inner: File,
     total: &'a AtomicU64,
+    stop: &'a AtomicBool,
 }
 
 impl Read for Counted<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        loop {
+            let mut pollfd = libc::pollfd { fd: self.inner.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the duration of the call.
+            match unsafe { libc::poll(&mut pollfd, 1, 100) } {
+                // Readable, or every writer gone: read() says which.
+                1.. => break,
+                0 if self.stop.load(Ordering::Acquire) => return Ok(0),
+                0 => {}
+                _ => {
+                    let err = io::Error::last_os_error();
+                    if err.kind() != io::ErrorKind::Interrupted {
+                        return Err(err);
+                    }
+                }
+            }
+        }
         let n = self.inner.read(buf)?;
         self.total.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)

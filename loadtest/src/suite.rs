@@ -23,8 +23,8 @@ pub struct SuiteOptions {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub overload_duration: Duration,
 
-    /// How fast the slow FIFO reader of the overload drains, MB/s: the load offered
-    /// is twice this.
+    /// How fast the slow FIFO reader of the overload drains, MB/s (a twentieth of it
+    /// with 100 B messages): the load offered is twice what it drains.
     #[arg(long, default_value_t = 100.0)]
     pub overload_drain: f64,
 
@@ -228,23 +228,30 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
         true,
     ));
 
-    // 4. Twice the load a slow reader drains: memory must stay bounded.
+    // 4. Twice the load a slow reader drains: memory must stay bounded, for large
+    //    messages and for small ones (where per-message overhead is what counts).
     let buffer: u64 = 64 << 20;
-    let message = 64 << 10;
-    let mut s = base("overload-2x", options.overload_duration);
-    (s.size, s.connections, s.sink) = (Sizes::fixed(message), 128, Sink::Fifo(None));
-    s.reader_rate = Some(options.overload_drain);
-    s.rate = Some(2.0 * options.overload_drain * 1e6 / message as f64);
-    s.max_buffer_bytes = Some(buffer);
-    s.sidecar_args = vec!["--block-timeout=1s".into()];
-    let overload = r.sidecar(s).await;
-    targets.push(Target::new(
-        "2x overload: peak RSS vs --max-buffer-bytes + 64 MiB",
-        overload.as_ref().and_then(|o| o.peak_rss_bytes).map(|b| b as f64 / 1048576.0),
-        (buffer + (64 << 20)) as f64 / 1048576.0,
-        "MiB",
-        false,
-    ));
+    for (name, message, drain) in [
+        ("overload-2x-64KiB", 64 << 10, options.overload_drain),
+        ("overload-2x-100B", 100, options.overload_drain / 20.0),
+    ] {
+        // What one message costs the reader: a tar header and the padded payload.
+        let tar_bytes = 512.0 + (message as f64 / 512.0).ceil() * 512.0;
+        let mut s = base(name, options.overload_duration);
+        (s.size, s.connections, s.sink) = (Sizes::fixed(message), 128, Sink::Fifo(None));
+        s.reader_rate = Some(drain);
+        s.rate = Some(2.0 * drain * 1e6 / tar_bytes);
+        s.max_buffer_bytes = Some(buffer);
+        s.sidecar_args = vec!["--block-timeout=1s".into()];
+        let overload = r.sidecar(s).await;
+        targets.push(Target::new(
+            &format!("{name}: peak RSS vs --max-buffer-bytes + 64 MiB"),
+            overload.as_ref().and_then(|o| o.peak_rss_bytes).map(|b| b as f64 / 1048576.0),
+            (buffer + (64 << 20)) as f64 / 1048576.0,
+            "MiB",
+            false,
+        ));
+    }
 
     // 5. wait=commit at half the single-message peak, in an open loop.
     let peak = single_run.as_ref().map(|s| s.requests_per_sec).unwrap_or(2000.0);
@@ -253,8 +260,10 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
     s.wait_commit = true;
     s.rate = Some(rate);
     s.max_batch_age = Some(options.commit_age);
-    // Enough connections for every request to wait a batch age and some more.
-    s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.05) * 2.0) as usize).clamp(16, 1000);
+    // Enough connections for every request to wait its batch's age and 20 ms more,
+    // twice over; the sidecar's own connection cap (1024 by default) raised to match.
+    s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.02) * 2.0) as usize).clamp(16, 8000);
+    s.sidecar_args = vec![format!("--max-connections={}", s.connections + 16)];
     let waited = r.sidecar(s).await;
     let age_ms = options.commit_age.as_secs_f64() * 1000.0;
     targets.push(Target::new(
