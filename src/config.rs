@@ -39,8 +39,9 @@ pub struct Options {
     #[arg(long, env = "SPOUT_RAW_FRAMING", value_enum, default_value = "lines")]
     pub raw_framing: RawFraming,
 
-    /// Where batches go: fifo:PATH, dir:PATH, stdout: or auto (fifo:/pfs/out when
-    /// that is a named pipe, else dir:./spout-out).
+    /// Where batches go: fifo:PATH, dir:PATH, stdout:, pfs://HOST:PORT/REPO@BRANCH
+    /// (?project=P) or auto (fifo:/pfs/out when that is a named pipe, else pachd
+    /// inside a Pachyderm 2.x worker, else dir:./spout-out).
     #[arg(long, env = "SPOUT_SINK", default_value = "auto", value_name = "URI")]
     pub sink: SinkSpec,
 

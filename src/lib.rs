@@ -13,6 +13,7 @@ pub mod batch;
 pub mod buffer;
 pub mod config;
 pub mod ingest;
+pub mod listeners;
 pub mod message;
 pub mod metrics;
 pub mod sink;

@@ -1,24 +1,23 @@
 //! Options → wiring: builds the pipeline (intake → batcher → sink thread), starts
 //! the listeners, runs until a signal or the supervised command ends, then drains.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
 
 use spout_sidecar::ack::Ledger;
 use spout_sidecar::batch::{Batcher, Policy};
 use spout_sidecar::buffer::Budget;
 use spout_sidecar::config::{Listen, Options};
-use spout_sidecar::ingest::http::{self, Api};
+use spout_sidecar::ingest::http::Api;
 use spout_sidecar::ingest::idempotency::Idempotency;
-use spout_sidecar::ingest::{raw_socket, Intake, Transport};
+use spout_sidecar::ingest::Intake;
+use spout_sidecar::listeners::Listeners;
 use spout_sidecar::message::Sequencer;
-use spout_sidecar::shutdown::{self, Signals, SocketFile};
+use spout_sidecar::shutdown::{self, Signals};
 use spout_sidecar::sink::{self, Health, SinkContext, SinkSpec};
 use spout_sidecar::supervisor::{self, Endpoints};
 
@@ -98,59 +97,14 @@ async fn run(options: Options) -> Result<ExitCode, String> {
         max_connections: options.max_connections as usize,
         idempotency: Idempotency::new(options.idempotency_keys, options.idempotency_window),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut socket_files = Vec::new();
-    let mut endpoints = Endpoints { token_file: options.auth_token_file.as_deref(), ..Endpoints::default() };
-
-    if let Listen::Tcp(addr) = &options.listen {
-        let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!("listening on http://{local}");
-        let reachable = if local.ip().is_unspecified() { format!("127.0.0.1:{}", local.port()) } else { local.to_string() };
-        endpoints.url = Some(format!("http://{reachable}"));
-        tokio::spawn(http::serve(api.clone(), Transport::Http, listener, stop_rx.clone()));
-    }
-    if let Some(path) = &options.socket {
-        let (listener, file) = bind_unix(path)?;
-        tracing::info!("listening on unix:{}", path.display());
-        socket_files.push(file);
-        endpoints.socket = Some(path);
-        tokio::spawn(http::serve(api.clone(), Transport::Unix, listener, stop_rx.clone()));
-    }
-    if let Some(path) = &options.raw_socket {
-        let (listener, file) = bind_unix(path)?;
-        tracing::info!(framing = ?options.raw_framing, "reading raw messages on unix:{}", path.display());
-        socket_files.push(file);
-        endpoints.raw_socket = Some(path);
-        let limit = options.max_message_bytes;
-        tokio::spawn(raw_socket::serve(listener, options.raw_framing, intake.clone(), limit, stop_rx.clone()));
-    }
+    let mut listeners = Listeners::bind(&options, api).await?;
+    listeners.endpoints.stdout_is_sink = spec == SinkSpec::Stdout;
     tracing::info!(sink = %sink_name, "spout-sidecar {} ready", env!("CARGO_PKG_VERSION"));
 
-    let mut exit = ExitCode::SUCCESS;
-    if options.command.is_empty() {
-        let signal = signals.recv().await;
-        tracing::info!("received {signal:?}");
-    } else {
-        endpoints.stdout_is_sink = spec == SinkSpec::Stdout;
-        let mut child = supervisor::spawn(&options.command, &endpoints)
-            .map_err(|e| format!("cannot run {}: {e}", options.command[0]))?;
-        let status = loop {
-            tokio::select! {
-                status = child.wait() => break status,
-                signal = signals.recv() => {
-                    tracing::info!("received {signal:?}, forwarding it to {}", options.command[0]);
-                    supervisor::forward(&child, signal.number());
-                }
-            }
-        };
-        let status = status.map_err(|e| format!("waiting for {} failed: {e}", options.command[0]))?;
-        tracing::info!("{} exited: {status}", options.command[0]);
-        exit = ExitCode::from(supervisor::exit_code(status));
-    }
-
+    let exit = serve_until_done(&options, &mut signals, &listeners.endpoints).await?;
+    listeners.stop_raw(options.shutdown_timeout).await;
     let drained = shutdown::drain(&intake, &sink_ctx, options.shutdown_timeout).await;
-    let _ = stop_tx.send(true);
+    listeners.stop_http();
     match drained {
         Ok(()) => {
             let joined = tokio::task::spawn_blocking(move || sink_thread.join()).await;
@@ -158,18 +112,14 @@ async fn run(options: Options) -> Result<ExitCode, String> {
                 return Err("the sink thread failed while draining".into());
             }
             tracing::info!("drained: everything accepted is committed");
-            drop(socket_files);
             Ok(exit)
         }
         Err(left) => {
             // The sink now fails what it holds; let it answer the waiting requests
             // (502) before the process goes.
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                tokio::task::spawn_blocking(move || sink_thread.join()),
-            )
-            .await;
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || sink_thread.join()))
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             tracing::error!(
                 "shutdown timeout ({}) passed with {} bytes in {} batches not committed",
                 humantime::format_duration(options.shutdown_timeout),
@@ -179,6 +129,29 @@ async fn run(options: Options) -> Result<ExitCode, String> {
             Ok(ExitCode::from(3))
         }
     }
+}
+
+/// Runs until a signal, or in the supervisor form until the producer exits
+/// (forwarding signals to it). Returns the exit code to finish with.
+async fn serve_until_done(options: &Options, signals: &mut Signals, endpoints: &Endpoints<'_>) -> Result<ExitCode, String> {
+    let Some(program) = options.command.first() else {
+        let signal = signals.recv().await;
+        tracing::info!("received {signal:?}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut child = supervisor::spawn(&options.command, endpoints).map_err(|e| format!("cannot run {program}: {e}"))?;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            signal = signals.recv() => {
+                tracing::info!("received {signal:?}, forwarding it to {program}");
+                supervisor::forward(&child, signal.number());
+            }
+        }
+    };
+    let status = status.map_err(|e| format!("waiting for {program} failed: {e}"))?;
+    tracing::info!("{program} exited: {status}");
+    Ok(ExitCode::from(supervisor::exit_code(status)))
 }
 
 /// Refuses to serve an unauthenticated API beyond this host unless told to.
@@ -211,20 +184,4 @@ fn read_token(path: Option<&Path>) -> Result<Option<String>, String> {
         return Err(format!("--auth-token-file {} is empty", path.display()));
     }
     Ok(Some(token))
-}
-
-/// Binds a Unix socket at `path` with mode 0660, replacing a stale socket file.
-fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), String> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
-        } else {
-            return Err(format!("{} exists and is not a socket; not replacing it", path.display()));
-        }
-    }
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
-    Ok((listener, SocketFile(PathBuf::from(path))))
 }

@@ -119,15 +119,15 @@ fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
 /// Message `i`: its name (a few over 100 bytes), and bytes that differ per message,
 /// some empty, some in two slices as a body split across reads would be.
 fn message(i: usize) -> (String, Vec<u8>) {
-    let name = if i % 97 == 0 { format!("long/{}/{i:07}", "n".repeat(120)) } else { format!("m/{i:07}") };
-    let data = if i % 50 == 0 { Vec::new() } else { format!("message {i};").repeat(1 + i % 40).into_bytes() };
+    let name = if i.is_multiple_of(97) { format!("long/{}/{i:07}", "n".repeat(120)) } else { format!("m/{i:07}") };
+    let data = if i.is_multiple_of(50) { Vec::new() } else { format!("message {i};").repeat(1 + i % 40).into_bytes() };
     (name, data)
 }
 
 fn incoming(i: usize) -> Incoming {
     let (name, data) = message(i);
     let data = Bytes::from(data);
-    let payload = if i % 3 == 0 && data.len() > 1 {
+    let payload = if i.is_multiple_of(3) && data.len() > 1 {
         Payload::from(vec![data.slice(..data.len() / 2), data.slice(data.len() / 2..)])
     } else {
         Payload::from(data)

@@ -237,3 +237,19 @@ fn refuses_an_exposed_listener_without_a_token() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--auth-token-file") && stderr.contains("--allow-unauthenticated"), "{stderr}");
 }
+
+#[test]
+fn lines_sent_under_one_name_append_as_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sidecar = start(tmp.path(), &[]);
+    let response = client::request(
+        &sidecar.addr,
+        "POST",
+        "/messages?wait=commit&file=events.log",
+        &[("Content-Type", "application/x-ndjson")],
+        b"first\nsecond",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["files"], serde_json::json!(["events.log"]));
+    assert_eq!(contents(tmp.path()), vec![b"first\nsecond\n".to_vec()]);
+}

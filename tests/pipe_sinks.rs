@@ -4,58 +4,13 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use support::client::{self, Connection};
-use support::pachyderm_reader::{Commit, Mode, PachydermReader};
+use support::ndjson_lines::{assert_lines_exactly_once, post_lines};
+use support::pachyderm_reader::{fifo_in, Mode, PachydermReader};
 use support::sidecar::{eventually, Sidecar};
-
-fn fifo_in(dir: &Path) -> PathBuf {
-    let path = dir.join("out");
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-    path
-}
-
-/// Line `i` of the NDJSON stream: unique, and long enough to need padding.
-fn line(i: usize) -> String {
-    format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 61))
-}
-
-/// POSTs lines `range` as one NDJSON request, retrying while the buffer is full.
-fn post_lines(conn: &mut Connection, range: std::ops::Range<usize>) {
-    let body: String = range.map(|i| line(i) + "\n").collect();
-    loop {
-        let answer =
-            conn.request("POST", "/messages", &[("Content-Type", "application/x-ndjson")], body.as_bytes());
-        match answer.status {
-            202 => return,
-            503 => std::thread::sleep(Duration::from_millis(10)),
-            other => panic!("unexpected {other}: {}", answer.text()),
-        }
-    }
-}
-
-/// Asserts that `commits` hold lines `0..count` exactly once each, under unique names.
-fn assert_lines_exactly_once(commits: &[Commit], count: usize) {
-    let files: Vec<&(String, Vec<u8>)> = commits.iter().flatten().collect();
-    let names: BTreeSet<&String> = files.iter().map(|(name, _)| name).collect();
-    assert_eq!(names.len(), files.len(), "file names are unique");
-    let mut lines: Vec<String> =
-        files.iter().map(|(_, data)| String::from_utf8(data.clone()).unwrap()).collect();
-    lines.sort_by_key(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap());
-    assert_eq!(lines.len(), count, "messages committed");
-    assert!(lines.iter().enumerate().all(|(i, l)| *l == line(i)), "every line once, bytes unchanged");
-}
-
-fn metric(sidecar: &Sidecar, series: &str) -> u64 {
-    let text = client::get(&sidecar.addr, "/metrics").text();
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
-}
 
 #[test]
 fn wait_commit_answers_once_the_reader_has_consumed_the_archive() {
@@ -132,7 +87,7 @@ fn reader_killed_mid_archive_while_100k_messages_flow_then_restarted() {
     });
     let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
     assert_eq!(flushed.status, 200, "{}", flushed.text());
-    assert!(metric(&sidecar, "spout_sink_retries_total") > 0, "archives were sent again");
+    assert!(sidecar.metric("spout_sink_retries_total") > 0, "archives were sent again");
     assert!(sidecar.stop().success());
     let mut commits = before;
     commits.extend(after.stop());

@@ -191,7 +191,7 @@ impl Connection {
         while let Some(message) = messages.next() {
             group_bytes += message.payload.len();
             group.push(message);
-            let full = messages.peek().map_or(true, |next| {
+            let full = messages.peek().is_none_or(|next| {
                 group.len() >= max_count || group_bytes + next.payload.len() > max_bytes
             });
             if !full {

@@ -246,7 +246,7 @@ impl FifoSink {
     fn reader_left(&mut self, kind: &str, error: &dyn std::fmt::Display, ctx: &SinkContext) {
         if let Ok(consumed) = self.commit_consumed() {
             let between_archives =
-                self.queue.front().and_then(InFlight::start).map_or(true, |s| s == consumed);
+                self.queue.front().and_then(InFlight::start).is_none_or(|s| s == consumed);
             if between_archives {
                 let pipe = self.pipe.as_mut().expect("called with the pipe open");
                 pipe.absent.get_or_insert(Absence { since: Instant::now(), reported: false });

@@ -121,7 +121,17 @@ pub fn layout(batch: Batch, layout: Layout) -> Commit {
         Layout::Message => batch
             .messages
             .into_iter()
-            .map(|m| File { name: m.file_name(), data: m.payload })
+            .map(|m| {
+                let name = m.file_name();
+                let mut data = m.payload;
+                // Lines sent under one name (`Spout-File` on NDJSON) append to one
+                // file: each keeps its line end so they do not run together. A line
+                // in a file of its own is stored without one.
+                if m.line && m.name.is_some() {
+                    data.push(NEWLINE.clone());
+                }
+                File { name, data }
+            })
             .collect(),
         Layout::Batch => {
             let mut data = Payload::new();

@@ -167,7 +167,7 @@ mod tests {
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             self.calls += 1;
             self.max_slices = self.max_slices.max(bufs.len());
-            if self.calls % 2 == 0 {
+            if self.calls.is_multiple_of(2) {
                 return Err(io::ErrorKind::Interrupted.into());
             }
             let flat: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).take(7).collect();

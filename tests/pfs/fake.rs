@@ -26,6 +26,7 @@ pub struct State {
     pub commits: Vec<CommitState>,
     pub calls: HashMap<String, u64>,
     pub max_piece: u64,
+    pub bytes_received: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +85,16 @@ fn unhex(hex: &str) -> Vec<u8> {
 impl FakePachd {
     /// Starts the fake on a free port (or `port`), requiring `token` if given.
     pub fn start(token: Option<&str>, port: Option<u16>) -> Self {
+        Self::spawn(token, port, false)
+    }
+
+    /// For benchmarks: a fake that counts file bytes and keeps none, so memory
+    /// stays flat however many commits are measured.
+    pub fn start_discarding() -> Self {
+        Self::spawn(None, None, true)
+    }
+
+    fn spawn(token: Option<&str>, port: Option<u16>, discard: bool) -> Self {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         let check = Command::new(&python)
             .args(["-c", "import python_pachyderm.proto.v2.pfs.pfs_pb2_grpc"])
@@ -100,6 +111,9 @@ impl FakePachd {
         command.arg(script).arg("--port").arg(port.unwrap_or(0).to_string());
         if let Some(token) = token {
             command.args(["--token", token]);
+        }
+        if discard {
+            command.arg("--discard");
         }
         let mut child = command
             .stdin(Stdio::piped())

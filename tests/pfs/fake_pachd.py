@@ -13,6 +13,8 @@ Pessimistic on purpose: each ModifyFile request is applied as it arrives, so a
 stream cut midway leaves part of a batch in the commit, the case the sink must
 clean up.
 
+With --discard it keeps no file content, only counts it: for benchmarks.
+
 Control channel: one JSON command per line on stdin, one JSON answer per line on
 stdout (the first line printed is {"port": N}):
   {"cmd": "state"}                  repos, commits (with the paths each changed), the
@@ -101,8 +103,10 @@ class Faults:
 
 
 class Pachd(pfs_pb2_grpc.APIServicer):
-    def __init__(self, token):
+    def __init__(self, token, discard):
         self.token = token
+        self.discard = discard  # for benchmarks: count file bytes, keep none
+        self.bytes_received = 0
         self.lock = threading.RLock()
         self.repos = {}  # (project, name) -> {"type": str, "branches": {name: Commit}}
         self.commits = {}  # id -> Commit, in creation order
@@ -211,9 +215,14 @@ class Pachd(pfs_pb2_grpc.APIServicer):
                     path = request.add_file.path
                     piece = request.add_file.raw.value
                     self.max_piece = max(self.max_piece, len(piece))
+                    self.bytes_received += len(piece)
+                    if self.discard:
+                        continue
                     commit.files[path] = commit.files.get(path, ()) + (piece,)
                 elif body == "delete_file":
                     path = request.delete_file.path
+                    if self.discard:
+                        continue
                     commit.files.pop(path, None)
                 else:
                     context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{body} is not faked")
@@ -287,7 +296,8 @@ class Pachd(pfs_pb2_grpc.APIServicer):
                 }
                 for key, repo in self.repos.items()
             ]
-        return {"repos": repos, "commits": commits, "calls": dict(self.faults.calls), "max_piece": self.max_piece}
+        return {"repos": repos, "commits": commits, "calls": dict(self.faults.calls), "max_piece": self.max_piece,
+                "bytes_received": self.bytes_received}
 
 
 def serve(pachd, port):
@@ -307,8 +317,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default=None, help="the authn-token every call must carry")
+    parser.add_argument("--discard", action="store_true", help="keep no file content (benchmarks)")
     args = parser.parse_args()
-    pachd = Pachd(args.token)
+    pachd = Pachd(args.token, args.discard)
     server, port = serve(pachd, args.port)
     print(json.dumps({"port": port}), flush=True)
     for line in sys.stdin:

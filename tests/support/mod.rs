@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod ndjson_lines;
 pub mod pachyderm_reader;
 pub mod sidecar;

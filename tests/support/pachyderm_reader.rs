@@ -27,6 +27,27 @@ const BLOCK: usize = 512;
 /// One committed archive: its files as (name, bytes), in archive order.
 pub type Commit = Vec<(String, Vec<u8>)>;
 
+/// The next step of a reader reading archive after archive from one stream.
+#[derive(Debug)]
+pub enum Next {
+    Commit(Commit),
+    /// The stream ended where an archive would start.
+    End,
+    /// The stream ended inside an archive, which the reader discards.
+    Truncated,
+}
+
+/// Reads the next archive from `stream` as the reader does from its pipe: never a
+/// byte past the archive's end. For readers of other streams (another process's
+/// record of what it consumed) that must draw the same boundaries.
+pub fn next_commit(stream: &mut impl Read) -> Next {
+    match read_archive(stream, &Control::default()) {
+        Outcome::Archive(bytes) => Next::Commit(decode(&bytes)),
+        Outcome::Eof => Next::End,
+        Outcome::Truncated | Outcome::Died => Next::Truncated,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Pachyderm >= 1.11.3: one open pipe, archive after archive.
@@ -127,6 +148,15 @@ impl PachydermReader {
     }
 }
 
+/// Makes the named pipe `dir/out`.
+pub fn fifo_in(dir: &Path) -> PathBuf {
+    let path = dir.join("out");
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+    path
+}
+
 fn read_commits(path: &Path, mode: Mode, control: &Control) -> Vec<Commit> {
     let mut commits = Vec::new();
     while !control.stop.load(Ordering::SeqCst) {
@@ -153,7 +183,7 @@ fn read_commits(path: &Path, mode: Mode, control: &Control) -> Vec<Commit> {
     commits
 }
 
-fn read_archive(pipe: &mut File, control: &Control) -> Outcome {
+fn read_archive(pipe: &mut impl Read, control: &Control) -> Outcome {
     let must_die =
         || control.die_after.is_some_and(|limit| control.bytes_read.load(Ordering::SeqCst) >= limit);
     let mut archive = Vec::new();
@@ -193,7 +223,7 @@ fn read_archive(pipe: &mut File, control: &Control) -> Outcome {
 }
 
 /// Reads one 512-byte block; `None` at EOF (whole or partial block).
-fn read_block(pipe: &mut File, control: &Control) -> Option<[u8; BLOCK]> {
+fn read_block(pipe: &mut impl Read, control: &Control) -> Option<[u8; BLOCK]> {
     while control.paused.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(2));
     }

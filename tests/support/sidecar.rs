@@ -67,6 +67,14 @@ impl Sidecar {
         self.log.lock().unwrap().clone()
     }
 
+    /// The value of one series of `/metrics`, e.g. `spout_sink_errors_total{kind="epipe"}`;
+    /// 0 while it has not appeared.
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = super::client::get(&self.addr, "/metrics").text();
+        let value = |line: &str| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok();
+        text.lines().find_map(value).unwrap_or(0.0) as u64
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };

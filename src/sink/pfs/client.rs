@@ -48,6 +48,7 @@ pub struct Pachd {
     api: ApiClient<InterceptedService<Channel, AuthToken>>,
     token: AuthToken,
     token_source: TokenSource,
+    address: String,
     repo: Repo,
     branch: Branch,
 }
@@ -74,14 +75,14 @@ impl Pachd {
             project: Some(Project { name: target.project.clone() }),
         };
         let branch = Branch { repo: Some(repo.clone()), name: target.branch.clone() };
-        Ok(Self { api, token, token_source: target.token.clone(), repo, branch })
+        Ok(Self { api, token, token_source: target.token.clone(), address: target.address.clone(), repo, branch })
     }
 
     /// Reads the token from its source again (a fixed token file takes effect).
     pub fn reload_token(&mut self) -> Result<(), String> {
-        let token = match self.token_source.load()? {
+        let token = match self.token_source.load(&self.address)? {
             Some(token) => Some(token.parse::<AsciiMetadataValue>().map_err(|_| {
-                format!("{} is not a valid token (non-ASCII characters)", self.token_source.describe())
+                format!("{} is not a valid token (non-ASCII characters)", self.token_origin())
             })?),
             None => None,
         };
@@ -89,8 +90,9 @@ impl Pachd {
         Ok(())
     }
 
-    pub fn token_source(&self) -> &TokenSource {
-        &self.token_source
+    /// Where the token comes from, for messages that say what to fix.
+    pub fn token_origin(&self) -> String {
+        self.token_source.describe(&self.address)
     }
 
     /// Makes sure the repo exists: inspects it, and creates it (type "user") if

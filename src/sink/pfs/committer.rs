@@ -260,7 +260,7 @@ impl Committer {
             "auth" => format!(
                 "{step}: pachd refused the token from {} ({detail}); fix it there, the sidecar \
                  reads it again before each retry",
-                self.pachd.token_source().describe()
+                self.pachd.token_origin()
             ),
             _ => format!("{step}: {detail}"),
         };

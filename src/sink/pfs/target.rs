@@ -35,7 +35,8 @@ pub struct Target {
 /// that follows a failure, so a fixed token file takes effect without a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
-    /// Not configured: the pachctl config's token if there is one, else none.
+    /// Not configured: the pachctl config's token if its active context is for the
+    /// same pachd (a personal session token goes to no other server), else none.
     Unset,
     /// `SPOUT_PACHD_TOKEN`.
     Literal(Secret),
@@ -67,13 +68,10 @@ impl TokenSource {
         }
     }
 
-    /// The token to send, or `None` to send none.
-    pub fn load(&self) -> Result<Option<String>, String> {
+    /// The token to send to the pachd at `address`, or `None` to send none.
+    pub fn load(&self, address: &str) -> Result<Option<String>, String> {
         match self {
-            TokenSource::Unset => match pachctl_config_path() {
-                Some(path) => Ok(read_pach_config(&path)?.session_token),
-                None => Ok(None),
-            },
+            TokenSource::Unset => Ok(pachctl_context_for(address).and_then(|(_, context)| context.session_token)),
             TokenSource::Literal(Secret(token)) => Ok(Some(token.clone())),
             TokenSource::File(path) => {
                 let text = std::fs::read_to_string(path)
@@ -87,12 +85,15 @@ impl TokenSource {
         }
     }
 
-    /// Where the token comes from, for error messages that tell the user what to fix.
-    pub fn describe(&self) -> String {
+    /// Where the token for `address` comes from, for messages that say what to fix.
+    pub fn describe(&self, address: &str) -> String {
         match self {
-            TokenSource::Unset => match pachctl_config_path() {
-                Some(path) => format!("the session token of {}", path.display()),
-                None => "no token (set --pachd-token-file or SPOUT_PACHD_TOKEN)".into(),
+            TokenSource::Unset => match pachctl_context_for(address) {
+                Some((path, _)) => format!("the session token of {}", path.display()),
+                None => format!(
+                    "no token (none given with --pachd-token-file or SPOUT_PACHD_TOKEN, and no \
+                     pachctl config whose active context is for {address})"
+                ),
             },
             TokenSource::Literal(_) => "SPOUT_PACHD_TOKEN".into(),
             TokenSource::File(path) => format!("the token file {}", path.display()),
@@ -199,7 +200,7 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
     match name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
         Some(c) => Err(format!(
-            "the {what} name `{name}` has `{c}`: Pachyderm allows only letters, digits, `_` and `-`"
+            "the {what} name `{name}` has {c:?}: Pachyderm allows only letters, digits, `_` and `-`"
         )),
         None => Ok(()),
     }
@@ -245,6 +246,25 @@ fn read_pach_config(path: &Path) -> Result<PachContext, String> {
     Ok(context)
 }
 
+/// The pachctl config's active context, if it is for the pachd at `address`. A
+/// config that cannot be read is no config here: nobody asked for it.
+fn pachctl_context_for(address: &str) -> Option<(PathBuf, PachContext)> {
+    let path = pachctl_config_path()?;
+    let context = read_pach_config(&path).ok()?;
+    let configured = context.pachd_address.as_deref().and_then(normalize_address)?;
+    (configured == address).then_some((path, context))
+}
+
+/// A pachctl `pachd_address` (`grpc://host:port`, `host:port`, `host`) as the
+/// `HOST:PORT` the sink dials; `None` for one it cannot dial (e.g. TLS, `grpcs://`).
+fn normalize_address(raw: &str) -> Option<String> {
+    let bare = raw.trim().strip_prefix("grpc://").unwrap_or(raw.trim()).trim_end_matches('/');
+    if bare.contains("://") {
+        return None;
+    }
+    parse_authority(bare).ok()
+}
+
 /// `$PACH_CONFIG`, else the worker's config, else pachctl's default, if it exists.
 fn pachctl_config_path() -> Option<PathBuf> {
     let home = std::env::var_os("HOME").map(|h| Path::new(&h).join(".pachyderm/config.json"));
@@ -268,17 +288,21 @@ pub fn detect_worker(env: impl Fn(&str) -> Option<String>) -> Option<Target> {
     if !config.is_file() {
         return None;
     }
-    let address = match read_pach_config(&config) {
+    let configured = match read_pach_config(&config) {
         Ok(context) => context.pachd_address,
         Err(e) => {
             tracing::warn!("{e}; trying pachd at {WORKER_PACHD}");
             None
         }
     };
-    let address = address
-        .map(|a| a.trim_start_matches("grpc://").trim_end_matches('/').to_owned())
-        .filter(|a| !a.is_empty())
-        .unwrap_or_else(|| WORKER_PACHD.into());
+    let address = match configured.as_deref().map(|raw| (raw, normalize_address(raw))) {
+        Some((_, Some(address))) => address,
+        Some((raw, None)) => {
+            tracing::warn!("the pachctl config's pachd_address `{raw}` is not plaintext gRPC; trying {WORKER_PACHD}");
+            WORKER_PACHD.into()
+        }
+        None => WORKER_PACHD.into(),
+    };
     Some(Target {
         address,
         project: env("PPS_PROJECT_NAME").filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_PROJECT.into()),
@@ -319,7 +343,7 @@ mod tests {
             ("pfs://host:http/r", "`http` is not a port number"),
             ("pfs://::1:1650/r", "an IPv6 host goes in brackets"),
             ("pfs://host:1650/r@", "the branch name is empty"),
-            ("pfs://host:1650/a/b", "the repo name `a/b` has `/`"),
+            ("pfs://host:1650/a/b", "the repo name `a/b` has '/'"),
             ("pfs://host:1650/r?project=", "the project name is empty"),
             ("pfs://host:1650/r?repo=x", "unknown parameter `repo=x`"),
             ("pfs://u:p@host/r", "user info before the host"),
@@ -337,12 +361,19 @@ mod tests {
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cret\n").unwrap();
         let source = TokenSource::from_options(Some(path.clone()), Some("ignored".into()));
-        assert_eq!(source.load(), Ok(Some("s3cret".into())));
+        assert_eq!(source.load("pachd:1650"), Ok(Some("s3cret".into())));
         std::fs::write(&path, "\n").unwrap();
-        assert!(source.load().unwrap_err().contains("is empty"));
+        assert!(source.load("pachd:1650").unwrap_err().contains("is empty"));
         let missing = TokenSource::File(dir.path().join("nope"));
-        assert!(missing.load().unwrap_err().contains("cannot read the pachd token file"));
+        assert!(missing.load("pachd:1650").unwrap_err().contains("cannot read the pachd token file"));
         assert_eq!(format!("{:?}", TokenSource::from_options(None, Some("t".into()))), "Literal(Secret(..))");
+    }
+
+    #[test]
+    fn reads_pachctl_addresses() {
+        assert_eq!(normalize_address("grpc://localhost:1653/").as_deref(), Some("localhost:1653"));
+        assert_eq!(normalize_address("pachd.example").as_deref(), Some("pachd.example:30650"));
+        assert_eq!(normalize_address("grpcs://pachd.example:443"), None);
     }
 
     #[test]
@@ -365,7 +396,7 @@ mod tests {
         };
         let target = detect_worker(env).unwrap();
         assert_eq!(target.to_string(), "pfs://localhost:1653/spout@master?project=proj");
-        assert_eq!(target.token.load(), Ok(Some("tok".into())));
+        assert_eq!(target.token.load(&target.address), Ok(Some("tok".into())));
         let no_pipeline = |name: &str| if name == "PACH_CONFIG" { Some(config_str.clone()) } else { None };
         assert_eq!(detect_worker(no_pipeline), None);
     }

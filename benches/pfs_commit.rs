@@ -1,0 +1,70 @@
+//! Commits per second and MB/s of the `pfs://` sink into the fake pachd
+//! (tests/pfs/fake_pachd.py, run with --discard so its memory stays flat), for
+//! batches of 1 KiB x 10,000 files and of 8 MiB x 4 files. Batches are submitted
+//! back to back, as the sink thread does under load, so the figure includes the
+//! pipelining. The fake is Python: it, not the sink, is the bottleneck, so read
+//! the figure as a floor. Run: `cargo bench --bench pfs_commit` (needs
+//! `pip install -r tests/pfs/requirements.txt`). Time per iteration is one commit.
+
+#[path = "../tests/pfs/fake.rs"]
+mod fake;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use spout_sidecar::ack::{BatchAck, Ledger, SealReason};
+use spout_sidecar::buffer::Budget;
+use spout_sidecar::message::File;
+use spout_sidecar::sink::{self, Commit, Health, SinkContext, SinkSpec};
+
+fn batch(count: usize, size: usize) -> Vec<File> {
+    let data = Bytes::from(vec![0x5a; count * size]);
+    (0..count)
+        .map(|i| File { name: format!("f-{i:05}"), data: data.slice(i * size..(i + 1) * size).into() })
+        .collect()
+}
+
+fn commits_into_the_fake(c: &mut Criterion) {
+    let pachd = fake::FakePachd::start_discarding();
+    let spec: SinkSpec = pachd.uri("bench@master").parse().expect("the fake's URI");
+    let mut sink = sink::open(&spec).expect("the pfs sink");
+    let ctx = SinkContext::new(Arc::new(Health::new(sink.describe())), false);
+    let ledger = Ledger::new(Arc::new(Budget::new(u64::MAX)));
+    let mut group = c.benchmark_group("pfs_commit");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(10));
+    for (label, count, size) in [("1KiB_x_10000", 10_000, 1 << 10), ("8MiB_x_4", 4, 8 << 20)] {
+        let files = batch(count, size);
+        let bytes = (count * size) as u64;
+        group.throughput(Throughput::Bytes(bytes));
+        group.bench_function(label, |b| {
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                for no in 0..iters {
+                    let ack = BatchAck::new(
+                        no,
+                        count as u64,
+                        bytes,
+                        SealReason::Bytes,
+                        0,
+                        Instant::now(),
+                        Vec::new(),
+                        ledger.clone(),
+                    );
+                    sink.submit(Commit { files: files.clone(), ack }, &ctx);
+                }
+                while sink.settle(Duration::from_millis(20), &ctx) > 0 {}
+                started.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, commits_into_the_fake);
+criterion_main!(benches);

@@ -1,0 +1,96 @@
+//! The listening sockets: HTTP on TCP and on a Unix socket, the raw Unix socket,
+//! each served on its own task, and the order they stop in at shutdown.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Listen, Options};
+use crate::ingest::http::{self, Api};
+use crate::ingest::{raw_socket, Transport};
+use crate::shutdown::SocketFile;
+use crate::supervisor::Endpoints;
+
+pub struct Listeners<'a> {
+    /// Where a supervised producer should send.
+    pub endpoints: Endpoints<'a>,
+    http_stop: watch::Sender<bool>,
+    raw_stop: watch::Sender<bool>,
+    raw_server: Option<JoinHandle<()>>,
+    /// Removed when the listeners are dropped, so a restart can bind again.
+    _socket_files: Vec<SocketFile>,
+}
+
+impl<'a> Listeners<'a> {
+    /// Binds every listener `options` asks for and starts serving.
+    pub async fn bind(options: &'a Options, api: Arc<Api>) -> Result<Listeners<'a>, String> {
+        let (http_stop, http_stopped) = watch::channel(false);
+        let (raw_stop, raw_stopped) = watch::channel(false);
+        let mut endpoints = Endpoints { token_file: options.auth_token_file.as_deref(), ..Endpoints::default() };
+        let mut socket_files = Vec::new();
+        let mut raw_server = None;
+        if let Listen::Tcp(addr) = &options.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!("listening on http://{local}");
+            let reachable =
+                if local.ip().is_unspecified() { format!("127.0.0.1:{}", local.port()) } else { local.to_string() };
+            endpoints.url = Some(format!("http://{reachable}"));
+            tokio::spawn(http::serve(api.clone(), Transport::Http, listener, http_stopped.clone()));
+        }
+        if let Some(path) = &options.socket {
+            let (listener, file) = bind_unix(path)?;
+            tracing::info!("listening on unix:{}", path.display());
+            socket_files.push(file);
+            endpoints.socket = Some(path);
+            tokio::spawn(http::serve(api.clone(), Transport::Unix, listener, http_stopped));
+        }
+        if let Some(path) = &options.raw_socket {
+            let (listener, file) = bind_unix(path)?;
+            tracing::info!(framing = ?options.raw_framing, "reading raw messages on unix:{}", path.display());
+            socket_files.push(file);
+            endpoints.raw_socket = Some(path);
+            let intake = api.intake.clone();
+            let limit = options.max_message_bytes;
+            raw_server = Some(tokio::spawn(raw_socket::serve(listener, options.raw_framing, intake, limit, raw_stopped)));
+        }
+        Ok(Listeners { endpoints, http_stop, raw_stop, raw_server, _socket_files: socket_files })
+    }
+
+    /// Stops the raw socket first: it reads what its connections already sent and
+    /// admits it, so the drain that follows commits it. Waits at most `timeout`.
+    pub async fn stop_raw(&mut self, timeout: Duration) {
+        let _ = self.raw_stop.send(true);
+        if let Some(server) = self.raw_server.take() {
+            if tokio::time::timeout(timeout, server).await.is_err() {
+                tracing::warn!("the raw socket did not finish reading within --shutdown-timeout");
+            }
+        }
+    }
+
+    /// Stops accepting HTTP connections. Until then, draining answers 503, so
+    /// clients learn to retry elsewhere instead of meeting a refused connection.
+    pub fn stop_http(&self) {
+        let _ = self.http_stop.send(true);
+    }
+}
+
+/// Binds a Unix socket at `path` with mode 0660, replacing a stale socket file.
+fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), String> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        } else {
+            return Err(format!("{} exists and is not a socket; not replacing it", path.display()));
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+    Ok((listener, SocketFile(path.to_path_buf())))
+}
