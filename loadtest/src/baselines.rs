@@ -17,7 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::client::Endpoint;
-use crate::load::{self, Load, Target};
+use crate::load::{self, Target};
 use crate::process::{self, Server};
 use crate::readback;
 use crate::report::Report;
@@ -84,18 +84,8 @@ pub async fn http_ceiling(scenario: &Scenario, harness: &Harness) -> anyhow::Res
     }
     let mut server = Server::spawn(&exe, &args, &work.join("bare-server.log"), None)?;
     server.wait_ready(&control).await?;
-    let load = Load {
-        target: Target::Http(endpoint),
-        framing: scenario.framing,
-        batch: scenario.batch,
-        sizes: scenario.size,
-        connections: scenario.connections,
-        rate: scenario.rate,
-        duration: scenario.duration,
-        wait_commit: false,
-        run: 0,
-        check_accepted: false,
-    };
+    // The bare server counts no messages: the answers' `accepted` is not checked.
+    let load = scenario.load(Target::Http(endpoint), 0, false);
     let measured = load::drive(&load).await?;
     let stopped = tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(10))).await??;
     let mut report = Report::from_load(&scenario.name, &measured, Duration::ZERO);

@@ -97,7 +97,7 @@ pub fn encode(framing: Framing, messages: &[Generated]) -> ChunkBody {
                 body.copy(b"\n");
             }
             Framing::Frames => {
-                body.copy(&(message.len() as u32).to_be_bytes());
+                body.copy(&(message.size() as u32).to_be_bytes());
                 body.message(message);
             }
             Framing::Multipart => {
@@ -128,6 +128,10 @@ pub struct ChunkBody {
 impl ChunkBody {
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     pub fn into_chunks(self) -> VecDeque<Bytes> {

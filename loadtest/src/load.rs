@@ -277,7 +277,7 @@ impl Worker {
                 self.generator.message(first + k, size)
             })
             .collect();
-        let payload = messages.iter().map(|m| m.len()).sum();
+        let payload = messages.iter().map(|m| m.size()).sum();
         (first, encode(self.load.framing, &messages), payload)
     }
 

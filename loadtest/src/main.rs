@@ -71,7 +71,7 @@ enum Command {
 enum Baseline {
     /// The HTTP ceiling: the scenario's load against a bare hyper server that reads
     /// each body and answers 202 (sink and batching options are ignored).
-    Http(Scenario),
+    Http(Box<Scenario>),
 
     /// The pipe ceiling: large writes into a named pipe, drained by a reader.
     Pipe {

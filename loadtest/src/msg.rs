@@ -36,7 +36,8 @@ pub struct Generated {
 }
 
 impl Generated {
-    pub fn len(&self) -> usize {
+    /// Its length in bytes: never zero, the header alone is 43.
+    pub fn size(&self) -> usize {
         self.head.len() + self.filler.len()
     }
 

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use hyper::Method;
 
 use crate::client::{call, Endpoint};
-use crate::load::{self, Load, Target};
+use crate::load::{self, Target};
 use crate::process::{self, RssWatch, Server};
 use crate::readback;
 use crate::report::Report;
@@ -178,18 +178,7 @@ pub async fn run(scenario: &Scenario, harness: &Harness) -> anyhow::Result<Repor
         }
     };
 
-    let load = Load {
-        target: load_target,
-        framing: scenario.framing,
-        batch: scenario.batch,
-        sizes: scenario.size,
-        connections: scenario.connections,
-        rate: scenario.rate,
-        duration: scenario.duration,
-        wait_commit: scenario.wait_commit,
-        run,
-        check_accepted: true,
-    };
+    let load = scenario.load(load_target, run, true);
     let measured = load::drive(&load).await?;
 
     let drain_started = Instant::now();

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 
 use crate::body::Framing;
 use crate::client::Endpoint;
-use crate::load::Sizes;
+use crate::load::{Load, Sizes, Target};
 
 /// How messages reach the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -223,6 +223,22 @@ impl Scenario {
         let mut scenario = <Defaults as clap::Parser>::parse_from(["loadtest"]).scenario;
         scenario.name = name.to_owned();
         scenario
+    }
+
+    /// The load this scenario sends to `target`, its messages tagged `run`.
+    pub fn load(&self, target: Target, run: u32, check_accepted: bool) -> Load {
+        Load {
+            target,
+            framing: self.framing,
+            batch: self.batch,
+            sizes: self.size,
+            connections: self.connections,
+            rate: self.rate,
+            duration: self.duration,
+            wait_commit: self.wait_commit,
+            run,
+            check_accepted,
+        }
     }
 
     /// How the read-back splits a committed file into messages.

@@ -32,6 +32,10 @@ pub struct SuiteOptions {
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub commit_age: Duration,
 
+    /// Runs of each scenario and its baseline, interleaved; targets use the medians.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+
     /// Run only the scenarios whose names contain one of these.
     #[arg(long, value_name = "NAME")]
     pub only: Vec<String>,
@@ -167,9 +171,40 @@ fn base(name: &str, duration: Duration) -> Scenario {
     s
 }
 
-/// Runs every scenario and baseline and judges the targets.
+/// The run whose `key` is the median (the upper one of an even count).
+fn median(mut runs: Vec<Report>, key: fn(&Report) -> f64) -> Option<Report> {
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let middle = runs.len() / 2;
+    runs.into_iter().nth(middle)
+}
+
+fn requests(r: &Report) -> f64 {
+    r.requests_per_sec
+}
+
+fn committed(r: &Report) -> f64 {
+    r.committed_messages_per_sec
+}
+
+fn committed_mb(r: &Report) -> f64 {
+    r.committed_mb_per_sec
+}
+
+fn peak_rss_mib(r: &Report) -> f64 {
+    r.peak_rss_bytes.unwrap_or(0) as f64 / 1048576.0
+}
+
+fn p99_ms(r: &Report) -> f64 {
+    r.latency.map(|l| l.p99_ms).unwrap_or(f64::INFINITY)
+}
+
+/// Runs every scenario and baseline and judges the targets. Each scenario runs
+/// `--repeat` times, interleaved with its baseline so both see the same machine, and
+/// the targets take the medians.
 pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport {
     let d = options.duration;
+    let repeat = options.repeat.max(1);
+    let label = |name: &str, k: usize| if repeat > 1 { format!("{name}#{}", k + 1) } else { name.to_owned() };
     let mut r = Runner { options, harness, reports: Vec::new(), failures: Vec::new() };
     let mut targets = Vec::new();
     let ratio = |a: &Option<Report>, b: &Option<Report>, f: fn(&Report) -> f64| match (a, b) {
@@ -183,32 +218,44 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
         (s.size, s.connections, s.sink) = (Sizes::fixed(100), 64, Sink::Fifo(None));
         s
     };
-    let ceiling = r.http_ceiling(single("http-ceiling")).await;
-    let single_run = r.sidecar(single("single-100B-fifo")).await;
+    let (mut ceilings, mut singles) = (Vec::new(), Vec::new());
+    for k in 0..repeat {
+        ceilings.extend(r.http_ceiling(single(&label("http-ceiling", k))).await);
+        singles.extend(r.sidecar(single(&label("single-100B-fifo", k))).await);
+    }
+    let single_run = median(singles, requests);
     targets.push(Target::new(
         "single 100 B POSTs, 64 connections: req/s vs bare hyper",
-        ratio(&single_run, &ceiling, |r| r.requests_per_sec),
+        ratio(&single_run, &median(ceilings, requests), requests),
         0.85,
         "x",
         true,
     ));
 
     // 2. Batched POSTs with --layout batch, against the docs' Python pattern.
-    let python = r.blocking("python-tarfile", move |n, h| baselines::python_tarfile(n, 100, d, h)).await;
-    for (name, framing, sink) in [
+    let batched = [
         ("batched-ndjson-dir", Framing::Ndjson, Sink::Dir(None)),
         ("batched-frames-fifo", Framing::Frames, Sink::Fifo(None)),
-    ] {
-        let mut s = base(name, d);
-        (s.framing, s.batch, s.size, s.connections, s.sink, s.layout) =
-            (framing, 1000, Sizes::fixed(100), 16, sink, Layout::Batch);
-        (s.max_batch_messages, s.max_batch_bytes) = (Some(100_000), Some(16 << 20));
-        let batched = r.sidecar(s).await;
-        let committed = batched.as_ref().map(|b| b.committed_messages_per_sec);
-        targets.push(Target::new(&format!("{name}: committed msg/s"), committed, 1.5e6, "msg/s", true));
+    ];
+    let (mut pythons, mut runs) = (Vec::new(), [Vec::new(), Vec::new()]);
+    for k in 0..repeat {
+        let name = label("python-tarfile", k);
+        pythons.extend(r.blocking(&name, move |n, h| baselines::python_tarfile(n, 100, d, h)).await);
+        for ((name, framing, sink), runs) in batched.iter().zip(&mut runs) {
+            let mut s = base(&label(name, k), d);
+            (s.framing, s.batch, s.size, s.connections, s.sink, s.layout) =
+                (*framing, 1000, Sizes::fixed(100), 16, sink.clone(), Layout::Batch);
+            (s.max_batch_messages, s.max_batch_bytes) = (Some(100_000), Some(16 << 20));
+            runs.extend(r.sidecar(s).await);
+        }
+    }
+    let python = median(pythons, committed);
+    for ((name, _, _), runs) in batched.iter().zip(runs) {
+        let run = median(runs, committed);
+        targets.push(Target::new(&format!("{name}: committed msg/s"), run.as_ref().map(committed), 1.5e6, "msg/s", true));
         targets.push(Target::new(
             &format!("{name}: committed msg/s vs Python tarfile"),
-            ratio(&batched, &python, |r| r.committed_messages_per_sec),
+            ratio(&run, &python, committed),
             50.0,
             "x",
             true,
@@ -216,13 +263,17 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
     }
 
     // 3. 1 MiB messages into the FIFO, against large writes into a pipe.
-    let pipe = r.blocking("pipe-ceiling", move |n, h| baselines::pipe_ceiling(n, 1 << 20, d, h)).await;
-    let mut s = base("fifo-1MiB", d);
-    (s.size, s.connections, s.sink) = (Sizes::fixed(1 << 20), 4, Sink::Fifo(None));
-    let big = r.sidecar(s).await;
+    let (mut pipes, mut bigs) = (Vec::new(), Vec::new());
+    for k in 0..repeat {
+        let name = label("pipe-ceiling", k);
+        pipes.extend(r.blocking(&name, move |n, h| baselines::pipe_ceiling(n, 1 << 20, d, h)).await);
+        let mut s = base(&label("fifo-1MiB", k), d);
+        (s.size, s.connections, s.sink) = (Sizes::fixed(1 << 20), 4, Sink::Fifo(None));
+        bigs.extend(r.sidecar(s).await);
+    }
     targets.push(Target::new(
         "1 MiB messages into fifo: committed MB/s vs raw pipe",
-        ratio(&big, &pipe, |r| r.committed_mb_per_sec),
+        ratio(&median(bigs, committed_mb), &median(pipes, committed_mb), committed_mb),
         0.7,
         "x",
         true,
@@ -237,16 +288,19 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
     ] {
         // What one message costs the reader: a tar header and the padded payload.
         let tar_bytes = 512.0 + (message as f64 / 512.0).ceil() * 512.0;
-        let mut s = base(name, options.overload_duration);
-        (s.size, s.connections, s.sink) = (Sizes::fixed(message), 128, Sink::Fifo(None));
-        s.reader_rate = Some(drain);
-        s.rate = Some(2.0 * drain * 1e6 / tar_bytes);
-        s.max_buffer_bytes = Some(buffer);
-        s.sidecar_args = vec!["--block-timeout=1s".into()];
-        let overload = r.sidecar(s).await;
+        let mut runs = Vec::new();
+        for k in 0..repeat {
+            let mut s = base(&label(name, k), options.overload_duration);
+            (s.size, s.connections, s.sink) = (Sizes::fixed(message), 128, Sink::Fifo(None));
+            s.reader_rate = Some(drain);
+            s.rate = Some(2.0 * drain * 1e6 / tar_bytes);
+            s.max_buffer_bytes = Some(buffer);
+            s.sidecar_args = vec!["--block-timeout=1s".into()];
+            runs.extend(r.sidecar(s).await);
+        }
         targets.push(Target::new(
             &format!("{name}: peak RSS vs --max-buffer-bytes + 64 MiB"),
-            overload.as_ref().and_then(|o| o.peak_rss_bytes).map(|b| b as f64 / 1048576.0),
+            median(runs, peak_rss_mib).as_ref().map(peak_rss_mib),
             (buffer + (64 << 20)) as f64 / 1048576.0,
             "MiB",
             false,
@@ -254,21 +308,24 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
     }
 
     // 5. wait=commit at half the single-message peak, in an open loop.
-    let peak = single_run.as_ref().map(|s| s.requests_per_sec).unwrap_or(2000.0);
+    let peak = single_run.as_ref().map(requests).unwrap_or(2000.0);
     let rate = (peak / 2.0).max(100.0);
-    let mut s = single("wait-commit-half-peak");
-    s.wait_commit = true;
-    s.rate = Some(rate);
-    s.max_batch_age = Some(options.commit_age);
-    // Enough connections for every request to wait its batch's age and 20 ms more,
-    // twice over; the sidecar's own connection cap (1024 by default) raised to match.
-    s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.02) * 2.0) as usize).clamp(16, 8000);
-    s.sidecar_args = vec![format!("--max-connections={}", s.connections + 16)];
-    let waited = r.sidecar(s).await;
+    let mut runs = Vec::new();
+    for k in 0..repeat {
+        let mut s = single(&label("wait-commit-half-peak", k));
+        s.wait_commit = true;
+        s.rate = Some(rate);
+        s.max_batch_age = Some(options.commit_age);
+        // Enough connections for every request to wait its batch's age and 20 ms
+        // more, twice over; the sidecar's connection cap (1024 by default) to match.
+        s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.02) * 2.0) as usize).clamp(16, 8000);
+        s.sidecar_args = vec![format!("--max-connections={}", s.connections + 16)];
+        runs.extend(r.sidecar(s).await);
+    }
     let age_ms = options.commit_age.as_secs_f64() * 1000.0;
     targets.push(Target::new(
         "wait=commit at half peak: p99 vs --max-batch-age + 20 ms",
-        waited.as_ref().and_then(|w| w.latency).map(|l| l.p99_ms),
+        median(runs, p99_ms).as_ref().map(p99_ms),
         age_ms + 20.0,
         "ms",
         false,
