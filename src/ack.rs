@@ -213,7 +213,7 @@ impl BatchAck {
     fn settle(&mut self, verdict: Verdict) {
         self.settled = true;
         self.ledger.unsettled.lock().unwrap().remove(&self.no);
-        self.ledger.budget.release(self.bytes);
+        self.ledger.budget.release(crate::buffer::charge(self.bytes, self.messages));
         let summary = CommitSummary {
             batch: self.no,
             commit: verdict.as_ref().ok().map(|r| r.commit.clone()),

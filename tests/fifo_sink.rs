@@ -232,7 +232,7 @@ fn stalled_reader_fills_the_budget_and_acks_stop() {
     let mut sent = 0;
     let refused_request = loop {
         let request: Vec<Incoming> = (sent..sent + 8).map(incoming).collect();
-        let bytes: u64 = request.iter().map(|m| m.payload.len()).sum();
+        let bytes = spout_sidecar::buffer::charge(request.iter().map(|m| m.payload.len()).sum(), 8);
         match spout.try_send(request) {
             Ok(()) => sent += 8,
             Err(Refused::Overloaded) => break bytes,

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::ack::VerdictReceiver;
 use crate::batch::{Batcher, SeqRange};
-use crate::buffer::{Budget, Refusal};
+use crate::buffer::{charge, Budget, Refusal};
 use crate::message::Incoming;
 use crate::metrics::METRICS;
 
@@ -135,10 +135,11 @@ impl Intake {
             }
         };
         let started = Instant::now();
-        let reserved = self.budget.reserve(bytes, Some(Duration::ZERO)).await;
+        let charged = charge(bytes, count);
+        let reserved = self.budget.reserve(charged, Some(Duration::ZERO)).await;
         let reserved = match reserved {
             Err(Refusal::Full) if wait != Some(Duration::ZERO) => {
-                let waited = self.budget.reserve(bytes, wait).await;
+                let waited = self.budget.reserve(charged, wait).await;
                 METRICS.backpressure_wait.observe(started.elapsed().as_secs_f64());
                 waited
             }
@@ -162,7 +163,7 @@ impl Intake {
                 Ok(Admitted { seqs, verdict: rx })
             }
             Err(_closed) => {
-                self.budget.release(bytes);
+                self.budget.release(charged);
                 Err(self.refuse(Refused::Draining, count))
             }
         }

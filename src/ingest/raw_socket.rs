@@ -26,6 +26,7 @@ use tracing::Instrument;
 use super::framing::split::{Splitter, Unit};
 use super::framing::DecodeError;
 use super::{Intake, Transport};
+use crate::buffer::charge;
 use crate::message::Incoming;
 use crate::metrics::METRICS;
 
@@ -183,16 +184,20 @@ impl Connection {
     /// stretches a batch past its limits. Returns false if they were refused.
     async fn admit(&self, messages: Vec<Incoming>) -> bool {
         let policy = self.intake.batcher().policy();
-        let max_bytes = policy.max_bytes.min(self.intake.budget().limit());
+        let max_bytes = policy.max_bytes;
         let max_count = usize::try_from(policy.max_messages).unwrap_or(usize::MAX).max(1);
         let mut group = Vec::new();
         let mut group_bytes = 0;
         let mut messages = messages.into_iter().peekable();
+        let budget = self.intake.budget().limit();
         while let Some(message) = messages.next() {
             group_bytes += message.payload.len();
             group.push(message);
             let full = messages.peek().is_none_or(|next| {
-                group.len() >= max_count || group_bytes + next.payload.len() > max_bytes
+                let bytes = group_bytes + next.payload.len();
+                group.len() >= max_count
+                    || bytes > max_bytes
+                    || charge(bytes, group.len() as u64 + 1) > budget
             });
             if !full {
                 continue;
@@ -353,11 +358,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_budget_stops_reading_until_commits_free_it() {
-        let server = start(RawFraming::Lines, 100, 8, 1000);
+        let server = start(RawFraming::Lines, 100, charge(8, 2), 1000);
         let mut client = UnixStream::connect(&server.path).await.unwrap();
         client.write_all(b"aaaa\nbbbb\ncccc\n").await.unwrap();
         server.until_open_batch_holds(2).await;
-        assert_eq!(server.intake.budget().used(), 8);
+        assert_eq!(server.intake.budget().used(), charge(8, 2));
         for batch in server.flushed() {
             batch.ack.committed(Receipt { commit: "1".into(), batch_file: None });
         }
@@ -370,7 +375,7 @@ mod tests {
         let server = start(RawFraming::Lines, 100, 1 << 20, 2);
         let mut client = UnixStream::connect(&server.path).await.unwrap();
         client.write_all(b"1\n2\n3\n4\n5\n").await.unwrap();
-        server.until(|intake| intake.budget().used() == 5).await;
+        server.until(|intake| intake.budget().used() == charge(5, 5)).await;
         let batches = server.flushed();
         assert_eq!(contents(&batches).len(), 5);
         assert!(batches.iter().all(|b| b.messages.len() <= 2), "{batches:?}");

@@ -292,10 +292,29 @@ async fn read_body(api: &Api, request: Request<Body>) -> Result<Vec<Bytes>, Reje
             chunks.push(data);
         }
     }
-    Ok(chunks)
+    Ok(unpin_small(chunks, total))
 }
 
 const DRAINING: &str = "the sidecar is shutting down and takes no more messages";
+
+/// Bodies below this are copied out of hyper's read buffer.
+const COPY_BELOW: u64 = 64 * 1024;
+
+/// A small body's chunks are slices of hyper's read buffer (8 KiB and up), which
+/// they would keep alive until their batch commits: 100-byte messages would pin 80
+/// times their size, out of the memory budget's sight. Copying a small body once
+/// frees the buffer; large bodies stay zero-copy, their slices filling the buffers
+/// they pin.
+fn unpin_small(chunks: Vec<Bytes>, total: u64) -> Vec<Bytes> {
+    if total >= COPY_BELOW || chunks.is_empty() {
+        return chunks;
+    }
+    let mut body = Vec::with_capacity(total as usize);
+    for chunk in &chunks {
+        body.extend_from_slice(chunk);
+    }
+    vec![Bytes::from(body)]
+}
 
 fn draining() -> Rejection {
     Rejection {
