@@ -54,12 +54,14 @@ fn client(addr: &str, name: usize, style: Style) -> Vec<Sent> {
                 Style::Trickle => trickle(&mut conn, body.as_bytes()),
             };
             let status = answer.as_ref().ok().map(|a| a.status);
+            let closing = answer.as_ref().is_ok_and(|a| a.header("Connection") == Some("close"));
             sent.push(Sent { lines, written, status });
-            match status {
-                None => break,
+            if status == Some(503) {
                 // Draining: the server keeps answering until it exits; do not spin.
-                Some(503) => std::thread::sleep(Duration::from_millis(5)),
-                Some(_) => {}
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if status.is_none() || closing {
+                break;
             }
         }
     }
@@ -82,10 +84,15 @@ fn trickle(conn: &mut Connection, body: &[u8]) -> (Instant, std::io::Result<clie
         }
         Ok(())
     };
-    match write() {
-        Ok(()) => (Instant::now(), conn.try_read_response()),
-        Err(e) => (Instant::now(), Err(e)),
-    }
+    // A refusal may come before the body is whole (503 while draining): read it even
+    // when the rest of the body could not be written.
+    let written = write();
+    let answer = conn.try_read_response();
+    let answer = match written {
+        Ok(()) => answer,
+        Err(e) => answer.or(Err(e)),
+    };
+    (Instant::now(), answer)
 }
 
 #[test]
