@@ -171,7 +171,7 @@ pub fn whole_body(data: &[u8]) {
 /// It must give the reference's messages in order, then its failure if it has one.
 pub fn raw_splitter(data: &[u8]) {
     let mut knobs = Knobs::new(data);
-    let unit = if knobs.byte() % 2 == 0 { Unit::Line } else { Unit::Frame };
+    let unit = if knobs.byte() & 1 == 0 { Unit::Line } else { Unit::Frame };
     let max = usize::from(knobs.u16());
     let sizes = knobs.sizes();
     let body = knobs.rest();
