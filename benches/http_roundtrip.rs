@@ -13,15 +13,11 @@ use tokio::sync::watch;
 use loadtest::body::{encode, Framing};
 use loadtest::client::{Conn, Endpoint};
 use loadtest::msg::Generator;
-use spout_sidecar::ack::Ledger;
-use spout_sidecar::batch::{Batcher, Policy};
-use spout_sidecar::buffer::Budget;
 use spout_sidecar::config::Options;
-use spout_sidecar::ingest::http::{self, Api};
-use spout_sidecar::ingest::idempotency::Idempotency;
-use spout_sidecar::ingest::{Intake, Transport};
-use spout_sidecar::message::Sequencer;
-use spout_sidecar::sink::{self, Commit, Health, Sink, SinkContext};
+use spout_sidecar::ingest::http;
+use spout_sidecar::ingest::Transport;
+use spout_sidecar::pipeline::Pipeline;
+use spout_sidecar::sink::{Commit, Sink, SinkContext};
 
 struct InstantSink;
 
@@ -40,33 +36,9 @@ impl Sink for InstantSink {
 /// sidecar command-line `args`. Returns the address; runs until the runtime ends.
 fn serve(runtime: &Runtime, args: &[&str]) -> Endpoint {
     let options = Options::try_parse_from(["spout-sidecar"].iter().chain(args)).unwrap();
-    let ledger = Ledger::new(Arc::new(Budget::new(options.max_buffer_bytes)));
-    let (batches_tx, batches_rx) = crossbeam_channel::unbounded();
-    let policy = Policy {
-        max_bytes: options.max_batch_bytes,
-        max_messages: options.max_batch_messages,
-        max_age: options.max_batch_age,
-    };
-    let batcher = Batcher::new(policy, Sequencer::starting_now(), ledger, batches_tx);
-    let intake = Arc::new(Intake::new(batcher.clone(), options.when_full, options.block_timeout));
-    let health = Arc::new(Health::new("instant".into()));
-    let ctx = SinkContext::new(health.clone(), false);
-    std::thread::spawn(move || sink::run(Box::new(InstantSink), batches_rx, options.layout, ctx));
-    let api = Arc::new(Api {
-        intake,
-        health,
-        sink: "instant".into(),
-        layout: options.layout,
-        max_message_bytes: options.max_message_bytes,
-        max_request_bytes: options.max_request_bytes,
-        token: None,
-        header_timeout: options.header_timeout,
-        body_timeout: options.body_timeout,
-        max_connections: options.max_connections as usize,
-        idempotency: Idempotency::new(options.idempotency_keys, options.idempotency_window),
-    });
     let _guard = runtime.enter();
-    runtime.spawn(batcher.run_age_timer());
+    let pipeline = Pipeline::start(&options, Box::new(InstantSink)).unwrap();
+    let api = Arc::new(pipeline.api(&options, None));
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let endpoint = Endpoint::Tcp(listener.local_addr().unwrap());
     let (stop, stopped) = watch::channel(false);

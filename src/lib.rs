@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod listeners;
 pub mod message;
 pub mod metrics;
+pub mod pipeline;
 pub mod sink;
 pub mod tar;
 pub mod shutdown;

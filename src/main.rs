@@ -8,17 +8,11 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::time::Instant;
 
-use spout_sidecar::ack::Ledger;
-use spout_sidecar::batch::{Batcher, Policy};
-use spout_sidecar::buffer::Budget;
 use spout_sidecar::config::{Listen, Options};
-use spout_sidecar::ingest::http::Api;
-use spout_sidecar::ingest::idempotency::Idempotency;
-use spout_sidecar::ingest::Intake;
 use spout_sidecar::listeners::Listeners;
-use spout_sidecar::message::Sequencer;
+use spout_sidecar::pipeline::Pipeline;
 use spout_sidecar::shutdown::{self, Signals};
-use spout_sidecar::sink::{self, Health, SinkContext, SinkSpec};
+use spout_sidecar::sink::{self, SinkSpec};
 use spout_sidecar::supervisor::{self, Endpoints};
 
 fn main() -> ExitCode {
@@ -61,42 +55,9 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     }
     .with_pachd_token(options.pachd_token_file.clone(), options.pachd_token.clone());
     let sink = sink::open(&spec).map_err(|e| format!("cannot open sink {spec}: {e}"))?;
-    let sink_name = sink.describe();
-    let health = Arc::new(Health::new(sink_name.clone()));
-    let sink_ctx = SinkContext::new(health.clone(), options.overwrite);
-
-    let budget = Arc::new(Budget::new(options.max_buffer_bytes));
-    let ledger = Ledger::new(budget);
-    let (batches_tx, batches_rx) = crossbeam_channel::unbounded();
-    let policy = Policy {
-        max_bytes: options.max_batch_bytes,
-        max_messages: options.max_batch_messages,
-        max_age: options.max_batch_age,
-    };
-    let batcher = Batcher::new(policy, Sequencer::starting_now(), ledger, batches_tx);
-    let intake = Arc::new(Intake::new(batcher.clone(), options.when_full, options.block_timeout));
-    let sink_thread = {
-        let (layout, ctx) = (options.layout, sink_ctx.clone());
-        std::thread::Builder::new()
-            .name("sink".into())
-            .spawn(move || sink::run(sink, batches_rx, layout, ctx))
-            .map_err(|e| format!("cannot start the sink thread: {e}"))?
-    };
-    tokio::spawn(batcher.clone().run_age_timer());
-
-    let api = Arc::new(Api {
-        intake: intake.clone(),
-        health,
-        sink: sink_name.clone(),
-        layout: options.layout,
-        max_message_bytes: options.max_message_bytes,
-        max_request_bytes: options.max_request_bytes,
-        token,
-        header_timeout: options.header_timeout,
-        body_timeout: options.body_timeout,
-        max_connections: options.max_connections as usize,
-        idempotency: Idempotency::new(options.idempotency_keys, options.idempotency_window),
-    });
+    let pipeline = Pipeline::start(&options, sink).map_err(|e| format!("cannot start the sink thread: {e}"))?;
+    let api = Arc::new(pipeline.api(&options, token));
+    let Pipeline { intake, sink_ctx, sink_name, sink_thread, .. } = pipeline;
     let mut listeners = Listeners::bind(&options, api).await?;
     listeners.endpoints.stdout_is_sink = spec == SinkSpec::Stdout;
     tracing::info!(sink = %sink_name, "spout-sidecar {} ready", env!("CARGO_PKG_VERSION"));
