@@ -15,7 +15,8 @@ use spout_sidecar::sink::{Commit, Health, Sink, SinkContext};
 
 fn commit(files: &[File], ledger: &Arc<Ledger>) -> Commit {
     let bytes = files.iter().map(|f| f.data.len()).sum();
-    let ack = BatchAck::new(1, files.len() as u64, bytes, SealReason::Flush, 1, Instant::now(), Vec::new(), ledger.clone());
+    let ack =
+        BatchAck::new(1, files.len() as u64, bytes, SealReason::Flush, 1, Instant::now(), Vec::new(), ledger.clone());
     Commit { files: files.to_vec(), ack }
 }
 

@@ -28,7 +28,8 @@ fn bodies() -> Vec<(&'static str, Framing, Vec<u8>)> {
     let mut multipart = Vec::new();
     for part in 0..64 {
         multipart.extend_from_slice(
-            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"p\"; filename=\"f{part}\"\r\n\r\n").as_bytes(),
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"p\"; filename=\"f{part}\"\r\n\r\n")
+                .as_bytes(),
         );
         multipart.extend_from_slice(&vec![b'm'; BODY_BYTES / 64]);
         multipart.extend_from_slice(b"\r\n");

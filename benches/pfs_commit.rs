@@ -21,9 +21,7 @@ use spout_sidecar::sink::{self, Commit, Health, SinkContext, SinkSpec};
 
 fn batch(count: usize, size: usize) -> Vec<File> {
     let data = Bytes::from(vec![0x5a; count * size]);
-    (0..count)
-        .map(|i| File { name: format!("f-{i:05}"), data: data.slice(i * size..(i + 1) * size).into() })
-        .collect()
+    (0..count).map(|i| File { name: format!("f-{i:05}"), data: data.slice(i * size..(i + 1) * size).into() }).collect()
 }
 
 fn commits_into_the_fake(c: &mut Criterion) {

@@ -19,7 +19,9 @@ fn tar_encode(c: &mut Criterion) {
     for (label, size) in [("100B", 100), ("64KiB", 64 << 10), ("1MiB", 1 << 20)] {
         let files = batch(size);
         let bytes: u64 = files.iter().map(|f| f.data.len()).sum();
-        for (unit, throughput) in [("bytes", Throughput::Bytes(bytes)), ("messages", Throughput::Elements(files.len() as u64))] {
+        for (unit, throughput) in
+            [("bytes", Throughput::Bytes(bytes)), ("messages", Throughput::Elements(files.len() as u64))]
+        {
             let mut group = c.benchmark_group(format!("tar_encode/{unit}"));
             group.throughput(throughput);
             group.bench_with_input(BenchmarkId::from_parameter(label), &files, |b, files| {

@@ -167,18 +167,7 @@ impl BatchAck {
     ) -> Self {
         let unsettled = Unsettled { batch: no, messages, bytes, first_seq };
         ledger.unsettled.lock().unwrap().insert(no, unsettled);
-        Self {
-            no,
-            messages,
-            bytes,
-            reason,
-            first_seq,
-            opened,
-            sealed: Instant::now(),
-            waiters,
-            ledger,
-            settled: false,
-        }
+        Self { no, messages, bytes, reason, first_seq, opened, sealed: Instant::now(), waiters, ledger, settled: false }
     }
 
     /// Time since the batch was sealed: how long its commit has taken so far.
@@ -221,10 +210,7 @@ impl BatchAck {
             messages: self.messages,
             bytes: self.bytes,
             reason: self.reason,
-            unix_time: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
+            unix_time: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
         };
         {
             let mut history = self.ledger.history.lock().unwrap();

@@ -98,11 +98,7 @@ impl Batcher {
 
     /// Adds one request's messages (their bytes already reserved in the budget) and
     /// registers `waiter` for the verdict on the batch that holds them.
-    pub fn push(
-        &self,
-        incoming: Vec<Incoming>,
-        waiter: Option<oneshot::Sender<Verdict>>,
-    ) -> Result<SeqRange, Closed> {
+    pub fn push(&self, incoming: Vec<Incoming>, waiter: Option<oneshot::Sender<Verdict>>) -> Result<SeqRange, Closed> {
         debug_assert!(!incoming.is_empty(), "ingest answers empty requests itself");
         let count = incoming.len() as u64;
         let bytes: u64 = incoming.iter().map(|m| m.payload.len()).sum();
@@ -114,11 +110,8 @@ impl Batcher {
             && (open.bytes + bytes > self.policy.max_bytes
                 || open.messages.len() as u64 + count > self.policy.max_messages)
         {
-            let reason = if open.bytes + bytes > self.policy.max_bytes {
-                SealReason::Bytes
-            } else {
-                SealReason::Messages
-            };
+            let reason =
+                if open.bytes + bytes > self.policy.max_bytes { SealReason::Bytes } else { SealReason::Messages };
             self.seal(&mut open, reason);
         }
         let first = open.seq.take(count);

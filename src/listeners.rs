@@ -61,7 +61,8 @@ impl<'a> Listeners<'a> {
             endpoints.raw_socket = Some(path);
             let intake = api.intake.clone();
             let limit = options.max_message_bytes;
-            raw_server = Some(tokio::spawn(raw_socket::serve(listener, options.raw_framing, intake, limit, raw_stopped)));
+            raw_server =
+                Some(tokio::spawn(raw_socket::serve(listener, options.raw_framing, intake, limit, raw_stopped)));
         }
         Ok(Listeners { endpoints, http_stop, raw_stop, raw_server, http_servers, _socket_files: socket_files })
     }

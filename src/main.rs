@@ -34,14 +34,10 @@ fn fatal(message: String) -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr: stdout may be the `stdout:` sink's tar stream.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
 }
 
 async fn run(options: Options) -> Result<ExitCode, String> {
@@ -94,7 +90,11 @@ async fn run(options: Options) -> Result<ExitCode, String> {
 
 /// Runs until a signal, or in the supervisor form until the producer exits
 /// (forwarding signals to it). Returns the exit code to finish with.
-async fn serve_until_done(options: &Options, signals: &mut Signals, endpoints: &Endpoints<'_>) -> Result<ExitCode, String> {
+async fn serve_until_done(
+    options: &Options,
+    signals: &mut Signals,
+    endpoints: &Endpoints<'_>,
+) -> Result<ExitCode, String> {
     let Some(program) = options.command.first() else {
         let signal = signals.recv().await;
         tracing::info!("received {signal:?}");
@@ -138,8 +138,8 @@ fn check_exposure(options: &Options, has_token: bool) -> Result<(), String> {
 
 fn read_token(path: Option<&Path>) -> Result<Option<String>, String> {
     let Some(path) = path else { return Ok(None) };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.is_empty() {
         return Err(format!("--auth-token-file {} is empty", path.display()));

@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -63,8 +63,7 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let metric =
-        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
     registry.register(Box::new(metric.clone())).expect("unique metric");
     metric
 }
@@ -78,8 +77,11 @@ impl Metrics {
             .expect("process collector");
         let r = &registry;
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "HTTP request latency, from headers read to answer, by route and status code.")
-                .buckets(latency_buckets()),
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "HTTP request latency, from headers read to answer, by route and status code.",
+            )
+            .buckets(latency_buckets()),
             &["route", "code"],
         )
         .expect("valid metric");

@@ -81,11 +81,7 @@ pub async fn drain(intake: &Intake, sink: &SinkContext, timeout: Duration) -> Re
     let batcher = intake.batcher();
     let last = batcher.close();
     let ledger = batcher.ledger();
-    tracing::info!(
-        batches = last,
-        buffered_bytes = intake.budget().used(),
-        "draining: committing everything accepted"
-    );
+    tracing::info!(batches = last, buffered_bytes = intake.budget().used(), "draining: committing everything accepted");
     if tokio::time::timeout(timeout, ledger.wait_settled(last)).await.is_ok() {
         return Ok(());
     }
@@ -111,7 +107,6 @@ impl Drop for SocketFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -119,10 +119,7 @@ mod tests {
     use std::io::Read;
 
     fn file(name: &str, chunks: &[&[u8]]) -> File {
-        File {
-            name: name.into(),
-            data: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>().into(),
-        }
+        File { name: name.into(), data: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>().into() }
     }
 
     fn flatten(archive: &Archive) -> Vec<u8> {

@@ -26,15 +26,10 @@ fn snippets() -> Vec<Snippet> {
     let mut lines = text.lines();
     let mut found = Vec::new();
     while let Some(line) = lines.next() {
-        let Some(test) = line
-            .strip_prefix("<!-- test: ")
-            .and_then(|l| l.strip_suffix(" -->"))
-        else {
+        let Some(test) = line.strip_prefix("<!-- test: ").and_then(|l| l.strip_suffix(" -->")) else {
             continue;
         };
-        let (name, commits) = test
-            .split_once("; commits: ")
-            .expect("<!-- test: NAME; commits: A | B -->");
+        let (name, commits) = test.split_once("; commits: ").expect("<!-- test: NAME; commits: A | B -->");
         let language = lines
             .next()
             .and_then(|l| l.strip_prefix("```"))
@@ -51,19 +46,13 @@ fn snippets() -> Vec<Snippet> {
 }
 
 fn snippet(name: &str) -> Snippet {
-    snippets()
-        .into_iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("README.md has no `{name}` snippet"))
+    snippets().into_iter().find(|s| s.name == name).unwrap_or_else(|| panic!("README.md has no `{name}` snippet"))
 }
 
 /// Fails with the install hint when `program` is missing: a snippet nobody ran
 /// is not known to work. .ci/run installs every one of them.
 fn require(program: &str, version_flag: &str, package: &str) {
-    let found = Command::new(program)
-        .arg(version_flag)
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let found = Command::new(program).arg(version_flag).output().is_ok_and(|o| o.status.success());
     assert!(found, "{program} is missing: `apt-get install {package}` (.ci/run does)");
 }
 
@@ -74,24 +63,15 @@ fn run(snippet: &Snippet) {
     let dir = tmp.path();
     let (socket, raw) = (dir.join("http.sock"), dir.join("raw.sock"));
     let sink = format!("dir:{}", dir.join("out").display());
-    let sidecar = Sidecar::start(&[
-        "--sink",
-        &sink,
-        "--socket",
-        socket.to_str().unwrap(),
-        "--raw-socket",
-        raw.to_str().unwrap(),
-    ]);
+    let sidecar =
+        Sidecar::start(&["--sink", &sink, "--socket", socket.to_str().unwrap(), "--raw-socket", raw.to_str().unwrap()]);
     std::fs::write(dir.join("token"), "unused-without-auth-token-file\n").unwrap();
     let code = snippet
         .code
         .replace("http://localhost:8080", &format!("http://{}", sidecar.addr))
         .replace("/run/spout/http.sock", socket.to_str().unwrap())
         .replace("/run/spout/raw.sock", raw.to_str().unwrap());
-    let out = interpreter(&snippet.language, dir, &code)
-        .current_dir(dir)
-        .output()
-        .expect("the snippet runs");
+    let out = interpreter(&snippet.language, dir, &code).current_dir(dir).output().expect("the snippet runs");
     assert!(
         out.status.success(),
         "{} snippet failed:\n{}{}\nsidecar log:\n{}",
@@ -101,32 +81,21 @@ fn run(snippet: &Snippet) {
         sidecar.log()
     );
     // The raw socket answers nothing: its lines are in once the buffer holds them.
-    support::sidecar::eventually(
-        std::time::Duration::from_secs(20),
-        "the snippet's messages",
-        || {
-            let flushed = client::request(&sidecar.addr, "POST", "/flush?wait=commit", &[], b"");
-            assert!(flushed.status == 200, "{}", flushed.text());
-            let committed = contents(&dir.join("out"));
-            (committed.len() >= snippet.commits.len()).then_some(())
-        },
-    );
+    support::sidecar::eventually(std::time::Duration::from_secs(20), "the snippet's messages", || {
+        let flushed = client::request(&sidecar.addr, "POST", "/flush?wait=commit", &[], b"");
+        assert!(flushed.status == 200, "{}", flushed.text());
+        let committed = contents(&dir.join("out"));
+        (committed.len() >= snippet.commits.len()).then_some(())
+    });
     let mut committed = contents(&dir.join("out"));
     let mut expected = snippet.commits.clone();
     committed.sort();
     expected.sort();
-    assert_eq!(
-        committed, expected,
-        "{}: what the snippet committed",
-        snippet.name
-    );
+    assert_eq!(committed, expected, "{}: what the snippet committed", snippet.name);
 }
 
 fn contents(root: &Path) -> Vec<String> {
-    dir_commits(root)
-        .into_iter()
-        .map(|(_, _, body)| String::from_utf8(body).expect("UTF-8"))
-        .collect()
+    dir_commits(root).into_iter().map(|(_, _, body)| String::from_utf8(body).expect("UTF-8")).collect()
 }
 
 /// The command that runs `code` as its fenced block's language.
@@ -146,11 +115,7 @@ fn interpreter(language: &str, dir: &Path, code: &str) -> Command {
             let source: PathBuf = dir.join("client.go");
             std::fs::write(&source, code).unwrap();
             let mut command = Command::new("go");
-            command
-                .arg("run")
-                .arg(source)
-                .env("GOCACHE", dir.join("gocache"))
-                .env("GOFLAGS", "-mod=mod");
+            command.arg("run").arg(source).env("GOCACHE", dir.join("gocache")).env("GOFLAGS", "-mod=mod");
             command
         }
         other => panic!("no interpreter for ```{other}"),
@@ -160,11 +125,7 @@ fn interpreter(language: &str, dir: &Path, code: &str) -> Command {
 #[test]
 fn every_snippet_is_tested_here() {
     let names: Vec<String> = snippets().into_iter().map(|s| s.name).collect();
-    assert_eq!(
-        names,
-        ["curl", "python", "go", "unix"],
-        "a new snippet needs its #[test] below"
-    );
+    assert_eq!(names, ["curl", "python", "go", "unix"], "a new snippet needs its #[test] below");
 }
 
 #[test]
@@ -175,14 +136,8 @@ fn curl_snippet_commits_what_it_says() {
 
 #[test]
 fn python_requests_snippet_commits_what_it_says() {
-    let requests = Command::new("python3")
-        .args(["-c", "import requests"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        requests,
-        "python3 cannot import requests: .ci/run installs tests/requirements.txt"
-    );
+    let requests = Command::new("python3").args(["-c", "import requests"]).status().is_ok_and(|s| s.success());
+    assert!(requests, "python3 cannot import requests: .ci/run installs tests/requirements.txt");
     run(&snippet("python"));
 }
 

@@ -45,8 +45,7 @@ impl Spout {
         let (batches_tx, batches) = crossbeam_channel::unbounded();
         let policy = Policy { max_bytes: 256 << 10, max_messages, max_age: Duration::from_millis(20) };
         let batcher = Batcher::new(policy, Sequencer::starting_now(), ledger, batches_tx);
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         runtime.spawn(batcher.clone().run_age_timer());
         let health = Arc::new(Health::new(format!("fifo:{}", path.display())));
         let ctx = SinkContext::new(health.clone(), false);
@@ -88,8 +87,7 @@ impl Spout {
         }
         self.give_up.store(true, Ordering::Relaxed);
         sink_thread.join().unwrap();
-        let failed: Vec<_> =
-            self.intake.batcher().ledger().recent().into_iter().filter_map(|c| c.error).collect();
+        let failed: Vec<_> = self.intake.batcher().ledger().recent().into_iter().filter_map(|c| c.error).collect();
         assert!(failed.is_empty(), "failed commits: {failed:?}");
         assert_eq!(self.budget().used(), 0, "every batch's bytes were released");
     }

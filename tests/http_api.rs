@@ -52,7 +52,8 @@ fn raw_body_is_one_message_and_wait_commit_names_its_commit() {
 fn each_framing_cuts_messages_as_the_contract_says() {
     let tmp = tempfile::tempdir().unwrap();
     let sidecar = start(tmp.path(), &[]);
-    let ndjson = client::post(&sidecar.addr, "/messages?wait=commit", "application/x-ndjson", b"{\"a\":1}\n{\"b\":2}\nlast");
+    let ndjson =
+        client::post(&sidecar.addr, "/messages?wait=commit", "application/x-ndjson", b"{\"a\":1}\n{\"b\":2}\nlast");
     assert_eq!(ndjson.status, 200, "{}", ndjson.text());
     assert_eq!(ndjson.json()["accepted"], 3);
     let body = frames(&[b"one", b"", b"three\n"]);
@@ -86,7 +87,8 @@ fn batch_layout_joins_lines_into_one_file() {
 #[test]
 fn count_bytes_age_and_flush_each_seal_a_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    let sidecar = start(tmp.path(), &["--max-batch-messages", "3", "--max-batch-bytes", "100", "--max-batch-age", "1h"]);
+    let sidecar =
+        start(tmp.path(), &["--max-batch-messages", "3", "--max-batch-bytes", "100", "--max-batch-age", "1h"]);
     let mut conn = Connection::tcp(&sidecar.addr);
     for i in 0..7 {
         let r = conn.request("POST", "/messages", &[], format!("m{i}").as_bytes());
@@ -104,7 +106,10 @@ fn count_bytes_age_and_flush_each_seal_a_batch() {
     assert_eq!(flushed.status, 200, "{}", flushed.text());
     let metrics = client::get(&sidecar.addr, "/metrics").text();
     for reason in ["messages", "bytes"] {
-        assert!(metrics.contains(&format!("spout_batches_committed_total{{reason=\"{reason}\"}}")), "{reason}: {metrics}");
+        assert!(
+            metrics.contains(&format!("spout_batches_committed_total{{reason=\"{reason}\"}}")),
+            "{reason}: {metrics}"
+        );
     }
     assert_eq!(contents(tmp.path()).len(), 8);
     drop(sidecar);
@@ -112,17 +117,23 @@ fn count_bytes_age_and_flush_each_seal_a_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let sidecar = start(tmp.path(), &["--max-batch-age", "200ms"]);
     client::post(&sidecar.addr, "/messages", "text/plain", b"aged");
-    eventually(Duration::from_secs(10), "the age trigger", || (contents(tmp.path()) == vec![b"aged".to_vec()]).then_some(()));
+    eventually(Duration::from_secs(10), "the age trigger", || {
+        (contents(tmp.path()) == vec![b"aged".to_vec()]).then_some(())
+    });
     // The directory appears just before the sink reports the commit.
     eventually(Duration::from_secs(5), "the age-sealed commit counted", || {
-        client::get(&sidecar.addr, "/metrics").text().contains("spout_batches_committed_total{reason=\"age\"} 1").then_some(())
+        client::get(&sidecar.addr, "/metrics")
+            .text()
+            .contains("spout_batches_committed_total{reason=\"age\"} 1")
+            .then_some(())
     });
 }
 
 #[test]
 fn bad_input_gets_a_json_4xx_and_nothing_is_enqueued() {
     let tmp = tempfile::tempdir().unwrap();
-    let sidecar = start(tmp.path(), &["--max-message-bytes", "1KiB", "--max-request-bytes", "4KiB", "--max-batch-age", "1h"]);
+    let sidecar =
+        start(tmp.path(), &["--max-message-bytes", "1KiB", "--max-request-bytes", "4KiB", "--max-batch-age", "1h"]);
     let addr = sidecar.addr.as_str();
     let mut truncated = frames(&[b"fine", b"also fine"]);
     truncated.extend_from_slice(&[0, 0, 0, 9, b'x']);
@@ -165,7 +176,8 @@ fn unix_socket_http_and_raw_socket_ingest() {
     let sidecar = start(tmp.path(), &["--socket", &http_arg, "--raw-socket", &raw_arg, "--max-batch-age", "100ms"]);
     let mode = std::fs::metadata(&http_path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
-    let response = Connection::unix(&http_path).request("POST", "/messages?wait=commit&file=via-unix.txt", &[], b"over unix");
+    let response =
+        Connection::unix(&http_path).request("POST", "/messages?wait=commit&file=via-unix.txt", &[], b"over unix");
     assert_eq!(response.status, 200, "{}", response.text());
     let mut raw = std::os::unix::net::UnixStream::connect(&raw_path).unwrap();
     raw.write_all(b"line one\nline two\nno newline at end").unwrap();

@@ -21,10 +21,8 @@ fn sigterm_commits_everything_accepted_and_exits_0() {
     }
     let status = sidecar.stop();
     assert!(status.success(), "exit status {status:?}");
-    let mut bodies: Vec<String> = dir_commits(&tmp.path().join("out"))
-        .into_iter()
-        .map(|(_, _, b)| String::from_utf8(b).unwrap())
-        .collect();
+    let mut bodies: Vec<String> =
+        dir_commits(&tmp.path().join("out")).into_iter().map(|(_, _, b)| String::from_utf8(b).unwrap()).collect();
     bodies.sort_by_key(|b| b[8..].parse::<u32>().unwrap());
     assert_eq!(bodies, (0..1000).map(|i| format!("message {i}")).collect::<Vec<_>>());
 }
@@ -100,7 +98,14 @@ fn full_buffer_rejects_with_retry_after_and_recovers() {
     let mut reader = open_reader_nonblocking(&fifo);
     let sink = format!("fifo:{}", fifo.display());
     let sidecar = Sidecar::start(&[
-        "--sink", &sink, "--max-buffer-bytes", "4MiB", "--when-full", "reject", "--max-batch-age", "10ms",
+        "--sink",
+        &sink,
+        "--max-buffer-bytes",
+        "4MiB",
+        "--when-full",
+        "reject",
+        "--max-batch-age",
+        "10ms",
     ]);
     let mut conn = Connection::tcp(&sidecar.addr);
     let payload = vec![b'p'; 64 * 1024];

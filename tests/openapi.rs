@@ -87,10 +87,17 @@ impl Conformance {
         let status = response.status;
         let operation = &self.spec["paths"][path][method.to_lowercase()];
         let documented = resolve(&self.spec, &operation["responses"][status.to_string()]);
-        assert!(documented.is_object(), "{method} {path} answered {status}, which is not documented: {}", response.text());
+        assert!(
+            documented.is_object(),
+            "{method} {path} answered {status}, which is not documented: {}",
+            response.text()
+        );
         for (media, content) in documented["content"].as_object().unwrap() {
             let got = response.header("content-type").unwrap_or("");
-            assert!(got.starts_with(media.as_str()), "{method} {path} {status}: content-type {got}, documented {media}");
+            assert!(
+                got.starts_with(media.as_str()),
+                "{method} {path} {status}: content-type {got}, documented {media}"
+            );
             if media == "application/json" {
                 check(&self.spec, &content["schema"], &response.json(), &format!("{method} {path} {status}"));
             }
@@ -128,8 +135,16 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
     let sink = format!("dir:{}", tmp.path().join("out").display());
     let token_arg = token.display().to_string();
     let sidecar = Sidecar::start(&[
-        "--sink", &sink, "--auth-token-file", &token_arg, "--max-message-bytes", "1KiB",
-        "--body-timeout", "300ms", "--max-batch-age", "50ms",
+        "--sink",
+        &sink,
+        "--auth-token-file",
+        &token_arg,
+        "--max-message-bytes",
+        "1KiB",
+        "--body-timeout",
+        "300ms",
+        "--max-batch-age",
+        "50ms",
     ]);
     let addr = sidecar.addr.clone();
     let auth = ("Authorization", "Bearer t0ken");
@@ -142,12 +157,17 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
 
     conf.record("POST", "/messages", &post("/messages?wait=commit", &[], b"hi"));
     conf.record("POST", "/messages", &post("/messages", &[], b"hi"));
-    conf.record("POST", "/messages", &post("/messages", &[("Content-Type", "application/vnd.spout.frames")], &[0, 0, 1]));
+    conf.record(
+        "POST",
+        "/messages",
+        &post("/messages", &[("Content-Type", "application/vnd.spout.frames")], &[0, 0, 1]),
+    );
     conf.record("POST", "/messages", &client::post(&addr, "/messages", "text/plain", b"no token"));
     conf.record("POST", "/messages", &post("/messages", &[], &[b'x'; 2048]));
     conf.record("POST", "/messages", &post("/messages?file=../up", &[], b"x"));
     let mut slow = Connection::tcp(&addr);
-    let slow_answer = slow.raw(b"POST /messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nContent-Length: 10\r\n\r\n1");
+    let slow_answer =
+        slow.raw(b"POST /messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nContent-Length: 10\r\n\r\n1");
     conf.record("POST", "/messages", &slow_answer);
     conf.record("POST", "/flush", &post("/flush?wait=commit", &[], b""));
     conf.record("POST", "/flush", &post("/flush", &[], b""));
@@ -168,20 +188,28 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
     let sink = format!("fifo:{}", fifo.display());
     let sidecar = Sidecar::start(&["--sink", &sink, "--shutdown-timeout", "1s"]);
     let addr = sidecar.addr.clone();
-    conf.record("GET", "/readyz", &eventually(Duration::from_secs(10), "readyz 503", || {
-        let r = client::get(&addr, "/readyz");
-        (r.status == 503).then_some(r)
-    }));
+    conf.record(
+        "GET",
+        "/readyz",
+        &eventually(Duration::from_secs(10), "readyz 503", || {
+            let r = client::get(&addr, "/readyz");
+            (r.status == 503).then_some(r)
+        }),
+    );
     let waiter = {
         let addr = addr.clone();
         std::thread::spawn(move || client::post(&addr, "/messages?wait=commit", "text/plain", b"never read"))
     };
     std::thread::sleep(Duration::from_millis(300));
     sidecar.signal(libc::SIGTERM);
-    conf.record("POST", "/messages", &eventually(Duration::from_secs(5), "503 while draining", || {
-        let r = client::post(&addr, "/messages", "text/plain", b"late");
-        (r.status == 503).then_some(r)
-    }));
+    conf.record(
+        "POST",
+        "/messages",
+        &eventually(Duration::from_secs(5), "503 while draining", || {
+            let r = client::post(&addr, "/messages", "text/plain", b"late");
+            (r.status == 503).then_some(r)
+        }),
+    );
     conf.record("POST", "/messages", &waiter.join().unwrap());
 
     let missing: Vec<_> = conf.documented().difference(&conf.seen).cloned().collect();

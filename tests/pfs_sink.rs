@@ -157,9 +157,8 @@ fn batch_layout_is_one_file_named_in_the_receipt() {
     setup.layout = Layout::Batch;
     setup.policy.max_messages = 3;
     let pipeline = Pipeline::start(setup);
-    let lines = ["a", "bb", "ccc"]
-        .map(|l| Incoming { name: None, payload: Bytes::from(l).into(), line: true })
-        .to_vec();
+    let lines =
+        ["a", "bb", "ccc"].map(|l| Incoming { name: None, payload: Bytes::from(l).into(), line: true }).to_vec();
     let admitted = pipeline.send(lines);
     let receipt = pipeline.verdict(admitted).expect("committed");
     pipeline.close();

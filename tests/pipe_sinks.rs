@@ -73,8 +73,7 @@ fn reader_killed_mid_archive_while_100k_messages_flow_then_restarted() {
     let (before, after) = std::thread::scope(|scope| {
         scope.spawn(|| {
             let mut conn = Connection::tcp(&sidecar.addr);
-            (0..MESSAGES / PER_REQUEST)
-                .for_each(|r| post_lines(&mut conn, r * PER_REQUEST..(r + 1) * PER_REQUEST));
+            (0..MESSAGES / PER_REQUEST).for_each(|r| post_lines(&mut conn, r * PER_REQUEST..(r + 1) * PER_REQUEST));
         });
         let before = doomed.join();
         // The sink closes the pipe before it reports the reader gone: a reader

@@ -170,8 +170,7 @@ fn past_the_shutdown_timeout_exits_non_zero_naming_what_was_left() {
     // The reader holds the pipe open and never reads: nothing can be committed.
     let reader = PachydermReader::start_paused(&fifo, Mode::KeepOpen);
     let sink = format!("fifo:{}", fifo.display());
-    let mut sidecar =
-        Sidecar::start(&["--sink", &sink, "--shutdown-timeout", "1s", "--max-batch-messages", "10"]);
+    let mut sidecar = Sidecar::start(&["--sink", &sink, "--shutdown-timeout", "1s", "--max-batch-messages", "10"]);
     let waiting = {
         let addr = sidecar.addr.clone();
         std::thread::spawn(move || client::post(&addr, "/messages?wait=commit", "text/plain", b"never read"))

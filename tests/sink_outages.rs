@@ -60,8 +60,7 @@ fn produce(addr: &str, lines: std::ops::Range<usize>, refused: &AtomicU64) {
     while next < lines.end {
         let end = (next + PER_REQUEST).min(lines.end);
         let body: String = (next..end).map(|i| line(i) + "\n").collect();
-        let answer =
-            conn.request("POST", "/messages", &[("Content-Type", "application/x-ndjson")], body.as_bytes());
+        let answer = conn.request("POST", "/messages", &[("Content-Type", "application/x-ndjson")], body.as_bytes());
         match answer.status {
             202 => next = end,
             503 => {
@@ -220,9 +219,8 @@ impl Tmpfs {
         std::fs::create_dir(path).unwrap();
         let (c_path, options) = (c_path(path), CString::new("size=32m").unwrap());
         // SAFETY: valid NUL-terminated strings for the duration of the call.
-        let mounted = unsafe {
-            libc::mount(c"tmpfs".as_ptr(), c_path.as_ptr(), c"tmpfs".as_ptr(), 0, options.as_ptr().cast())
-        };
+        let mounted =
+            unsafe { libc::mount(c"tmpfs".as_ptr(), c_path.as_ptr(), c"tmpfs".as_ptr(), 0, options.as_ptr().cast()) };
         assert_eq!(
             mounted,
             0,

@@ -26,8 +26,11 @@ pub fn tar_encoder(data: &[u8]) {
     let mut files = Vec::new();
     while !knobs.is_empty() && files.len() < MAX_FILES {
         let name_len = usize::from(knobs.byte());
-        let name: String =
-            knobs.take(name_len).iter().map(|&b| char::from(NAME_ALPHABET[usize::from(b) % NAME_ALPHABET.len()])).collect();
+        let name: String = knobs
+            .take(name_len)
+            .iter()
+            .map(|&b| char::from(NAME_ALPHABET[usize::from(b) % NAME_ALPHABET.len()]))
+            .collect();
         let payload_len = usize::from(knobs.u16() % MAX_PAYLOAD);
         let payload = Payload::from(cut(knobs.take(payload_len), &sizes));
         // The encoder is only ever given names that passed the validator.

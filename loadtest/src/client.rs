@@ -58,7 +58,8 @@ impl Conn {
     pub async fn open(endpoint: &Endpoint) -> anyhow::Result<Conn> {
         let sender = match endpoint {
             Endpoint::Tcp(addr) => {
-                let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+                let stream =
+                    tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
                 stream.set_nodelay(true)?;
                 handshake(stream).await?
             }

@@ -72,10 +72,7 @@ impl Generator {
         if self.filler_crcs.len() > 65_536 {
             self.filler_crcs.clear();
         }
-        let filler_crc = *self
-            .filler_crcs
-            .entry((offset, filler_len))
-            .or_insert_with(|| crc32fast::hash(&filler));
+        let filler_crc = *self.filler_crcs.entry((offset, filler_len)).or_insert_with(|| crc32fast::hash(&filler));
         let mut head = Vec::with_capacity(HEADER_LEN);
         head.extend_from_slice(b"LT");
         push_hex(&mut head, u64::from(self.run), 8);

@@ -127,10 +127,7 @@ impl<T: Send + 'static> PipeReader<T> {
         while !self.thread.is_finished() {
             // Opening for write without blocking fails (ENXIO) while no reader has the
             // pipe open; the reader is then between two opens, so try again.
-            let poke = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&self.path);
+            let poke = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
             drop(poke);
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -112,17 +112,24 @@ fn si(value: f64) -> String {
 /// The reports as an aligned text table.
 pub fn table(reports: &[Report]) -> String {
     let header = [
-        "run", "req/s", "msg/s", "committed msg/s", "MB/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "peak RSS", "check",
+        "run",
+        "req/s",
+        "msg/s",
+        "committed msg/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "peak RSS",
+        "check",
     ];
     let mut rows = vec![header.map(String::from).to_vec()];
     for r in reports {
         let lat = |f: fn(&Latency) -> f64| r.latency.as_ref().map(|l| format!("{:.2}", f(l))).unwrap_or("-".into());
         let check = match (&r.verify, r.ok) {
             (Some(v), true) => format!("ok {}/{}", v.found, v.accepted),
-            (Some(v), false) => format!(
-                "FAIL missing {} dup {} corrupt {}",
-                v.missing, v.duplicated, v.corrupt
-            ),
+            (Some(v), false) => format!("FAIL missing {} dup {} corrupt {}", v.missing, v.duplicated, v.corrupt),
             (None, true) => "n/a".into(),
             (None, false) => "FAIL".into(),
         };

@@ -153,7 +153,9 @@ pub async fn run(scenario: &Scenario, harness: &Harness) -> anyhow::Result<Repor
     let (subject, control, load_target) = match &scenario.connect {
         Some(endpoint) => {
             let target = match scenario.transport {
-                Transport::Raw => Target::Raw(scenario.raw_socket.clone().context("--transport raw with --connect needs --raw-socket")?),
+                Transport::Raw => Target::Raw(
+                    scenario.raw_socket.clone().context("--transport raw with --connect needs --raw-socket")?,
+                ),
                 _ => Target::Http(endpoint.clone()),
             };
             (Subject::Running(scenario.sidecar_pid.map(RssWatch::start)), endpoint.clone(), target)
@@ -210,7 +212,8 @@ pub async fn run(scenario: &Scenario, harness: &Harness) -> anyhow::Result<Repor
         tokio::task::spawn_blocking(move || readback.finish(run, &scenario)).await??
     };
 
-    let mut report = Report::from_load(&scenario.name, &measured, drain).verified(verify::verdict(&measured.sent, &tally));
+    let mut report =
+        Report::from_load(&scenario.name, &measured, drain).verified(verify::verdict(&measured.sent, &tally));
     report.scenario = Some(serde_json::to_value(scenario)?);
     report.peak_rss_bytes = peak_rss;
     if !problems.is_empty() {

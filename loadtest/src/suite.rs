@@ -75,7 +75,10 @@ impl Machine {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|info| {
-                info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_owned())
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_owned())
             })
             .unwrap_or_else(|| "unknown".into());
         Machine { cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), cpu }
@@ -252,7 +255,13 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
     let python = median(pythons, committed);
     for ((name, _, _), runs) in batched.iter().zip(runs) {
         let run = median(runs, committed);
-        targets.push(Target::new(&format!("{name}: committed msg/s"), run.as_ref().map(committed), 1.5e6, "msg/s", true));
+        targets.push(Target::new(
+            &format!("{name}: committed msg/s"),
+            run.as_ref().map(committed),
+            1.5e6,
+            "msg/s",
+            true,
+        ));
         targets.push(Target::new(
             &format!("{name}: committed msg/s vs Python tarfile"),
             ratio(&run, &python, committed),

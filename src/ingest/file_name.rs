@@ -37,9 +37,7 @@ fn problem(name: &str) -> Result<(), String> {
             _ => {}
         }
         if let Some(bad) = segment.chars().find(|&c| !is_allowed(c)) {
-            return Err(format!(
-                "path segment {number} has {bad:?}; segments may only use A-Z a-z 0-9 . _ -"
-            ));
+            return Err(format!("path segment {number} has {bad:?}; segments may only use A-Z a-z 0-9 . _ -"));
         }
     }
     Ok(())

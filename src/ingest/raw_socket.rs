@@ -195,9 +195,7 @@ impl Connection {
             group.push(message);
             let full = messages.peek().is_none_or(|next| {
                 let bytes = group_bytes + next.payload.len();
-                group.len() >= max_count
-                    || bytes > max_bytes
-                    || charge(bytes, group.len() as u64 + 1) > budget
+                group.len() >= max_count || bytes > max_bytes || charge(bytes, group.len() as u64 + 1) > budget
             });
             if !full {
                 continue;

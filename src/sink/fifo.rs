@@ -100,8 +100,8 @@ impl Pipe {
     /// Whether a reader has the pipe open; notes and, past a grace period, reports
     /// its absence (older Pachyderm leaves between archives and comes right back).
     fn reader_present(&mut self, ctx: &SinkContext) -> bool {
-        let gone = vectored::poll_writable(self.file.as_fd(), false, Duration::ZERO)
-            .is_ok_and(|ready| ready.reader_gone);
+        let gone =
+            vectored::poll_writable(self.file.as_fd(), false, Duration::ZERO).is_ok_and(|ready| ready.reader_gone);
         if !gone {
             if self.absent.take().is_some() {
                 ctx.health.up();
@@ -164,8 +164,7 @@ impl FifoSink {
                 Ok(meta) if meta.file_type().is_fifo() => {
                     ctx.health.up();
                     self.backoff.reset();
-                    self.pipe =
-                        Some(Pipe { file, written: 0, next: 0, cursor: Cursor::default(), absent: None });
+                    self.pipe = Some(Pipe { file, written: 0, next: 0, cursor: Cursor::default(), absent: None });
                     return;
                 }
                 Ok(_) => ("not_a_fifo", format!("{} is not a named pipe", self.path.display())),
@@ -245,8 +244,7 @@ impl FifoSink {
     /// The reader is gone: see the module comment for what happens and why.
     fn reader_left(&mut self, kind: &str, error: &dyn std::fmt::Display, ctx: &SinkContext) {
         if let Ok(consumed) = self.commit_consumed() {
-            let between_archives =
-                self.queue.front().and_then(InFlight::start).is_none_or(|s| s == consumed);
+            let between_archives = self.queue.front().and_then(InFlight::start).is_none_or(|s| s == consumed);
             if between_archives {
                 let pipe = self.pipe.as_mut().expect("called with the pipe open");
                 pipe.absent.get_or_insert(Absence { since: Instant::now(), reported: false });
@@ -270,9 +268,7 @@ impl FifoSink {
         }
         self.pipe = None;
         for archive in self.queue.drain(..) {
-            archive
-                .ack
-                .failed("gave up: the pipe's reader had not consumed the archive by the shutdown deadline");
+            archive.ack.failed("gave up: the pipe's reader had not consumed the archive by the shutdown deadline");
         }
     }
 }

@@ -210,8 +210,7 @@ mod tests {
     #[test]
     fn resumes_on_a_full_non_blocking_pipe() {
         let (mut reader, mut writer) = pipe();
-        let chunks: Vec<Bytes> =
-            (0..2500).map(|i| Bytes::from(vec![(i % 256) as u8; 100 + i % 300])).collect();
+        let chunks: Vec<Bytes> = (0..2500).map(|i| Bytes::from(vec![(i % 256) as u8; 100 + i % 300])).collect();
         let mut at = Cursor::default();
         let mut got = Vec::new();
         let mut would_block = 0;

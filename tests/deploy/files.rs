@@ -12,10 +12,7 @@ pub fn deploy_dir() -> PathBuf {
 
 /// The path as a reader of a failure message knows it: relative to the repository.
 pub fn shown(path: &Path) -> String {
-    path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(path).display().to_string()
 }
 
 /// Every file under deploy/ whose name ends with one of `extensions`, in a stable order.
@@ -27,10 +24,7 @@ pub fn with_extension(extensions: &[&str]) -> Vec<PathBuf> {
             let path = entry.expect("directory entry").path();
             if path.is_dir() {
                 dirs.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|ext| extensions.iter().any(|e| ext == *e))
-            {
+            } else if path.extension().is_some_and(|ext| extensions.iter().any(|e| ext == *e)) {
                 found.push(path);
             }
         }
@@ -51,9 +45,7 @@ pub fn json(path: &Path) -> Value {
 pub fn yaml_documents(path: &Path) -> Vec<Value> {
     let text = read(path);
     serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| {
-            Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: not YAML: {e}", shown(path)))
-        })
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: not YAML: {e}", shown(path))))
         .filter(|doc| !doc.is_null())
         .collect()
 }
@@ -68,27 +60,13 @@ pub fn yaml(path: &Path) -> Value {
 fn every_json_and_yaml_file_parses() {
     let json_files = with_extension(&["json"]);
     let yaml_files = with_extension(&["yml", "yaml"]);
-    assert!(
-        json_files.len() >= 4,
-        "the dashboard, the pod patch and the pipeline specs"
-    );
-    assert!(
-        yaml_files.len() >= 4,
-        "the scrape config, the alerts, their tests and the Deployment"
-    );
+    assert!(json_files.len() >= 4, "the dashboard, the pod patch and the pipeline specs");
+    assert!(yaml_files.len() >= 4, "the scrape config, the alerts, their tests and the Deployment");
     for path in &json_files {
-        assert!(
-            json(path).is_object() || json(path).is_array(),
-            "{}: empty",
-            shown(path)
-        );
+        assert!(json(path).is_object() || json(path).is_array(), "{}: empty", shown(path));
     }
     for path in &yaml_files {
-        assert!(
-            !yaml_documents(path).is_empty(),
-            "{}: no document",
-            shown(path)
-        );
+        assert!(!yaml_documents(path).is_empty(), "{}: no document", shown(path));
     }
 }
 

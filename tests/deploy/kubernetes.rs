@@ -44,10 +44,7 @@ fn pods() -> Vec<Pod> {
         .into_iter()
         .filter(|doc| doc["kind"] == "Deployment")
         .map(|doc| Pod {
-            context: format!(
-                "deploy/k8s/deployment.yaml: Deployment {}",
-                doc["metadata"]["name"]
-            ),
+            context: format!("deploy/k8s/deployment.yaml: Deployment {}", doc["metadata"]["name"]),
             spec: doc["spec"]["template"]["spec"].clone(),
             annotations: doc["spec"]["template"]["metadata"]["annotations"].clone(),
             labels: doc["spec"]["template"]["metadata"]["labels"].clone(),
@@ -72,10 +69,7 @@ fn pods() -> Vec<Pod> {
 fn patched_pod_spec(patch: &Value) -> Value {
     let mut spec = json!({"containers": [], "volumes": []});
     for op in patch.as_array().expect("a JSON patch is an array") {
-        assert_eq!(
-            op["op"], "add",
-            "pod patch: only `add` operations, got {op}"
-        );
+        assert_eq!(op["op"], "add", "pod patch: only `add` operations, got {op}");
         let path = op["path"].as_str().expect("op.path");
         assert_eq!(
             path.matches('/').count() - usize::from(path.ends_with("/-")),
@@ -121,8 +115,8 @@ fn sidecar_options(container: &Value, context: &str) -> Options {
         container.get("command").is_none(),
         "{context}: the image's ENTRYPOINT is the sidecar; give options as args"
     );
-    let args: Vec<String> = serde_json::from_value(container["args"].clone())
-        .unwrap_or_else(|e| panic!("{context}: args: {e}"));
+    let args: Vec<String> =
+        serde_json::from_value(container["args"].clone()).unwrap_or_else(|e| panic!("{context}: args: {e}"));
     sidecar::parse(&args, &container_env(container), context)
 }
 
@@ -138,22 +132,13 @@ pub fn patched_sidecar(patch: &Value) -> Options {
 
 /// `384Mi`, `1Gi`, `512M`: the memory quantities Kubernetes manifests use.
 fn quantity_bytes(quantity: &str) -> u64 {
-    let units = [
-        ("Ki", 1u64 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("K", 1000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-    ];
+    let units =
+        [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("K", 1000), ("M", 1_000_000), ("G", 1_000_000_000)];
     let (number, unit) = units
         .iter()
         .find_map(|(suffix, unit)| quantity.strip_suffix(suffix).map(|n| (n, *unit)))
         .unwrap_or((quantity, 1));
-    number
-        .parse::<u64>()
-        .unwrap_or_else(|_| panic!("memory quantity {quantity}"))
-        * unit
+    number.parse::<u64>().unwrap_or_else(|_| panic!("memory quantity {quantity}")) * unit
 }
 
 fn seconds(value: &Value, context: &str) -> u64 {
@@ -189,33 +174,22 @@ fn sidecar_containers_are_probed_drained_and_sized() {
         sidecar::assert_authenticated_if_exposed(&options, context);
         let image = container["image"].as_str().unwrap_or_default();
         assert!(
-            image
-                .rsplit_once(':')
-                .is_some_and(|(repo, _)| repo.ends_with("/spout-sidecar")),
+            image.rsplit_once(':').is_some_and(|(repo, _)| repo.ends_with("/spout-sidecar")),
             "{context}: image {image} is not the sidecar image"
         );
 
         for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
-            assert_eq!(
-                container[probe]["httpGet"]["path"], path,
-                "{context}: {probe} must GET {path}"
-            );
-            assert_eq!(
-                probe_port(container, probe, context),
-                port,
-                "{context}: {probe} must reach --listen"
-            );
+            assert_eq!(container[probe]["httpGet"]["path"], path, "{context}: {probe} must GET {path}");
+            assert_eq!(probe_port(container, probe, context), port, "{context}: {probe} must reach --listen");
         }
 
         let pre_stop: Vec<String> =
             serde_json::from_value(container["lifecycle"]["preStop"]["exec"]["command"].clone())
-                .unwrap_or_else(|_| {
-                    panic!("{context}: a preStop exec hook lets producers finish before SIGTERM")
-                });
+                .unwrap_or_else(|_| panic!("{context}: a preStop exec hook lets producers finish before SIGTERM"));
         let pause = match pre_stop.as_slice() {
-            [sleep, secs] if sleep == "sleep" => secs
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("{context}: sleep {secs}")),
+            [sleep, secs] if sleep == "sleep" => {
+                secs.parse::<u64>().unwrap_or_else(|_| panic!("{context}: sleep {secs}"))
+            }
             other => panic!("{context}: preStop {other:?}, expected [sleep, SECONDS]"),
         };
         let grace = seconds(&pod.spec["terminationGracePeriodSeconds"], context);
@@ -226,9 +200,7 @@ fn sidecar_containers_are_probed_drained_and_sized() {
         );
 
         let limit = quantity_bytes(
-            container["resources"]["limits"]["memory"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{context}: no memory limit")),
+            container["resources"]["limits"]["memory"].as_str().unwrap_or_else(|| panic!("{context}: no memory limit")),
         );
         assert!(
             limit >= options.max_buffer_bytes + OVERHEAD_BYTES,
@@ -247,14 +219,9 @@ fn assert_mounts(pod: &Pod, container: &Value, options: &Options) {
     let declared = pod.spec["volumes"].as_array().cloned().unwrap_or_default();
     let is_secret = |name: &str| {
         pod.given_secret_volumes.contains(&name)
-            || declared
-                .iter()
-                .any(|v| v["name"] == name && v.get("secret").is_some())
+            || declared.iter().any(|v| v["name"] == name && v.get("secret").is_some())
     };
-    let mounts = container["volumeMounts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let mounts = container["volumeMounts"].as_array().cloned().unwrap_or_default();
     for mount in &mounts {
         let name = mount["name"].as_str().expect("mount name");
         assert!(
@@ -262,30 +229,16 @@ fn assert_mounts(pod: &Pod, container: &Value, options: &Options) {
             "{context}: mounts undeclared volume {name}"
         );
     }
-    let mount_of = |path: &Path| {
-        mounts.iter().find(|m| {
-            m["mountPath"]
-                .as_str()
-                .is_some_and(|dir| path.starts_with(dir))
-        })
-    };
+    let mount_of =
+        |path: &Path| mounts.iter().find(|m| m["mountPath"].as_str().is_some_and(|dir| path.starts_with(dir)));
     if let Some(token) = &options.auth_token_file {
-        let mount = mount_of(token)
-            .unwrap_or_else(|| panic!("{context}: token file {} is not mounted", token.display()));
-        assert!(
-            is_secret(mount["name"].as_str().unwrap()),
-            "{context}: the token must come from a Secret"
-        );
+        let mount =
+            mount_of(token).unwrap_or_else(|| panic!("{context}: token file {} is not mounted", token.display()));
+        assert!(is_secret(mount["name"].as_str().unwrap()), "{context}: the token must come from a Secret");
     }
     if let SinkSpec::Dir(dir) = &options.sink {
-        let mount = mount_of(dir)
-            .unwrap_or_else(|| panic!("{context}: dir sink {} is on no volume", dir.display()));
-        assert_ne!(
-            mount["readOnly"],
-            true,
-            "{context}: dir sink {} is read-only",
-            dir.display()
-        );
+        let mount = mount_of(dir).unwrap_or_else(|| panic!("{context}: dir sink {} is on no volume", dir.display()));
+        assert_ne!(mount["readOnly"], true, "{context}: dir sink {} is read-only", dir.display());
     }
 }
 
@@ -295,52 +248,23 @@ fn service_and_scrape_annotations_reach_the_sidecar() {
     let pod = pods().into_iter().next().expect("the Deployment's pod");
     let container = sidecar_container(&pod);
     let port = sidecar::port(&sidecar_options(container, &pod.context), &pod.context);
-    let services: Vec<&Value> = manifests
-        .iter()
-        .filter(|doc| doc["kind"] == "Service")
-        .collect();
+    let services: Vec<&Value> = manifests.iter().filter(|doc| doc["kind"] == "Service").collect();
     assert_eq!(services.len(), 1, "deploy/k8s/deployment.yaml: one Service");
-    for (label, value) in services[0]["spec"]["selector"]
-        .as_object()
-        .expect("Service selector")
-    {
-        assert_eq!(
-            &pod.labels[label], value,
-            "the Service selects no pod of the Deployment"
-        );
+    for (label, value) in services[0]["spec"]["selector"].as_object().expect("Service selector") {
+        assert_eq!(&pod.labels[label], value, "the Service selects no pod of the Deployment");
     }
-    for service_port in services[0]["spec"]["ports"]
-        .as_array()
-        .expect("Service ports")
-    {
+    for service_port in services[0]["spec"]["ports"].as_array().expect("Service ports") {
         let target = &service_port["targetPort"];
         let reaches = container["ports"]
             .as_array()
             .expect("container ports")
             .iter()
-            .any(|p| {
-                (p["name"] == *target || p["containerPort"] == *target)
-                    && p["containerPort"] == port
-            });
-        assert!(
-            reaches,
-            "Service targetPort {target} is not the sidecar's port {port}"
-        );
+            .any(|p| (p["name"] == *target || p["containerPort"] == *target) && p["containerPort"] == port);
+        assert!(reaches, "Service targetPort {target} is not the sidecar's port {port}");
     }
-    assert_eq!(
-        pod.annotations["prometheus.io/port"],
-        port.to_string(),
-        "{}: scrape port",
-        pod.context
-    );
-    let path = pod.annotations["prometheus.io/path"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(
-        sidecar::ENDPOINTS.contains(&path),
-        "{}: scrape path {path} is no endpoint",
-        pod.context
-    );
+    assert_eq!(pod.annotations["prometheus.io/port"], port.to_string(), "{}: scrape port", pod.context);
+    let path = pod.annotations["prometheus.io/path"].as_str().unwrap_or_default();
+    assert!(sidecar::ENDPOINTS.contains(&path), "{}: scrape path {path} is no endpoint", pod.context);
     let claims: Vec<&str> = manifests
         .iter()
         .filter(|d| d["kind"] == "PersistentVolumeClaim")
@@ -369,21 +293,9 @@ fn producers_reach_the_sidecar_with_its_token() {
     let secret_of = |container: &Value, file: &Path| {
         container["volumeMounts"]
             .as_array()
-            .and_then(|mounts| {
-                mounts.iter().find(|m| {
-                    m["mountPath"]
-                        .as_str()
-                        .is_some_and(|dir| file.starts_with(dir))
-                })
-            })
+            .and_then(|mounts| mounts.iter().find(|m| m["mountPath"].as_str().is_some_and(|dir| file.starts_with(dir))))
             .map(|mount| mount["name"].clone())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{context}: {} is not mounted in {}",
-                    file.display(),
-                    container["name"]
-                )
-            })
+            .unwrap_or_else(|| panic!("{context}: {} is not mounted in {}", file.display(), container["name"]))
     };
     let producers: Vec<&Value> = pod.spec["containers"]
         .as_array()
@@ -391,10 +303,7 @@ fn producers_reach_the_sidecar_with_its_token() {
         .iter()
         .filter(|c| c["name"] != "spout-sidecar")
         .collect();
-    assert!(
-        !producers.is_empty(),
-        "{context}: no producer beside the sidecar"
-    );
+    assert!(!producers.is_empty(), "{context}: no producer beside the sidecar");
     for producer in producers {
         let env = container_env(producer);
         assert_eq!(
@@ -403,10 +312,7 @@ fn producers_reach_the_sidecar_with_its_token() {
             "{context}: {} must reach the sidecar",
             producer["name"]
         );
-        let token = options
-            .auth_token_file
-            .as_deref()
-            .expect("the sidecar listens beyond loopback");
+        let token = options.auth_token_file.as_deref().expect("the sidecar listens beyond loopback");
         assert_eq!(
             env.get("PRODUCER_TOKEN_FILE").map(Path::new),
             Some(token),
@@ -419,8 +325,7 @@ fn producers_reach_the_sidecar_with_its_token() {
             "{context}: the producer's token comes from another volume"
         );
         crate::pachyderm::assert_producer_exists(
-            &serde_json::from_value::<Vec<String>>(producer["command"].clone())
-                .expect("producer command"),
+            &serde_json::from_value::<Vec<String>>(producer["command"].clone()).expect("producer command"),
             context,
         );
     }
@@ -433,9 +338,7 @@ pub fn probe_paths() -> Vec<(String, String)> {
         .flat_map(|pod| {
             let container = sidecar_container(pod);
             ["readinessProbe", "livenessProbe"].map(|probe| {
-                let path = container[probe]["httpGet"]["path"]
-                    .as_str()
-                    .unwrap_or_default();
+                let path = container[probe]["httpGet"]["path"].as_str().unwrap_or_default();
                 (pod.context.clone(), path.to_owned())
             })
         })

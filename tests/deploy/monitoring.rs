@@ -23,12 +23,7 @@ struct Family {
 }
 
 impl Catalog {
-    pub fn add(
-        &mut self,
-        name: &str,
-        histogram: bool,
-        labels: impl IntoIterator<Item = (String, Option<String>)>,
-    ) {
+    pub fn add(&mut self, name: &str, histogram: bool, labels: impl IntoIterator<Item = (String, Option<String>)>) {
         let family = self.families.entry(name.to_owned()).or_default();
         family.histogram |= histogram;
         for (label, value) in labels {
@@ -44,10 +39,7 @@ impl Catalog {
             return Some((family, family.labels.clone()));
         }
         ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
-            let family = self
-                .families
-                .get(series.strip_suffix(suffix)?)
-                .filter(|f| f.histogram)?;
+            let family = self.families.get(series.strip_suffix(suffix)?).filter(|f| f.histogram)?;
             let mut labels = family.labels.clone();
             if *suffix == "_bucket" {
                 labels.insert("le".into());
@@ -65,26 +57,14 @@ impl Catalog {
             let context = format!("{}: {}", query.source, query.expr);
             let mut labels_below = BTreeMap::new();
             for selector in &query.selectors {
-                let (family, labels) = self.family_of(&selector.metric).unwrap_or_else(|| {
-                    panic!("{context}: the sidecar exports no `{}`", selector.metric)
-                });
-                for label in selector
-                    .labels
-                    .iter()
-                    .filter(|l| !from_prometheus.contains(l.as_str()))
-                {
-                    assert!(
-                        labels.contains(label),
-                        "{context}: `{}` has no label `{label}`",
-                        selector.metric
-                    );
+                let (family, labels) = self
+                    .family_of(&selector.metric)
+                    .unwrap_or_else(|| panic!("{context}: the sidecar exports no `{}`", selector.metric));
+                for label in selector.labels.iter().filter(|l| !from_prometheus.contains(l.as_str())) {
+                    assert!(labels.contains(label), "{context}: `{}` has no label `{label}`", selector.metric);
                 }
                 if values {
-                    for (label, value) in selector
-                        .equal
-                        .iter()
-                        .filter(|(l, _)| !from_prometheus.contains(l.as_str()))
-                    {
+                    for (label, value) in selector.equal.iter().filter(|(l, _)| !from_prometheus.contains(l.as_str())) {
                         let known = family.values.get(label).cloned().unwrap_or_default();
                         assert!(
                             known.contains(value),
@@ -96,20 +76,9 @@ impl Catalog {
                 labels_below.insert(selector.metric.clone(), labels);
             }
             for grouping in &query.groupings {
-                for label in grouping
-                    .labels
-                    .iter()
-                    .filter(|l| !from_prometheus.contains(l.as_str()))
-                {
-                    let somewhere = grouping
-                        .metrics
-                        .iter()
-                        .any(|m| labels_below[m].contains(label));
-                    assert!(
-                        somewhere,
-                        "{context}: groups by `{label}`, which none of {:?} has",
-                        grouping.metrics
-                    );
+                for label in grouping.labels.iter().filter(|l| !from_prometheus.contains(l.as_str())) {
+                    let somewhere = grouping.metrics.iter().any(|m| labels_below[m].contains(label));
+                    assert!(somewhere, "{context}: groups by `{label}`, which none of {:?} has", grouping.metrics);
                 }
             }
         }
@@ -128,36 +97,17 @@ fn dashboard_is_importable_and_covers_the_essentials() {
         .iter()
         .filter_map(|v| v["name"].as_str())
         .collect();
-    assert!(
-        variables.contains(&"datasource"),
-        "dashboard: a datasource variable, so that import asks for one"
-    );
+    assert!(variables.contains(&"datasource"), "dashboard: a datasource variable, so that import asks for one");
     let mut ids = BTreeSet::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         let title = panel["title"].as_str().unwrap_or_default();
-        assert!(
-            ids.insert(panel["id"].as_u64().expect("panel id")),
-            "dashboard: panel id {} twice",
-            panel["id"]
-        );
+        assert!(ids.insert(panel["id"].as_u64().expect("panel id")), "dashboard: panel id {} twice", panel["id"]);
         let grid = &panel["gridPos"];
-        let (x, w) = (
-            grid["x"].as_u64().expect("gridPos.x"),
-            grid["w"].as_u64().expect("gridPos.w"),
-        );
-        assert!(
-            w > 0 && x + w <= 24,
-            "panel {title}: outside the 24-column grid"
-        );
+        let (x, w) = (grid["x"].as_u64().expect("gridPos.x"), grid["w"].as_u64().expect("gridPos.w"));
+        assert!(w > 0 && x + w <= 24, "panel {title}: outside the 24-column grid");
         if panel["type"] != "row" {
-            assert_eq!(
-                panel["datasource"]["uid"], "${datasource}",
-                "panel {title}: use the datasource variable"
-            );
-            assert!(
-                panel["targets"].as_array().is_some_and(|t| !t.is_empty()),
-                "panel {title}: no query"
-            );
+            assert_eq!(panel["datasource"]["uid"], "${datasource}", "panel {title}: use the datasource variable");
+            assert!(panel["targets"].as_array().is_some_and(|t| !t.is_empty()), "panel {title}: no query");
         }
     }
     let targets = promql::dashboard_targets();
@@ -171,10 +121,8 @@ fn dashboard_is_importable_and_covers_the_essentials() {
             );
         }
     }
-    let queried: BTreeSet<&str> = targets
-        .iter()
-        .flat_map(|t| t.query.selectors.iter().map(|s| s.metric.as_str()))
-        .collect();
+    let queried: BTreeSet<&str> =
+        targets.iter().flat_map(|t| t.query.selectors.iter().map(|s| s.metric.as_str())).collect();
     for essential in [
         "spout_messages_received_total",
         "spout_batches_committed_total",
@@ -191,65 +139,36 @@ fn dashboard_is_importable_and_covers_the_essentials() {
         "spout_process_cpu_seconds_total",
         "spout_process_open_fds",
     ] {
-        assert!(
-            queried.contains(essential),
-            "dashboard: nothing shows {essential}"
-        );
+        assert!(queried.contains(essential), "dashboard: nothing shows {essential}");
     }
 }
 
 /// `{{label}}` placeholders of a Grafana legend.
 fn legend_labels(legend: &str) -> Vec<&str> {
-    legend
-        .split("{{")
-        .skip(1)
-        .filter_map(|rest| rest.split_once("}}"))
-        .map(|(label, _)| label.trim())
-        .collect()
+    legend.split("{{").skip(1).filter_map(|rest| rest.split_once("}}")).map(|(label, _)| label.trim()).collect()
 }
 
 #[test]
 fn alert_rules_cover_the_failures_and_say_what_to_do() {
     let rules = promql::alert_rules();
-    let names: Vec<&str> = rules
-        .iter()
-        .filter_map(|(rule, _)| rule["alert"].as_str())
-        .collect();
-    for required in [
-        "SpoutSinkDown",
-        "SpoutBufferAlmostFull",
-        "SpoutCommitsStalled",
-    ] {
+    let names: Vec<&str> = rules.iter().filter_map(|(rule, _)| rule["alert"].as_str()).collect();
+    for required in ["SpoutSinkDown", "SpoutBufferAlmostFull", "SpoutCommitsStalled"] {
         assert!(names.contains(&required), "alerts.yml: no {required}");
     }
     for (rule, query) in &rules {
         let context = &query.source;
         assert!(
-            matches!(
-                rule["labels"]["severity"].as_str(),
-                Some("critical" | "warning")
-            ),
+            matches!(rule["labels"]["severity"].as_str(), Some("critical" | "warning")),
             "{context}: severity critical or warning"
         );
         for annotation in ["summary", "description"] {
             assert!(
-                rule["annotations"][annotation]
-                    .as_str()
-                    .is_some_and(|s| !s.is_empty()),
+                rule["annotations"][annotation].as_str().is_some_and(|s| !s.is_empty()),
                 "{context}: no {annotation}"
             );
         }
-        let by_instance = query
-            .groupings
-            .iter()
-            .any(|g| g.labels.iter().any(|l| l == "instance"));
-        assert!(
-            by_instance,
-            "{context}: group by instance so the page says which sidecar"
-        );
-        assert!(
-            rule.get("for").is_none_or(Value::is_string),
-            "{context}: `for` is a duration string"
-        );
+        let by_instance = query.groupings.iter().any(|g| g.labels.iter().any(|l| l == "instance"));
+        assert!(by_instance, "{context}: group by instance so the page says which sidecar");
+        assert!(rule.get("for").is_none_or(Value::is_string), "{context}: `for` is a duration string");
     }
 }

@@ -86,36 +86,21 @@ fn specs() -> Vec<Spec> {
             } else if name.starts_with("spout-v2") {
                 Generation::V2
             } else {
-                panic!(
-                    "{}: name it spout-v1* or spout-v2* after the spout generation it targets",
-                    shown(&path)
-                )
+                panic!("{}: name it spout-v1* or spout-v2* after the spout generation it targets", shown(&path))
             };
-            Spec {
-                body: files::json(&path),
-                path,
-                generation,
-            }
+            Spec { body: files::json(&path), path, generation }
         })
         .collect();
     for generation in [Generation::V1, Generation::V2] {
-        assert!(
-            specs.iter().any(|s| s.generation == generation),
-            "no {generation:?} spout spec"
-        );
+        assert!(specs.iter().any(|s| s.generation == generation), "no {generation:?} spout spec");
     }
     specs
 }
 
 fn assert_only_fields(object: &Value, allowed: &[&str], context: &str) {
-    let object = object
-        .as_object()
-        .unwrap_or_else(|| panic!("{context}: not an object"));
+    let object = object.as_object().unwrap_or_else(|| panic!("{context}: not an object"));
     for key in object.keys() {
-        assert!(
-            allowed.contains(&key.as_str()),
-            "{context}: `{key}` is not a field here (allowed: {allowed:?})"
-        );
+        assert!(allowed.contains(&key.as_str()), "{context}: `{key}` is not a field here (allowed: {allowed:?})");
     }
 }
 
@@ -132,11 +117,7 @@ fn strings(value: &Value, context: &str) -> Vec<String> {
         .as_array()
         .unwrap_or_else(|| panic!("{context}: not an array"))
         .iter()
-        .map(|v| {
-            v.as_str()
-                .unwrap_or_else(|| panic!("{context}: {v} is not a string"))
-                .to_owned()
-        })
+        .map(|v| v.as_str().unwrap_or_else(|| panic!("{context}: {v} is not a string")).to_owned())
         .collect()
 }
 
@@ -158,9 +139,7 @@ fn transform_env(spec: &Spec) -> BTreeMap<String, String> {
             .unwrap_or_else(|| panic!("{context}: transform.env must map names to strings"))
             .iter()
             .map(|(k, v)| {
-                let v = v
-                    .as_str()
-                    .unwrap_or_else(|| panic!("{context}: transform.env.{k} must be a string"));
+                let v = v.as_str().unwrap_or_else(|| panic!("{context}: transform.env.{k} must be a string"));
                 (k.clone(), v.to_owned())
             })
             .collect(),
@@ -181,10 +160,7 @@ fn secret_mounts(spec: &Spec) -> Vec<PathBuf> {
             str_field(secret, "/name", &context);
             let by_env = secret.get("env_var").is_some() && secret.get("key").is_some();
             let mount = secret.get("mount_path").and_then(Value::as_str);
-            assert!(
-                by_env || mount.is_some(),
-                "{context}: a secret needs mount_path, or env_var and key"
-            );
+            assert!(by_env || mount.is_some(), "{context}: a secret needs mount_path, or env_var and key");
             mount.map(PathBuf::from)
         })
         .collect()
@@ -207,33 +183,17 @@ fn pipeline_specs_have_what_pachctl_needs() {
         let body = &spec.body;
         assert_only_fields(body, SPEC_FIELDS, &context);
         let name = str_field(body, "/pipeline/name", &context);
-        assert!(
-            valid_pipeline_name(name),
-            "{context}: `{name}` is not a valid pipeline name"
-        );
-        assert_only_fields(
-            &body["transform"],
-            TRANSFORM_FIELDS,
-            &format!("{context}: transform"),
-        );
+        assert!(valid_pipeline_name(name), "{context}: `{name}` is not a valid pipeline name");
+        assert_only_fields(&body["transform"], TRANSFORM_FIELDS, &format!("{context}: transform"));
         let image = str_field(body, "/transform/image", &context);
         assert!(
-            image
-                .rsplit_once(':')
-                .is_some_and(|(_, tag)| !tag.contains('/') && tag != "latest"),
+            image.rsplit_once(':').is_some_and(|(_, tag)| !tag.contains('/') && tag != "latest"),
             "{context}: pin the image to a version tag, not `{image}`"
         );
-        assert!(
-            !strings(&body["transform"]["cmd"], &context).is_empty(),
-            "{context}: transform.cmd is empty"
-        );
+        assert!(!strings(&body["transform"]["cmd"], &context).is_empty(), "{context}: transform.cmd is empty");
         transform_env(&spec);
         secret_mounts(&spec);
-        assert_only_fields(
-            &body["spout"],
-            spout_fields(spec.generation),
-            &format!("{context}: spout"),
-        );
+        assert_only_fields(&body["spout"], spout_fields(spec.generation), &format!("{context}: spout"));
         assert_only_fields(
             &body["spout"]["service"],
             service_fields(spec.generation),
@@ -246,62 +206,33 @@ fn pipeline_specs_have_what_pachctl_needs() {
             (30000..=32767).contains(&external),
             "{context}: external_port {external} is outside the NodePort range"
         );
-        assert!(
-            node_ports.insert(external),
-            "{context}: external_port {external} is taken by another spec"
-        );
+        assert!(node_ports.insert(external), "{context}: external_port {external} is taken by another spec");
         let annotations = &body["metadata"]["annotations"];
-        assert_eq!(
-            annotations["prometheus.io/scrape"], "true",
-            "{context}: not scraped"
-        );
-        assert_eq!(
-            annotations["prometheus.io/port"],
-            internal.to_string(),
-            "{context}: scrape port"
-        );
-        assert!(sidecar::ENDPOINTS.contains(&str_field(
-            annotations,
-            "/prometheus.io~1path",
-            &context
-        )));
+        assert_eq!(annotations["prometheus.io/scrape"], "true", "{context}: not scraped");
+        assert_eq!(annotations["prometheus.io/port"], internal.to_string(), "{context}: scrape port");
+        assert!(sidecar::ENDPOINTS.contains(&str_field(annotations, "/prometheus.io~1path", &context)));
     }
 }
 
 /// The supervisor form: `spout-sidecar [OPTIONS] -- python3 producer.py` as transform.cmd.
 #[test]
 fn supervised_sidecars_parse_and_match_their_spec() {
-    let supervised: Vec<Spec> = specs()
-        .into_iter()
-        .filter(|s| s.body["transform"]["cmd"][0] == "spout-sidecar")
-        .collect();
-    assert!(
-        supervised.iter().any(|s| s.generation == Generation::V1),
-        "a 1.x spec in the supervisor form"
-    );
-    assert!(
-        supervised.iter().any(|s| s.generation == Generation::V2),
-        "a 2.x spec in the supervisor form"
-    );
+    let supervised: Vec<Spec> =
+        specs().into_iter().filter(|s| s.body["transform"]["cmd"][0] == "spout-sidecar").collect();
+    assert!(supervised.iter().any(|s| s.generation == Generation::V1), "a 1.x spec in the supervisor form");
+    assert!(supervised.iter().any(|s| s.generation == Generation::V2), "a 2.x spec in the supervisor form");
     for spec in supervised {
         let context = shown(&spec.path);
         let cmd = strings(&spec.body["transform"]["cmd"], &context);
         let options = sidecar::parse(&cmd[1..], &transform_env(&spec), &context);
-        assert!(
-            !options.command.is_empty(),
-            "{context}: nothing after `--`: the sidecar supervises no producer"
-        );
+        assert!(!options.command.is_empty(), "{context}: nothing after `--`: the sidecar supervises no producer");
         assert_producer_exists(&options.command, &context);
         let reaches_spout = match (&options.sink, spec.generation) {
             (SinkSpec::Auto, _) => true,
             (SinkSpec::Fifo(pipe), Generation::V1) => pipe == Path::new("/pfs/out"),
             _ => false,
         };
-        assert!(
-            reaches_spout,
-            "{context}: --sink {:?} does not reach a {:?} spout",
-            options.sink, spec.generation
-        );
+        assert!(reaches_spout, "{context}: --sink {:?} does not reach a {:?} spout", options.sink, spec.generation);
         assert_eq!(
             sidecar::port(&options, &context),
             service_port(&spec, "internal_port"),
@@ -310,16 +241,12 @@ fn supervised_sidecars_parse_and_match_their_spec() {
         sidecar::assert_authenticated_if_exposed(&options, &context);
         if let Some(token) = &options.auth_token_file {
             assert!(
-                secret_mounts(&spec)
-                    .iter()
-                    .any(|dir| token.starts_with(dir)),
+                secret_mounts(&spec).iter().any(|dir| token.starts_with(dir)),
                 "{context}: the token file {} is in no mounted secret",
                 token.display()
             );
         }
-        let producer_token = transform_env(&spec)
-            .get("PRODUCER_TOKEN_FILE")
-            .map(PathBuf::from);
+        let producer_token = transform_env(&spec).get("PRODUCER_TOKEN_FILE").map(PathBuf::from);
         assert_eq!(
             producer_token, options.auth_token_file,
             "{context}: the producer must send the token the sidecar requires: PRODUCER_TOKEN_FILE is --auth-token-file"
@@ -331,23 +258,14 @@ fn supervised_sidecars_parse_and_match_their_spec() {
 /// pod patch adds the sidecar; the patch must be the one deploy/k8s offers.
 #[test]
 fn pod_patched_spec_embeds_the_kubernetes_patch() {
-    let patched: Vec<Spec> = specs()
-        .into_iter()
-        .filter(|s| s.body.get("pod_patch").is_some())
-        .collect();
-    assert!(
-        !patched.is_empty(),
-        "a spec adding the sidecar with pod_patch"
-    );
+    let patched: Vec<Spec> = specs().into_iter().filter(|s| s.body.get("pod_patch").is_some()).collect();
+    assert!(!patched.is_empty(), "a spec adding the sidecar with pod_patch");
     let shipped = files::json(&files::deploy_dir().join("k8s/pachyderm-pod-patch.json"));
     for spec in patched {
         let context = shown(&spec.path);
         let patch: Value = serde_json::from_str(str_field(&spec.body, "/pod_patch", &context))
             .unwrap_or_else(|e| panic!("{context}: pod_patch is not JSON: {e}"));
-        assert_eq!(
-            patch, shipped,
-            "{context}: pod_patch differs from deploy/k8s/pachyderm-pod-patch.json"
-        );
+        assert_eq!(patch, shipped, "{context}: pod_patch differs from deploy/k8s/pachyderm-pod-patch.json");
         let name = str_field(&spec.body, "/pipeline/name", &context);
         let sidecar_env = crate::kubernetes::container_env(&patch[1]["value"]);
         assert_eq!(
@@ -370,9 +288,7 @@ fn pod_patched_spec_embeds_the_kubernetes_patch() {
         );
         if let Some(token) = &token {
             assert!(
-                secret_mounts(&spec)
-                    .iter()
-                    .any(|dir| token.starts_with(dir)),
+                secret_mounts(&spec).iter().any(|dir| token.starts_with(dir)),
                 "{context}: the producer's token file is in no mounted secret"
             );
         }
@@ -397,14 +313,9 @@ pub fn assert_producer_exists(command: &[String], context: &str) {
         .find_map(|arg| arg.strip_prefix("/opt/spout/"))
         .unwrap_or_else(|| panic!("{context}: {command:?} runs no producer of /opt/spout"));
     let source = files::deploy_dir().join("pachyderm").join(script);
+    assert!(source.is_file(), "{context}: {} does not exist", shown(&source));
     assert!(
-        source.is_file(),
-        "{context}: {} does not exist",
-        shown(&source)
-    );
-    assert!(
-        files::read(&files::deploy_dir().join("Dockerfile"))
-            .contains("COPY deploy/pachyderm/*.py /opt/spout/"),
+        files::read(&files::deploy_dir().join("Dockerfile")).contains("COPY deploy/pachyderm/*.py /opt/spout/"),
         "deploy/Dockerfile no longer copies the producers to /opt/spout"
     );
 }
@@ -416,10 +327,7 @@ fn producers_compile() {
     let status = Command::new("python3")
         .args(["-m", "py_compile"])
         .args(&scripts)
-        .env(
-            "PYTHONPYCACHEPREFIX",
-            std::env::temp_dir().join("spout-deploy-pycache"),
-        )
+        .env("PYTHONPYCACHEPREFIX", std::env::temp_dir().join("spout-deploy-pycache"))
         .status()
         .expect("python3 runs (the example producers are Python)");
     assert!(status.success(), "the example producers do not compile");

@@ -47,14 +47,8 @@ pub struct Query {
 
 impl Query {
     pub fn parse(source: String, expr: &str) -> Query {
-        let ast =
-            parser::parse(expr).unwrap_or_else(|e| panic!("{source}: not PromQL: {e}\n{expr}"));
-        let mut query = Query {
-            source,
-            expr: expr.to_owned(),
-            selectors: Vec::new(),
-            groupings: Vec::new(),
-        };
+        let ast = parser::parse(expr).unwrap_or_else(|e| panic!("{source}: not PromQL: {e}\n{expr}"));
+        let mut query = Query { source, expr: expr.to_owned(), selectors: Vec::new(), groupings: Vec::new() };
         query.walk(&ast);
         query
     }
@@ -75,18 +69,10 @@ impl Query {
             Expr::Binary(bin) => {
                 let mut metrics = self.walk(&bin.lhs);
                 metrics.extend(self.walk(&bin.rhs));
-                self.group(
-                    bin.modifier.as_ref().and_then(|m| m.matching.as_ref()),
-                    &metrics,
-                );
+                self.group(bin.modifier.as_ref().and_then(|m| m.matching.as_ref()), &metrics);
                 metrics
             }
-            Expr::Call(call) => call
-                .args
-                .args
-                .iter()
-                .flat_map(|arg| self.walk(arg))
-                .collect(),
+            Expr::Call(call) => call.args.args.iter().flat_map(|arg| self.walk(arg)).collect(),
             Expr::Paren(paren) => self.walk(&paren.expr),
             Expr::Unary(unary) => self.walk(&unary.expr),
             Expr::Subquery(sub) => self.walk(&sub.expr),
@@ -95,10 +81,8 @@ impl Query {
     }
 
     fn select(&mut self, vs: &parser::VectorSelector) -> Vec<String> {
-        let metric = vs
-            .name
-            .clone()
-            .unwrap_or_else(|| panic!("{}: select metrics by name: {}", self.source, self.expr));
+        let metric =
+            vs.name.clone().unwrap_or_else(|| panic!("{}: select metrics by name: {}", self.source, self.expr));
         let matchers = &vs.matchers.matchers;
         self.selectors.push(Selector {
             metric: metric.clone(),
@@ -115,32 +99,20 @@ impl Query {
     fn group(&mut self, modifier: Option<&LabelModifier>, metrics: &[String]) {
         if let Some(modifier) = modifier {
             let labels = modifier.labels().labels.clone();
-            self.groupings.push(Grouping {
-                labels,
-                metrics: metrics.to_vec(),
-            });
+            self.groupings.push(Grouping { labels, metrics: metrics.to_vec() });
         }
     }
 
     /// Every label the query can hand to a legend: those it groups by.
     pub fn grouped_labels(&self) -> BTreeSet<&str> {
-        self.groupings
-            .iter()
-            .flat_map(|g| g.labels.iter().map(String::as_str))
-            .collect()
+        self.groupings.iter().flat_map(|g| g.labels.iter().map(String::as_str)).collect()
     }
 }
 
 /// Grafana's variables, replaced by what they stand for in a plain query.
 fn without_grafana_variables(expr: &str) -> String {
-    let plain = expr
-        .replace("$__rate_interval", "5m")
-        .replace("$job", ".*")
-        .replace("$instance", ".*");
-    assert!(
-        !plain.contains('$'),
-        "a Grafana variable this test does not know: {expr}"
-    );
+    let plain = expr.replace("$__rate_interval", "5m").replace("$job", ".*").replace("$instance", ".*");
+    assert!(!plain.contains('$'), "a Grafana variable this test does not know: {expr}");
     plain
 }
 
@@ -156,26 +128,13 @@ pub fn dashboard_targets() -> Vec<DashboardTarget> {
         .iter()
         .flat_map(|panel| {
             let title = panel["title"].as_str().unwrap_or("untitled").to_owned();
-            panel["targets"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |target| {
-                    let expr = target["expr"]
-                        .as_str()
-                        .unwrap_or_else(|| panic!("panel {title}: a target without expr"));
-                    DashboardTarget {
-                        query: Query::parse(
-                            format!("dashboard panel `{title}`"),
-                            &without_grafana_variables(expr),
-                        ),
-                        legend: target["legendFormat"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    }
-                })
+            panel["targets"].as_array().cloned().unwrap_or_default().into_iter().map(move |target| {
+                let expr = target["expr"].as_str().unwrap_or_else(|| panic!("panel {title}: a target without expr"));
+                DashboardTarget {
+                    query: Query::parse(format!("dashboard panel `{title}`"), &without_grafana_variables(expr)),
+                    legend: target["legendFormat"].as_str().unwrap_or_default().to_owned(),
+                }
+            })
         })
         .collect()
 }
@@ -188,13 +147,8 @@ pub fn alert_rules() -> Vec<(serde_json::Value, Query)> {
         .iter()
         .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
         .map(|rule| {
-            let name = rule["alert"]
-                .as_str()
-                .unwrap_or_else(|| panic!("a rule without `alert`: {rule}"));
-            let query = Query::parse(
-                format!("alert {name}"),
-                rule["expr"].as_str().expect("rule expr"),
-            );
+            let name = rule["alert"].as_str().unwrap_or_else(|| panic!("a rule without `alert`: {rule}"));
+            let query = Query::parse(format!("alert {name}"), rule["expr"].as_str().expect("rule expr"));
             (rule, query)
         })
         .collect()

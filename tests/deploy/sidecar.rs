@@ -19,8 +19,7 @@ pub fn parse(args: &[String], env: &BTreeMap<String, String>, context: &str) -> 
         argv.extend(env_as_flag(name, value, context));
     }
     argv.extend(args.iter().cloned());
-    Options::try_parse_from(&argv)
-        .unwrap_or_else(|e| panic!("{context}: spout-sidecar would refuse {argv:?}:\n{e}"))
+    Options::try_parse_from(&argv).unwrap_or_else(|e| panic!("{context}: spout-sidecar would refuse {argv:?}:\n{e}"))
 }
 
 /// `SPOUT_X=V` as the flag clap reads it from, so that a flag given both ways is caught
@@ -31,10 +30,7 @@ fn env_as_flag(name: &str, value: &str, context: &str) -> Vec<String> {
         .get_arguments()
         .find(|arg| arg.get_env().is_some_and(|env| env == name))
         .unwrap_or_else(|| panic!("{context}: {name} is not an option of spout-sidecar"));
-    let flag = format!(
-        "--{}",
-        arg.get_long().expect("options with env are long flags")
-    );
+    let flag = format!("--{}", arg.get_long().expect("options with env are long flags"));
     if arg.get_action().takes_values() {
         vec![flag, value.to_owned()]
     } else if matches!(value, "true" | "1") {
@@ -65,8 +61,5 @@ pub fn assert_authenticated_if_exposed(options: &Options, context: &str) {
         Ok(addr) => addr.ip().is_loopback(),
         Err(_) => addr.starts_with("localhost:"),
     };
-    assert!(
-        loopback || options.auth_token_file.is_some(),
-        "{context}: listens on {addr} without --auth-token-file"
-    );
+    assert!(loopback || options.auth_token_file.is_some(), "{context}: listens on {addr} without --auth-token-file");
 }

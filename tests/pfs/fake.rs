@@ -99,7 +99,9 @@ impl FakePachd {
         let check = Command::new(&python)
             .args(["-c", "import python_pachyderm.proto.v2.pfs.pfs_pb2_grpc"])
             .output()
-            .unwrap_or_else(|e| panic!("the pfs tests need `{python}` (Python 3) to run the fake pachd: {e}; then {INSTALL}"));
+            .unwrap_or_else(|e| {
+                panic!("the pfs tests need `{python}` (Python 3) to run the fake pachd: {e}; then {INSTALL}")
+            });
         assert!(
             check.status.success(),
             "the pfs tests run a fake pachd on Pachyderm's published stubs, and `{python}` cannot import them; \

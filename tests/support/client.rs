@@ -65,8 +65,7 @@ impl Connection {
 
     /// Sends a request with a body and the given extra headers; reads the answer.
     pub fn request(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        self.try_request(method, target, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {target}: no answer: {e}"))
+        self.try_request(method, target, headers, body).unwrap_or_else(|e| panic!("{method} {target}: no answer: {e}"))
     }
 
     /// Like [`Self::request`], for tests where a connection may fail.

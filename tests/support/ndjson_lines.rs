@@ -17,8 +17,7 @@ pub fn line(i: usize) -> String {
 pub fn post_lines(conn: &mut Connection, range: std::ops::Range<usize>) {
     let body: String = range.map(|i| line(i) + "\n").collect();
     loop {
-        let answer =
-            conn.request("POST", "/messages", &[("Content-Type", "application/x-ndjson")], body.as_bytes());
+        let answer = conn.request("POST", "/messages", &[("Content-Type", "application/x-ndjson")], body.as_bytes());
         match answer.status {
             202 => return,
             503 => std::thread::sleep(Duration::from_millis(10)),
@@ -32,8 +31,7 @@ pub fn assert_lines_exactly_once(commits: &[Commit], count: usize) {
     let files: Vec<&(String, Vec<u8>)> = commits.iter().flatten().collect();
     let names: BTreeSet<&String> = files.iter().map(|(name, _)| name).collect();
     assert_eq!(names.len(), files.len(), "file names are unique");
-    let mut lines: Vec<String> =
-        files.iter().map(|(_, data)| String::from_utf8(data.clone()).unwrap()).collect();
+    let mut lines: Vec<String> = files.iter().map(|(_, data)| String::from_utf8(data.clone()).unwrap()).collect();
     lines.sort_by_key(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap());
     assert_eq!(lines.len(), count, "messages committed");
     assert!(lines.iter().enumerate().all(|(i, l)| *l == line(i)), "every line once, bytes unchanged");

@@ -184,8 +184,7 @@ fn read_commits(path: &Path, mode: Mode, control: &Control) -> Vec<Commit> {
 }
 
 fn read_archive(pipe: &mut impl Read, control: &Control) -> Outcome {
-    let must_die =
-        || control.die_after.is_some_and(|limit| control.bytes_read.load(Ordering::SeqCst) >= limit);
+    let must_die = || control.die_after.is_some_and(|limit| control.bytes_read.load(Ordering::SeqCst) >= limit);
     let mut archive = Vec::new();
     loop {
         let Some(header) = read_block(pipe, control) else {
@@ -246,8 +245,7 @@ fn read_block(pipe: &mut impl Read, control: &Control) -> Option<[u8; BLOCK]> {
 /// A header's checksum: the sum of its bytes, the checksum field counted as spaces.
 fn checksum(header: &[u8; BLOCK]) -> u32 {
     let field = 148..156;
-    let sum: u32 =
-        header.iter().enumerate().filter(|(i, _)| !field.contains(i)).map(|(_, &b)| u32::from(b)).sum();
+    let sum: u32 = header.iter().enumerate().filter(|(i, _)| !field.contains(i)).map(|(_, &b)| u32::from(b)).sum();
     sum + 8 * u32::from(b' ')
 }
 

@@ -119,9 +119,8 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
 
 /// Every committed file of a `dir:` sink: (commit id, file name, bytes), in commit order.
 pub fn dir_commits(root: &Path) -> Vec<(String, String, Vec<u8>)> {
-    let mut commits: Vec<PathBuf> = std::fs::read_dir(root)
-        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
+    let mut commits: Vec<PathBuf> =
+        std::fs::read_dir(root).map(|entries| entries.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
     commits.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
     commits.sort();
     let mut files = Vec::new();

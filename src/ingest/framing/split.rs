@@ -375,7 +375,10 @@ mod tests {
     fn a_long_line_names_its_number_and_offset() {
         let (kind, message) = error(whole(Unit::Line, 3, cut(b"ab\n\nabcd\nx", &[])));
         assert_eq!(kind, DecodeErrorKind::TooLarge);
-        assert_eq!(message, "line 3 (starting at byte 4) is longer than the 3-byte message limit (--max-message-bytes)");
+        assert_eq!(
+            message,
+            "line 3 (starting at byte 4) is longer than the 3-byte message limit (--max-message-bytes)"
+        );
         assert_eq!(texts(whole(Unit::Line, 3, cut(b"abc\nabc", &[])).unwrap()), ["abc", "abc"]);
     }
 
@@ -400,7 +403,10 @@ mod tests {
         body.extend_from_slice(&[0, 0]);
         let (kind, message) = error(whole(Unit::Frame, 10, cut(&body, &[])));
         assert_eq!(kind, DecodeErrorKind::BadFraming);
-        assert_eq!(message, "frame 2 (starting at byte 7) is cut short: the body ends 2 bytes into its 4-byte length header");
+        assert_eq!(
+            message,
+            "frame 2 (starting at byte 7) is cut short: the body ends 2 bytes into its 4-byte length header"
+        );
 
         let body = frames(&[b"one".to_vec(), b"four".to_vec()]);
         let (kind, message) = error(whole(Unit::Frame, 10, cut(&body[..body.len() - 1], &[5])));

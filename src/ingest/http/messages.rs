@@ -114,7 +114,10 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
     if messages.is_empty() {
         let status = if options.wait_commit { StatusCode::OK } else { StatusCode::ACCEPTED };
         let files = options.wait_commit.then(Vec::new);
-        return Ok(reply::json(status, &Accepted { accepted: 0, first_seq: None, last_seq: None, commit: None, files }));
+        return Ok(reply::json(
+            status,
+            &Accepted { accepted: 0, first_seq: None, last_seq: None, commit: None, files },
+        ));
     }
     let count = messages.len() as u64;
     let names = messages.iter().map(|m| m.name.clone()).collect();
@@ -269,11 +272,8 @@ async fn read_body(api: &Api, request: Request<Body>) -> Result<Vec<Bytes>, Reje
             format!("request body of {size} is over --max-request-bytes ({limit} bytes)"),
         )
     };
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(declared) = declared.filter(|&n| n > limit) {
         return Err(too_large(&format!("{declared} bytes")));
     }
@@ -317,10 +317,7 @@ fn unpin_small(chunks: Vec<Bytes>, total: u64) -> Vec<Bytes> {
 }
 
 fn draining() -> Rejection {
-    Rejection {
-        uncounted_reason: Some("draining"),
-        reply: reply::unavailable("overloaded", DRAINING, 5),
-    }
+    Rejection { uncounted_reason: Some("draining"), reply: reply::unavailable("overloaded", DRAINING, 5) }
 }
 
 /// Refusals from admission are already counted per message by `Intake`.
@@ -331,9 +328,7 @@ fn refused(why: Refused) -> Rejection {
             "the buffer is full (--max-buffer-bytes); the sink is not keeping up, retry later",
             1,
         ),
-        Refused::Draining => {
-            reply::unavailable("overloaded", DRAINING, 5)
-        }
+        Refused::Draining => reply::unavailable("overloaded", DRAINING, 5),
         Refused::LargerThanBudget => reply::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",

@@ -150,9 +150,7 @@ async fn route_request(api: &Api, transport: Transport, request: Request<Body>) 
     let allowed: &'static str = match path {
         "/messages" | "/flush" => "POST",
         "/healthz" | "/readyz" | "/status" | "/metrics" => "GET, HEAD",
-        _ => {
-            return reply::error(StatusCode::NOT_FOUND, "not_found", format!("no route {path}; see /status"))
-        }
+        _ => return reply::error(StatusCode::NOT_FOUND, "not_found", format!("no route {path}; see /status")),
     };
     let method_ok = match allowed {
         "POST" => request.method() == Method::POST,

@@ -12,9 +12,9 @@ use tonic::{Code, Request, Status};
 
 use super::proto::pfs_v2::api_client::ApiClient;
 use super::proto::pfs_v2::{
-    Branch, ClearCommitRequest, Commit, CommitInfo, CommitState, CreateRepoRequest,
-    FinishCommitRequest, InspectBranchRequest, InspectCommitRequest, InspectRepoRequest,
-    ModifyFileRequest, Project, Repo, StartCommitRequest,
+    Branch, ClearCommitRequest, Commit, CommitInfo, CommitState, CreateRepoRequest, FinishCommitRequest,
+    InspectBranchRequest, InspectCommitRequest, InspectRepoRequest, ModifyFileRequest, Project, Repo,
+    StartCommitRequest,
 };
 use super::target::{Target, TokenSource};
 
@@ -81,9 +81,11 @@ impl Pachd {
     /// Reads the token from its source again (a fixed token file takes effect).
     pub fn reload_token(&mut self) -> Result<(), String> {
         let token = match self.token_source.load(&self.address)? {
-            Some(token) => Some(token.parse::<AsciiMetadataValue>().map_err(|_| {
-                format!("{} is not a valid token (non-ASCII characters)", self.token_origin())
-            })?),
+            Some(token) => Some(
+                token
+                    .parse::<AsciiMetadataValue>()
+                    .map_err(|_| format!("{} is not a valid token (non-ASCII characters)", self.token_origin()))?,
+            ),
             None => None,
         };
         *self.token.0.write().unwrap() = token;
@@ -113,11 +115,8 @@ impl Pachd {
     }
 
     pub async fn start_commit(&mut self, description: &str) -> Result<Commit, Status> {
-        let request = StartCommitRequest {
-            parent: None,
-            description: description.into(),
-            branch: Some(self.branch.clone()),
-        };
+        let request =
+            StartCommitRequest { parent: None, description: description.into(), branch: Some(self.branch.clone()) };
         let mut commit = self.api.start_commit(deadline(request)).await?.into_inner();
         if commit.branch.is_none() {
             commit.branch = Some(self.branch.clone());

@@ -137,10 +137,7 @@ impl Committer {
                     }
                     *dirty = true;
                     let requests = modify_file_requests(commit.clone(), batch.files.clone(), self.ctx.overwrite);
-                    self.pachd
-                        .modify_file(requests, batch.bytes)
-                        .await
-                        .map_err(|s| self.failure("ModifyFile", s))?;
+                    self.pachd.modify_file(requests, batch.bytes).await.map_err(|s| self.failure("ModifyFile", s))?;
                     *progress = Progress::Finish { commit: commit.clone(), tried: false };
                 }
                 Progress::Finish { commit, tried } => {

@@ -32,9 +32,8 @@ pub fn modify_file_requests(
 }
 
 fn file_requests(file: &File, overwrite: bool) -> Vec<ModifyFileRequest> {
-    let delete = overwrite.then(|| {
-        request(Body::DeleteFile(DeleteFile { path: file.name.clone(), datum: String::new() }))
-    });
+    let delete =
+        overwrite.then(|| request(Body::DeleteFile(DeleteFile { path: file.name.clone(), datum: String::new() })));
     let adds = pieces(&file.data).into_iter().map(|piece| {
         request(Body::AddFile(AddFile {
             path: file.name.clone(),
@@ -108,11 +107,8 @@ mod tests {
     use super::*;
 
     fn payload(sizes: &[usize]) -> Payload {
-        let chunks: Vec<Bytes> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| Bytes::from(vec![b'a' + (i % 26) as u8; n]))
-            .collect();
+        let chunks: Vec<Bytes> =
+            sizes.iter().enumerate().map(|(i, &n)| Bytes::from(vec![b'a' + (i % 26) as u8; n])).collect();
         Payload::from(chunks)
     }
 

@@ -61,9 +61,7 @@ impl TokenSource {
     pub fn from_options(file: Option<PathBuf>, token: Option<String>) -> Self {
         match (file, token) {
             (Some(path), _) => TokenSource::File(path),
-            (None, Some(token)) if !token.trim().is_empty() => {
-                TokenSource::Literal(Secret(token.trim().to_owned()))
-            }
+            (None, Some(token)) if !token.trim().is_empty() => TokenSource::Literal(Secret(token.trim().to_owned())),
             _ => TokenSource::Unset,
         }
     }
@@ -186,9 +184,9 @@ fn parse_authority(authority: &str) -> Result<String, String> {
     }
     let port = match port {
         None => DEFAULT_PORT,
-        Some(port) => port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
-            format!("`{port}` is not a port number")
-        })?,
+        Some(port) => {
+            port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("`{port}` is not a port number"))?
+        }
     };
     Ok(format!("{host}:{port}"))
 }
@@ -199,9 +197,9 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("the {what} name is empty"));
     }
     match name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
-        Some(c) => Err(format!(
-            "the {what} name `{name}` has {c:?}: Pachyderm allows only letters, digits, `_` and `-`"
-        )),
+        Some(c) => {
+            Err(format!("the {what} name `{name}` has {c:?}: Pachyderm allows only letters, digits, `_` and `-`"))
+        }
         None => Ok(()),
     }
 }
@@ -230,8 +228,8 @@ struct PachContext {
 }
 
 fn read_pach_config(path: &Path) -> Result<PachContext, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the pachctl config {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the pachctl config {}: {e}", path.display()))?;
     let config: PachConfig = serde_json::from_str(&text)
         .map_err(|e| format!("the pachctl config {} is not valid JSON: {e}", path.display()))?;
     let v2 = config.v2.unwrap_or_default();
@@ -281,10 +279,8 @@ fn pachctl_config_path() -> Option<PathBuf> {
 /// the pipeline's output repo through the pachd the config names.
 pub fn detect_worker(env: impl Fn(&str) -> Option<String>) -> Option<Target> {
     let pipeline = env("PPS_PIPELINE_NAME").filter(|p| !p.is_empty())?;
-    let config = env("PACH_CONFIG")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| WORKER_PACH_CONFIG.into());
+    let config =
+        env("PACH_CONFIG").filter(|p| !p.is_empty()).map(PathBuf::from).unwrap_or_else(|| WORKER_PACH_CONFIG.into());
     if !config.is_file() {
         return None;
     }
@@ -328,7 +324,10 @@ mod tests {
             ("pachd.ns.svc:1650", "events", "raw", "ingest")
         );
         let t = parse("pfs://localhost/events").unwrap();
-        assert_eq!((t.address.as_str(), t.branch.as_str(), t.project.as_str()), ("localhost:30650", "master", "default"));
+        assert_eq!(
+            (t.address.as_str(), t.branch.as_str(), t.project.as_str()),
+            ("localhost:30650", "master", "default")
+        );
         assert_eq!(parse("pfs://[::1]:1653/r@b").unwrap().address, "[::1]:1653");
         assert_eq!(parse("pfs://[::1]/r").unwrap().address, "[::1]:30650");
         assert_eq!(t.to_string(), "pfs://localhost:30650/events@master");
