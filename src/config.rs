@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::encode::Layout;
 use crate::ingest::raw_socket::RawFraming;
 use crate::ingest::WhenFull;
-use crate::sink::{Layout, SinkSpec};
+use crate::sink::SinkSpec;
 
 /// Streams messages into Pachyderm spouts.
 ///

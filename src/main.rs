@@ -12,7 +12,7 @@ use spout_sidecar::config::{Listen, Options};
 use spout_sidecar::listeners::Listeners;
 use spout_sidecar::pipeline::Pipeline;
 use spout_sidecar::shutdown::{self, Signals};
-use spout_sidecar::sink::{self, SinkSpec};
+use spout_sidecar::sink::SinkSettings;
 use spout_sidecar::supervisor::{self, Endpoints};
 
 fn main() -> ExitCode {
@@ -45,30 +45,36 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     let token = read_token(options.auth_token_file.as_deref())?;
     check_exposure(&options, token.is_some())?;
 
-    let spec = match &options.sink {
-        SinkSpec::Auto => sink::resolve_auto(),
-        spec => spec.clone(),
-    }
-    .with_pachd_token(options.pachd_token_file.clone(), options.pachd_token.clone());
-    let sink = sink::open(&spec).map_err(|e| format!("cannot open sink {spec}: {e}"))?;
+    let spec = options.sink.resolve();
+    let settings =
+        SinkSettings { pachd_token_file: options.pachd_token_file.clone(), pachd_token: options.pachd_token.clone() };
+    let sink = spec.open(&settings).map_err(|e| format!("cannot open sink {spec}: {e}"))?;
     let pipeline = Pipeline::start(&options, sink).map_err(|e| format!("cannot start the sink thread: {e}"))?;
     let api = Arc::new(pipeline.api(&options, token));
-    let Pipeline { intake, sink_ctx, sink_name, sink_thread, .. } = pipeline;
+    let Pipeline { intake, health, shutdown: stop, sink_name, sink_thread } = pipeline;
     let mut listeners = Listeners::bind(&options, api).await?;
-    listeners.endpoints.stdout_is_sink = spec == SinkSpec::Stdout;
+    listeners.endpoints.stdout_is_sink = spec.writes_stdout();
     tracing::info!(sink = %sink_name, "spout-sidecar {} ready", env!("CARGO_PKG_VERSION"));
 
     let exit = serve_until_done(&options, &mut signals, &listeners.endpoints).await?;
     listeners.stop_raw(options.shutdown_timeout).await;
-    let drained = shutdown::drain(&intake, &sink_ctx, options.shutdown_timeout).await;
+    let drained = shutdown::drain(&stop, &intake, options.shutdown_timeout).await;
     listeners.stop_http();
     match drained {
         Ok(()) => {
-            let joined = tokio::task::spawn_blocking(move || sink_thread.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                return Err("the sink thread failed while draining".into());
-            }
+            // Everything settled, so the thread is ending; the bound is for a sink
+            // stuck in a call that ignores giving up.
+            let sink_done = tokio::task::spawn_blocking(move || sink_thread.join());
+            let joined = tokio::time::timeout(options.shutdown_timeout, sink_done).await;
             listeners.close_http(Instant::now() + shutdown::ANSWER_GRACE).await;
+            if joined.is_err() {
+                tracing::error!("the sink thread did not end within --shutdown-timeout after the drain");
+                return Ok(ExitCode::from(3));
+            }
+            if health.is_dead() {
+                tracing::error!("a sink thread died: the batches it held failed (each logged above)");
+                return Ok(ExitCode::from(3));
+            }
             tracing::info!("drained: everything accepted is committed");
             Ok(exit)
         }

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,10 +18,11 @@ use bytes::Bytes;
 use spout_sidecar::ack::Ledger;
 use spout_sidecar::batch::{Batcher, Policy};
 use spout_sidecar::buffer::Budget;
-use spout_sidecar::ingest::{Intake, Refused, Transport, WhenFull};
+use spout_sidecar::cancel::Cancel;
+use spout_sidecar::ingest::{AdmitOptions, Answer, FullBudget, Intake, Refused, Transport, WhenFull};
 use spout_sidecar::message::{Incoming, Payload, Sequencer};
 use spout_sidecar::sink::fifo::FifoSink;
-use spout_sidecar::sink::{self, Health, Layout, SinkContext, SinkState};
+use spout_sidecar::sink::{runner, Health, SinkContext, SinkState};
 use support::pachyderm_reader::{Commit, Mode, PachydermReader};
 
 /// A sidecar core writing into a fresh FIFO, driven from the test thread.
@@ -31,7 +31,7 @@ struct Spout {
     path: PathBuf,
     intake: Intake,
     health: Arc<Health>,
-    give_up: Arc<AtomicBool>,
+    give_up: Cancel,
     runtime: tokio::runtime::Runtime,
     sink_thread: Option<JoinHandle<()>>,
 }
@@ -51,21 +51,25 @@ impl Spout {
         let ctx = SinkContext::new(health.clone(), false);
         let give_up = ctx.give_up.clone();
         let sink = Box::new(FifoSink::new(path.clone()));
-        let sink_thread = std::thread::spawn(move || sink::run(sink, batches, Layout::Message, ctx));
-        let intake = Intake::new(batcher, WhenFull::Reject, Duration::ZERO);
+        let intake = Intake::new(batcher, WhenFull::Reject, Duration::ZERO, Cancel::new(), health.clone());
+        let sink_thread = runner::start(sink, batches, ctx).expect("the sink thread");
         Self { _dir: dir, path, intake, health, give_up, runtime, sink_thread: Some(sink_thread) }
     }
 
     /// Admits one request, waiting for room in the budget while the reader makes some.
     fn send(&self, messages: Vec<Incoming>) {
-        let admit = self.intake.admit(messages, Transport::Http, false, true);
+        let how =
+            AdmitOptions { transport: Transport::Http, answer: Answer::Accepted, when_full: FullBudget::WaitForRoom };
+        let admit = self.intake.admit(messages, how);
         let admitted = self.runtime.block_on(async { tokio::time::timeout(PATIENCE, admit).await });
         admitted.expect("the budget stayed full: nothing consumes the pipe").unwrap();
     }
 
     /// Admits one request or says why not, without waiting.
     fn try_send(&self, messages: Vec<Incoming>) -> Result<(), Refused> {
-        self.runtime.block_on(self.intake.admit(messages, Transport::Http, false, false)).map(drop)
+        let how =
+            AdmitOptions { transport: Transport::Http, answer: Answer::Accepted, when_full: FullBudget::AsConfigured };
+        self.runtime.block_on(self.intake.admit(messages, how)).map(drop)
     }
 
     fn budget(&self) -> &Budget {
@@ -85,7 +89,7 @@ impl Spout {
         while !sink_thread.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        self.give_up.store(true, Ordering::Relaxed);
+        self.give_up.cancel();
         sink_thread.join().unwrap();
         let failed: Vec<_> = self.intake.batcher().ledger().recent().into_iter().filter_map(|c| c.error).collect();
         assert!(failed.is_empty(), "failed commits: {failed:?}");

@@ -143,8 +143,10 @@ fn full_buffer_rejects_with_retry_after_and_recovers() {
             total
         })
     };
+    // As large as the refused one: a small request could fit in what the budget
+    // had left, and pass without the reader making room.
     eventually(Duration::from_secs(10), "room in the buffer", || {
-        (conn.request("POST", "/messages", &[], b"after").status == 202).then_some(())
+        (conn.request("POST", "/messages", &[], &payload).status == 202).then_some(())
     });
     reading.store(false, Ordering::Relaxed);
     assert!(drained.join().unwrap() > 0, "the reader read the archives that made room");

@@ -211,6 +211,18 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
         }),
     );
     conf.record("POST", "/messages", &waiter.join().unwrap());
+    drop(sidecar);
+
+    // A sink thread that panics on its first batch: dead, so not alive either, and
+    // new messages are refused.
+    let sink = format!("dir:{}", tmp.path().join("dead").display());
+    let sidecar = Sidecar::start_with(&["--sink", &sink], |command| {
+        command.env("SPOUT_TEST_PANIC", "sink:1");
+    });
+    let addr = sidecar.addr.clone();
+    assert_eq!(client::post(&addr, "/messages?wait=commit", "text/plain", b"dies").status, 502);
+    conf.record("GET", "/healthz", &client::get(&addr, "/healthz"));
+    conf.record("POST", "/messages", &client::post(&addr, "/messages", "text/plain", b"refused"));
 
     let missing: Vec<_> = conf.documented().difference(&conf.seen).cloned().collect();
     assert!(missing.is_empty(), "documented but never produced: {missing:?}");

@@ -13,8 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 use spout_sidecar::batch::Policy;
-use spout_sidecar::message::{default_file_name, Incoming, Payload};
-use spout_sidecar::sink::{Layout, SinkState};
+use spout_sidecar::encode::Layout;
+use spout_sidecar::message::{file_name, Incoming, Payload};
+use spout_sidecar::sink::SinkState;
 
 use fake::FakePachd;
 use pipeline::{logs, message, wait_until, Pipeline, Setup};
@@ -61,8 +62,8 @@ fn a_hundred_thousand_messages_through_faults_land_once_each_in_order() {
         let seqs = admitted.seqs;
         let receipt = pipeline.verdict(admitted).unwrap_or_else(|e| panic!("request {r}: {e}\n{}", logs()));
         for (k, seq) in (seqs.first..=seqs.last).enumerate() {
-            expected.insert(default_file_name(seq), body(r * PER_REQUEST + k));
-            by_commit.entry(receipt.commit.clone()).or_default().push(default_file_name(seq));
+            expected.insert(file_name::default_name(seq), body(r * PER_REQUEST + k));
+            by_commit.entry(receipt.commit.clone()).or_default().push(file_name::default_name(seq));
         }
     }
     pipeline.close();

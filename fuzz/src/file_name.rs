@@ -4,7 +4,7 @@
 //! goes back to the client, so it must say it is about a file name and stay short
 //! however long the name.
 
-use spout_sidecar::ingest::file_name::validate;
+use spout_sidecar::message::file_name::validate;
 
 /// The longest reason a refusal may give: the name is shown cut to 64 characters,
 /// each escaped in at most 10 bytes, plus the explanation.
@@ -30,6 +30,7 @@ pub fn file_name(data: &[u8]) {
     match validate(&name) {
         Ok(()) => assert!(contract_allows(&name), "accepted {name:?}, which the contract refuses"),
         Err(reason) => {
+            let reason = reason.to_string();
             assert!(!contract_allows(&name), "refused {name:?}, which the contract allows: {reason}");
             assert!(reason.starts_with("file name "), "{reason}");
             assert!(reason.len() <= MAX_REASON_BYTES, "a {}-byte reason", reason.len());

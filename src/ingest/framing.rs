@@ -20,7 +20,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use self::split::{Chunks, Splitter, Unit};
-use super::file_name;
+use crate::message::file_name;
 use crate::message::{Incoming, Payload};
 
 pub const NDJSON: &str = "application/x-ndjson";
@@ -112,7 +112,7 @@ pub async fn decode(
     max_message_bytes: u64,
 ) -> Result<Vec<Incoming>, DecodeError> {
     if let Some(name) = name {
-        file_name::validate(name).map_err(DecodeError::bad_file_name)?;
+        file_name::validate(name).map_err(|why| DecodeError::bad_file_name(why.to_string()))?;
     }
     let named = |payload, line| Incoming { name: name.map(str::to_owned), payload, line };
     match framing {

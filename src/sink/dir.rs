@@ -30,15 +30,38 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::backoff::Backoff;
+use super::commit_id::CommitIds;
+use super::spec::{self, BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
 use super::vectored::{self, Cursor};
-use super::{next_commit_id, Commit, Sink, SinkContext, SinkState};
-use crate::ingest::file_name;
-use crate::message::{Payload, Sequencer};
+use super::{Commit, Sink, SinkContext, SinkState};
+use crate::encode::CommitFile;
+use crate::message::{file_name, Payload};
 use crate::metrics::METRICS;
+
+pub const SCHEME: Scheme = Scheme { prefix: "dir:", form: "dir:PATH", parse };
+
+fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
+    spec::path_after(uri, "dir").map(|path| SinkSpec::new(DirUri(path)))
+}
+
+/// `dir:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirUri(pub PathBuf);
+
+impl fmt::Display for DirUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dir:{}", self.0.display())
+    }
+}
+
+impl OpenSink for DirUri {
+    fn open(&self, _: &SinkSettings) -> io::Result<Box<dyn Sink>> {
+        Ok(Box::new(DirSink::open(self.0.clone())?))
+    }
+}
 
 /// Directories in `ROOT` with this prefix are commits not yet renamed into place.
 pub const TEMP_PREFIX: &str = ".tmp-";
-const ID_DIGITS: usize = 20;
 /// Commits of up to this many files fsync each file and directory. Larger ones
 /// make everything durable with one `syncfs`: on a virtual disk each fsync costs a
 /// cache flush of milliseconds (1000 files: ~3 s fsyncing each, ~0.1-1 s one
@@ -48,7 +71,7 @@ const FSYNC_EACH_UP_TO: usize = 32;
 
 pub struct DirSink {
     root: PathBuf,
-    ids: Sequencer,
+    ids: CommitIds,
     backoff: Backoff,
 }
 
@@ -57,7 +80,7 @@ impl DirSink {
     /// next id past every commit already there.
     pub fn open(root: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(&root)?;
-        let mut ids = Sequencer::starting_now();
+        let mut ids = CommitIds::starting_now();
         let mut removed_any = false;
         for entry in fs::read_dir(&root)? {
             let entry = entry?;
@@ -71,7 +94,7 @@ impl DirSink {
                     fs::remove_file(entry.path())?;
                 }
                 removed_any = true;
-            } else if let Some(id) = parse_id(name) {
+            } else if let Some(id) = CommitIds::parse(name) {
                 ids.skip_past(id);
             }
         }
@@ -83,11 +106,11 @@ impl DirSink {
 
     /// One attempt at `tree`. `placed` remembers a commit already renamed into place,
     /// so a retry after a failed fsync of `ROOT` does not write it a second time.
-    fn attempt(&mut self, tree: &Tree<'_>, placed: &mut Option<String>) -> Result<String, Failure> {
+    fn attempt(&mut self, tree: &Tree<'_>, placed: &mut Option<String>) -> Result<String, FsStepError> {
         let id = match placed {
             Some(id) => id.clone(),
             None => {
-                let id = next_commit_id(&mut self.ids);
+                let id = self.ids.next_id();
                 let temp = self.root.join(format!("{TEMP_PREFIX}{id}"));
                 let written = tree.write(&temp).and_then(|()| {
                     let target = self.root.join(&id);
@@ -140,14 +163,6 @@ impl Sink for DirSink {
     }
 }
 
-fn parse_id(name: &str) -> Option<u64> {
-    if name.len() == ID_DIGITS && name.bytes().all(|b| b.is_ascii_digit()) {
-        name.parse().ok()
-    } else {
-        None
-    }
-}
-
 /// A batch's files as the tree they become: each name once, with the payloads that
 /// make it up in order, and the directories to create, parents first.
 struct Tree<'a> {
@@ -156,7 +171,7 @@ struct Tree<'a> {
 }
 
 impl<'a> Tree<'a> {
-    fn plan(files: &'a [crate::message::File], overwrite: bool) -> Result<Self, String> {
+    fn plan(files: &'a [CommitFile], overwrite: bool) -> Result<Self, NotATree> {
         let mut position: HashMap<&str, usize> = HashMap::new();
         let mut merged: Vec<(&str, Vec<&Payload>)> = Vec::new();
         for file in files {
@@ -177,7 +192,7 @@ impl<'a> Tree<'a> {
             for (slash, _) in name.match_indices('/') {
                 let dir = &name[..slash];
                 if position.contains_key(dir) {
-                    return Err(format!("{dir:?} is both a file and the directory of {name:?}"));
+                    return Err(NotATree::FileAndDirectory { dir: dir.to_owned(), file: name.to_string() });
                 }
                 if seen.insert(dir) {
                     dirs.push(dir);
@@ -188,7 +203,7 @@ impl<'a> Tree<'a> {
     }
 
     /// Writes the tree under `temp` (which must not exist), everything durable.
-    fn write(&self, temp: &Path) -> Result<(), Failure> {
+    fn write(&self, temp: &Path) -> Result<(), FsStepError> {
         fs::create_dir(temp).doing("creating", temp)?;
         // Opened before anything is written, so `syncfs` on it reports any writeback
         // error of what follows.
@@ -235,19 +250,29 @@ fn syncfs(dir: &File) -> io::Result<()> {
     }
 }
 
-fn sync_dir(path: &Path) -> Result<(), Failure> {
+fn sync_dir(path: &Path) -> Result<(), FsStepError> {
     File::open(path).and_then(|dir| dir.sync_all()).doing("syncing", path)
 }
 
+/// Why a batch's files cannot be laid out as a directory tree.
+#[derive(Debug, thiserror::Error)]
+enum NotATree {
+    #[error(transparent)]
+    BadName(#[from] file_name::BadFileName),
+    #[error("{dir:?} is both a file and the directory of {file:?}")]
+    FileAndDirectory { dir: String, file: String },
+}
+
 /// A failed file-system step: what was done, on which path, and why it failed.
-#[derive(Debug)]
-struct Failure {
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {}: {error}", path.display())]
+struct FsStepError {
     step: &'static str,
     path: PathBuf,
     error: io::Error,
 }
 
-impl Failure {
+impl FsStepError {
     /// The `kind` label of `spout_sink_errors_total`.
     fn kind(&self) -> &'static str {
         match self.error.raw_os_error() {
@@ -259,19 +284,13 @@ impl Failure {
     }
 }
 
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.step, self.path.display(), self.error)
-    }
-}
-
 trait Doing<T> {
-    fn doing(self, step: &'static str, path: &Path) -> Result<T, Failure>;
+    fn doing(self, step: &'static str, path: &Path) -> Result<T, FsStepError>;
 }
 
 impl<T> Doing<T> for io::Result<T> {
-    fn doing(self, step: &'static str, path: &Path) -> Result<T, Failure> {
-        self.map_err(|error| Failure { step, path: path.to_owned(), error })
+    fn doing(self, step: &'static str, path: &Path) -> Result<T, FsStepError> {
+        self.map_err(|error| FsStepError { step, path: path.to_owned(), error })
     }
 }
 
@@ -281,16 +300,17 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::ack::{BatchAck, Ledger, SealReason, VerdictReceiver};
+    use crate::ack::{BatchAck, Ledger, VerdictReceiver};
+    use crate::batch::SealReason;
     use crate::buffer::Budget;
-    use crate::message::File as BatchFile;
-    use crate::sink::{Health, Layout};
+    use crate::encode::Layout;
+    use crate::sink::Health;
 
     /// A commit of `files` (name, chunks) and the receiver of its verdict.
     fn commit(files: &[(&str, &[&[u8]])]) -> (Commit, VerdictReceiver) {
-        let files: Vec<BatchFile> = files
+        let files: Vec<CommitFile> = files
             .iter()
-            .map(|(name, chunks)| BatchFile {
+            .map(|(name, chunks)| CommitFile {
                 name: name.to_string(),
                 data: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>().into(),
             })
@@ -458,7 +478,7 @@ mod tests {
     fn giving_up_fails_the_batch() {
         let (_parent, _root, mut sink) = sink_with_broken_root();
         let ctx = context(false);
-        ctx.give_up.store(true, std::sync::atomic::Ordering::Relaxed);
+        ctx.give_up.cancel();
         let (commit, mut verdict) = commit(&[("lost", &[b"x"])]);
         sink.submit(commit, &ctx);
         let error = verdict.try_recv().unwrap().unwrap_err();

@@ -34,6 +34,7 @@
 //! the budget does not count but headers. Everything here runs on the sink thread.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
@@ -42,12 +43,35 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::backoff::Backoff;
+use super::commit_id::CommitIds;
+use super::spec::{self, BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
 use super::vectored::{self, Cursor};
-use super::{next_commit_id, Commit, Sink, SinkContext, SinkState};
+use super::{Commit, Sink, SinkContext, SinkState};
 use crate::ack::{BatchAck, Receipt};
-use crate::message::Sequencer;
+use crate::encode::tar::{self, Archive};
 use crate::metrics::METRICS;
-use crate::tar::{self, Archive};
+
+pub const SCHEME: Scheme = Scheme { prefix: "fifo:", form: "fifo:PATH", parse };
+
+fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
+    spec::path_after(uri, "fifo").map(|path| SinkSpec::new(FifoUri(path)))
+}
+
+/// `fifo:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FifoUri(pub PathBuf);
+
+impl fmt::Display for FifoUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fifo:{}", self.0.display())
+    }
+}
+
+impl OpenSink for FifoUri {
+    fn open(&self, _: &SinkSettings) -> io::Result<Box<dyn Sink>> {
+        Ok(Box::new(FifoSink::new(self.0.clone())))
+    }
+}
 
 /// The longest the sink sleeps between looks at the pipe while waiting.
 const STEP: Duration = Duration::from_millis(5);
@@ -56,7 +80,7 @@ const ABSENCE_GRACE: Duration = Duration::from_secs(1);
 
 pub struct FifoSink {
     path: PathBuf,
-    ids: Sequencer,
+    ids: CommitIds,
     /// Archives not yet consumed, oldest first: written, being written or waiting.
     queue: VecDeque<InFlight>,
     pipe: Option<Pipe>,
@@ -121,7 +145,7 @@ impl FifoSink {
     pub fn new(path: PathBuf) -> Self {
         Self {
             path,
-            ids: Sequencer::starting_now(),
+            ids: CommitIds::starting_now(),
             queue: VecDeque::new(),
             pipe: None,
             backoff: Backoff::default(),
@@ -280,7 +304,7 @@ impl Sink for FifoSink {
 
     fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
         let archive = tar::encode_now(&commit.files);
-        let receipt = ctx.receipt(next_commit_id(&mut self.ids), &commit.files);
+        let receipt = ctx.receipt(self.ids.next_id(), &commit.files);
         self.queue.push_back(InFlight { archive, receipt, ack: commit.ack, end: None });
         self.progress(Duration::ZERO, ctx);
     }
