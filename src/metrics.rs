@@ -123,7 +123,14 @@ impl Metrics {
             sink_errors: counter_vec(r, "sink_errors_total", "Failed sink operations, by kind (e.g. epipe, reader_gone, no_reader, io, unavailable).", &["kind"]),
             sink_retries: counter(r, "sink_retries_total", "Commit attempts repeated after a sink error."),
             sink_state,
-            thread_panics: counter_vec(r, "thread_panics_total", "Sink threads that died of a panic, by thread (sink, pfs-commit); the sink is down until the sidecar restarts.", &["thread"]),
+            thread_panics: {
+                let metric = counter_vec(r, "thread_panics_total", "Sink threads that died of a panic, by thread (sink, pfs-commit); the sink is down until the sidecar restarts.", &["thread"]);
+                // At 0 from the start: an alert on an increase needs a series to compare.
+                for thread in ["sink", "pfs-commit"] {
+                    metric.with_label_values(&[thread]);
+                }
+                metric
+            },
             ack_wait: histogram(r, "ack_wait_seconds", "Time wait=commit requests waited for their batch's commit.", latency_buckets()),
             idempotency_hits: counter(r, "idempotency_hits_total", "Requests whose Idempotency-Key was seen before: answered from the first request, not enqueued again."),
             registry,

@@ -6,7 +6,7 @@
 //! not ready on `/readyz`, and log one line per state change rather than one per
 //! retry. Once the sink is back, every message must be committed exactly once.
 //!
-//! The issue speaks of outages of minutes; a few seconds take the backoff to its
+//! Real outages last minutes; a few seconds take the backoff to its
 //! cap (2 s) and through several retries at it, which is what minutes would repeat.
 //!
 //! The `dir:` outages are real file-system errors, not permissions (root ignores

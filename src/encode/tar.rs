@@ -3,7 +3,7 @@
 //!
 //! Each file is a 512-byte header, its payload slices exactly as they arrived, and
 //! zero padding up to the next 512-byte boundary; the archive ends with two zero
-//! blocks. Names over 100 bytes (up to the contract's 255) get a GNU long-name
+//! blocks. Names over 100 bytes (up to the 255 a file name may have) get a GNU long-name
 //! entry (`././@LongLink`, type `L`) before their header, which Go's `archive/tar`
 //! (Pachyderm), GNU tar, bsdtar and the `tar` crate all read.
 //!

@@ -16,7 +16,7 @@ use crate::sidecar;
 const PACHYDERM_VOLUMES: [&str; 2] = ["pachyderm-worker", "pachyderm-pachctl-secret"];
 const PACHYDERM_SECRET_VOLUMES: [&str; 1] = ["pachyderm-pachctl-secret"];
 
-/// What the sidecar needs beyond its buffer (issue 6 bounds peak RSS by
+/// What the sidecar needs beyond its buffer (the memory target bounds peak RSS by
 /// --max-buffer-bytes + 64 MiB).
 const OVERHEAD_BYTES: u64 = 64 << 20;
 
