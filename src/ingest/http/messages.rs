@@ -165,7 +165,7 @@ async fn receive(api: &Api, request: Request<Body>) -> Result<Received, Rejectio
         return Err(draining());
     }
     let options = RequestOptions::parse(request.uri().query(), request.headers())
-        .map_err(|message| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
+        .map_err(|bad| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", bad.to_string()))?;
     if let Some(name) = &options.file {
         file_name::validate(name)
             .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why.to_string()))?;
