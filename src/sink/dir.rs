@@ -21,7 +21,6 @@
 //! as a tree (a name that is both a file and a directory) fails at once.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -31,7 +30,7 @@ use bytes::Bytes;
 
 use super::backoff::Backoff;
 use super::commit_id::CommitIds;
-use super::spec::{self, BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
+use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::encode::CommitFile;
@@ -41,23 +40,16 @@ use crate::metrics::METRICS;
 pub const SCHEME: Scheme = Scheme { prefix: "dir:", form: "dir:PATH", parse };
 
 fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
-    spec::path_after(uri, "dir").map(|path| SinkSpec::new(DirUri(path)))
+    PathSink::parse(uri, "dir", open)
 }
 
 /// `dir:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirUri(pub PathBuf);
-
-impl fmt::Display for DirUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "dir:{}", self.0.display())
-    }
+pub fn spec(path: PathBuf) -> SinkSpec {
+    PathSink::spec("dir", path, open)
 }
 
-impl OpenSink for DirUri {
-    fn open(&self, _: &SinkSettings) -> io::Result<Box<dyn Sink>> {
-        Ok(Box::new(DirSink::open(self.0.clone())?))
-    }
+fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
+    Ok(Box::new(DirSink::open(path)?))
 }
 
 /// Directories in `ROOT` with this prefix are commits not yet renamed into place.

@@ -34,7 +34,6 @@
 //! the budget does not count but headers. Everything here runs on the sink thread.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
@@ -44,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use super::backoff::Backoff;
 use super::commit_id::CommitIds;
-use super::spec::{self, BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
+use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::ack::{BatchAck, Receipt};
@@ -54,23 +53,16 @@ use crate::metrics::METRICS;
 pub const SCHEME: Scheme = Scheme { prefix: "fifo:", form: "fifo:PATH", parse };
 
 fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
-    spec::path_after(uri, "fifo").map(|path| SinkSpec::new(FifoUri(path)))
+    PathSink::parse(uri, "fifo", open)
 }
 
 /// `fifo:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FifoUri(pub PathBuf);
-
-impl fmt::Display for FifoUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "fifo:{}", self.0.display())
-    }
+pub fn spec(path: PathBuf) -> SinkSpec {
+    PathSink::spec("fifo", path, open)
 }
 
-impl OpenSink for FifoUri {
-    fn open(&self, _: &SinkSettings) -> io::Result<Box<dyn Sink>> {
-        Ok(Box::new(FifoSink::new(self.0.clone())))
-    }
+fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
+    Ok(Box::new(FifoSink::new(path)))
 }
 
 /// The longest the sink sleeps between looks at the pipe while waiting.
