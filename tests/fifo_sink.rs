@@ -1,6 +1,6 @@
 //! The `fifo:` sink against a real named pipe and a reader that behaves as
 //! Pachyderm's: batches made by the real Intake, Batcher, Ledger and Budget, the
-//! real sink thread (`sink::run`), readers that keep the pipe open, reopen it per
+//! real sink thread (`sink::runner`), readers that keep the pipe open, reopen it per
 //! archive, die inside an archive, stall, or turn up late. Every message must be
 //! committed exactly once with its bytes unchanged.
 

@@ -66,10 +66,8 @@ impl SinkSpec {
     pub fn resolve(&self) -> Arc<dyn OpenSink> {
         match self {
             SinkSpec::Uri(sink) => sink.clone(),
-            SinkSpec::Auto => match resolve_auto() {
-                SinkSpec::Uri(sink) => sink,
-                SinkSpec::Auto => unreachable!("auto resolves to a URI"),
-            },
+            // Never `auto` again, so this recursion ends at once.
+            SinkSpec::Auto => resolve_auto().resolve(),
         }
     }
 }

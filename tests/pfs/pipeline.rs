@@ -1,5 +1,5 @@
 //! A sidecar pipeline assembled from the library, as the binary assembles it:
-//! intake → batcher (with its age timer) → the sink thread (`sink::run`) → a
+//! intake → batcher (with its age timer) → the sink thread (`sink::runner`) → a
 //! `pfs://` sink; requests are admitted with `wait=commit` to read their verdicts.
 
 #![allow(dead_code)] // each test binary uses a different part
