@@ -239,7 +239,7 @@ impl FromStr for SinkSpec {
         } else if let Some(rest) = uri.strip_prefix("dir:") {
             path(rest, "dir").map(SinkSpec::Dir)
         } else if uri.starts_with("pfs:") {
-            uri.parse().map(SinkSpec::Pfs).map_err(|e: pfs::target::BadPfsUri| BadSinkUri(e.0))
+            uri.parse().map(SinkSpec::Pfs).map_err(|e: pfs::target::BadPfsUri| BadSinkUri(e.to_string()))
         } else {
             Err(BadSinkUri(format!(
                 "unknown sink `{uri}`: expected fifo:PATH, dir:PATH, stdout:, \

@@ -80,7 +80,7 @@ impl Pachd {
 
     /// Reads the token from its source again (a fixed token file takes effect).
     pub fn reload_token(&mut self) -> Result<(), String> {
-        let token = match self.token_source.load(&self.address)? {
+        let token = match self.token_source.load(&self.address).map_err(|e| e.to_string())? {
             Some(token) => Some(
                 token
                     .parse::<AsciiMetadataValue>()
