@@ -409,9 +409,7 @@ fn documented_families(text: &str) -> BTreeMap<String, DocumentedFamily> {
 fn metrics_page_lists_every_family_served_with_its_type_labels_and_values() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("out");
-    let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)).expect("mkfifo");
     let socket = dir.path().join("http.sock");
     let raw = dir.path().join("raw.sock");
     let sink = format!("fifo:{}", fifo.display());

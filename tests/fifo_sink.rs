@@ -7,14 +7,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustix::fs::{mkfifoat, CWD};
 use spout_sidecar::ack::Ledger;
 use spout_sidecar::batch::{Batcher, Policy};
 use spout_sidecar::buffer::Budget;
@@ -102,9 +101,8 @@ impl Spout {
 }
 
 fn mkfifo(path: &Path) {
-    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+    mkfifoat(CWD, path, rustix::fs::Mode::from_raw_mode(0o600))
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
 }
 
 /// How long a test waits for progress before it calls the sink stuck.

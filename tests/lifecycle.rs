@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::fs::{mkfifoat, Mode, OFlags, CWD};
+use rustix::process::{kill_process, Pid, Signal};
+
 use support::client::{self, Connection};
 use support::sidecar::{dir_commits, eventually, wait_exit, Sidecar, BIN};
 
@@ -31,13 +34,12 @@ fn sigterm_commits_everything_accepted_and_exits_0() {
 fn draining_sidecar_answers_503() {
     let tmp = tempfile::tempdir().unwrap();
     let fifo = tmp.path().join("pipe");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o600)).unwrap();
     // Nobody reads the pipe, so the drain cannot finish and the window stays open.
     let sink = format!("fifo:{}", fifo.display());
     let sidecar = Sidecar::start(&["--sink", &sink, "--shutdown-timeout", "2s"]);
     assert_eq!(client::post(&sidecar.addr, "/messages", "text/plain", b"stuck").status, 202);
-    sidecar.signal(libc::SIGTERM);
+    sidecar.signal(Signal::TERM);
     let response = eventually(Duration::from_secs(5), "a 503 while draining", || {
         let r = client::post(&sidecar.addr, "/messages", "text/plain", b"late");
         (r.status == 503).then_some(r)
@@ -82,9 +84,9 @@ fn supervisor_forwards_sigterm_to_the_producer() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::TERM).unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "exit code of a child killed by SIGTERM");
+    assert_eq!(status.code(), Some(128 + Signal::TERM.as_raw()), "exit code of a child killed by SIGTERM");
 }
 
 #[test]
@@ -92,8 +94,7 @@ fn full_buffer_rejects_with_retry_after_and_recovers() {
     use std::io::Read;
     let tmp = tempfile::tempdir().unwrap();
     let fifo = tmp.path().join("pipe");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o600)).unwrap();
     // A reader that holds the pipe open but does not read: a stalled Pachyderm.
     let mut reader = open_reader_nonblocking(&fifo);
     let sink = format!("fifo:{}", fifo.display());
@@ -161,5 +162,5 @@ fn rss_kib(pid: u32) -> usize {
 /// Opens a FIFO for reading without waiting for a writer.
 fn open_reader_nonblocking(path: &std::path::Path) -> std::fs::File {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).unwrap()
+    std::fs::OpenOptions::new().read(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(path).unwrap()
 }

@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 
+use rustix::fs::{mkfifoat, Mode, CWD};
+use rustix::process::Signal;
 use serde_json::Value;
 use support::client::{self, Connection, Response};
 use support::sidecar::{eventually, Sidecar};
@@ -122,8 +124,7 @@ impl Conformance {
 }
 
 fn mkfifo(path: &std::path::Path) {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifoat(CWD, path, Mode::from_raw_mode(0o600)).unwrap();
 }
 
 #[test]
@@ -201,7 +202,7 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
         std::thread::spawn(move || client::post(&addr, "/messages?wait=commit", "text/plain", b"never read"))
     };
     std::thread::sleep(Duration::from_millis(300));
-    sidecar.signal(libc::SIGTERM);
+    sidecar.signal(Signal::TERM);
     conf.record(
         "POST",
         "/messages",

@@ -15,13 +15,13 @@
 
 mod support;
 
-use std::ffi::CString;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+use rustix::mount::{mount, mount_remount, unmount, MountFlags, UnmountFlags};
 use support::client::{self, Connection};
 use support::ndjson_lines::{assert_lines_exactly_once, line, post_lines};
 use support::pachyderm_reader::{fifo_in, Commit, Mode, PachydermReader};
@@ -217,32 +217,20 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(path: &Path) -> Self {
         std::fs::create_dir(path).unwrap();
-        let (c_path, options) = (c_path(path), CString::new("size=32m").unwrap());
-        // SAFETY: valid NUL-terminated strings for the duration of the call.
-        let mounted =
-            unsafe { libc::mount(c"tmpfs".as_ptr(), c_path.as_ptr(), c"tmpfs".as_ptr(), 0, options.as_ptr().cast()) };
-        assert_eq!(
-            mounted,
-            0,
-            "mounting a tmpfs at {} needs root (CAP_SYS_ADMIN): {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
+        if let Err(error) = mount("tmpfs", path, "tmpfs", MountFlags::empty(), c"size=32m") {
+            panic!("mounting a tmpfs at {} needs root (CAP_SYS_ADMIN): {error}", path.display());
+        }
         Self { path: path.to_owned() }
     }
 
     /// Remounts read-only or read-write. Read-only fails with EBUSY while a file is
     /// open for writing (a commit being written), so it is tried again until it takes.
     fn remount(&self, read_only: bool) {
-        let flags = libc::MS_REMOUNT | if read_only { libc::MS_RDONLY } else { 0 };
-        let c_path = c_path(&self.path);
-        eventually(Duration::from_secs(10), "the remount", || {
-            let null = std::ptr::null();
-            // SAFETY: a valid path; remounting takes no source, type or data.
-            let done = unsafe { libc::mount(null, c_path.as_ptr(), null, flags, null.cast()) };
-            let error = std::io::Error::last_os_error();
-            assert!(done == 0 || error.raw_os_error() == Some(libc::EBUSY), "remount: {error}");
-            (done == 0).then_some(())
+        let flags = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
+        eventually(Duration::from_secs(10), "the remount", || match mount_remount(&self.path, flags, "") {
+            Ok(()) => Some(()),
+            Err(Errno::BUSY) => None,
+            Err(error) => panic!("remount: {error}"),
         });
     }
 
@@ -259,13 +247,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        // SAFETY: a valid path; a lazy unmount cannot fail on a busy file system.
-        unsafe { libc::umount2(c_path(&self.path).as_ptr(), libc::MNT_DETACH) };
+        // A lazy unmount cannot fail on a busy file system.
+        let _ = unmount(&self.path, UnmountFlags::DETACH);
     }
-}
-
-fn c_path(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).unwrap()
 }
 
 /// Starts a sidecar writing into a fresh tmpfs and commits line 0 through it.

@@ -23,10 +23,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use rustix::io::Errno;
 
 use super::backoff::Backoff;
 use super::commit_id::CommitIds;
@@ -234,12 +234,7 @@ impl<'a> Tree<'a> {
 /// Flushes the whole file system `dir` is on (Linux `syncfs`, which reports writeback
 /// errors since 5.8).
 fn syncfs(dir: &File) -> io::Result<()> {
-    // SAFETY: a plain system call on a descriptor we own for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(rustix::fs::syncfs(dir)?)
 }
 
 fn sync_dir(path: &Path) -> Result<(), FsStepError> {
@@ -267,10 +262,10 @@ struct FsStepError {
 impl FsStepError {
     /// The `kind` label of `spout_sink_errors_total`.
     fn kind(&self) -> &'static str {
-        match self.error.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT) => "no_space",
-            Some(libc::EROFS) => "read_only",
-            Some(libc::EACCES | libc::EPERM) => "permission",
+        match Errno::from_io_error(&self.error) {
+            Some(Errno::NOSPC | Errno::DQUOT) => "no_space",
+            Some(Errno::ROFS) => "read_only",
+            Some(Errno::ACCESS | Errno::PERM) => "permission",
             _ => "io",
         }
     }

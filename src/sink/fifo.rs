@@ -41,6 +41,9 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
 use super::backoff::Backoff;
 use super::commit_id::CommitIds;
 use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
@@ -174,7 +177,7 @@ impl FifoSink {
         }
         vectored::block_sigpipe_on_this_thread();
         // Non-blocking, so an absent reader is ENXIO instead of a thread stuck in open().
-        let opened = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+        let opened = OpenOptions::new().write(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(&self.path);
         let failure = match opened {
             Ok(file) => match file.metadata() {
                 Ok(meta) if meta.file_type().is_fifo() => {
@@ -186,7 +189,7 @@ impl FifoSink {
                 Ok(_) => ("not_a_fifo", format!("{} is not a named pipe", self.path.display())),
                 Err(err) => ("open", err.to_string()),
             },
-            Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
+            Err(err) if Errno::from_io_error(&err) == Some(Errno::NXIO) => {
                 ("no_reader", format!("nothing has {} open for reading", self.path.display()))
             }
             Err(err) => ("open", format!("{}: {err}", self.path.display())),

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rustix::fs::{mkfifoat, OFlags, CWD};
+
 const BLOCK: usize = 512;
 
 /// One committed archive: its files as (name, bytes), in archive order.
@@ -140,7 +142,7 @@ impl PachydermReader {
         self.control.stop.store(true, Ordering::SeqCst);
         self.resume();
         while !self.thread.is_finished() {
-            let poke = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+            let poke = OpenOptions::new().write(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(&self.path);
             drop(poke);
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -151,9 +153,8 @@ impl PachydermReader {
 /// Makes the named pipe `dir/out`.
 pub fn fifo_in(dir: &Path) -> PathBuf {
     let path = dir.join("out");
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+    mkfifoat(CWD, &path, rustix::fs::Mode::from_raw_mode(0o600))
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
     path
 }
 

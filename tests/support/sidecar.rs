@@ -6,6 +6,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustix::process::{kill_process, Pid, Signal};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_spout-sidecar");
 
 pub struct Sidecar {
@@ -75,14 +77,14 @@ impl Sidecar {
         text.lines().find_map(value).unwrap_or(0.0) as u64
     }
 
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    pub fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(self.child.id() as i32).expect("a child's pid is positive");
+        kill_process(pid, signal).expect("signal the sidecar");
     }
 
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(mut self) -> ExitStatus {
-        self.signal(libc::SIGTERM);
+        self.signal(Signal::TERM);
         wait_exit(&mut self.child, Duration::from_secs(40))
     }
 }
