@@ -23,7 +23,7 @@ use crate::metrics::METRICS;
 
 /// What the first request with a key achieved, as its retries see it.
 #[derive(Debug, Clone)]
-pub enum Progress {
+pub enum FirstRequest {
     /// The first request is still being read, decoded or admitted.
     Pending,
     /// Admitted; the commit is not known yet.
@@ -48,7 +48,7 @@ pub enum Begin {
     /// The key is new: process the request and report through the ticket.
     First(Ticket),
     /// The key was seen with this body: answer from the first request's progress.
-    Replay(watch::Receiver<Progress>),
+    Replay(watch::Receiver<FirstRequest>),
     /// The key was seen with a different body.
     Conflict,
 }
@@ -56,7 +56,7 @@ pub enum Begin {
 #[derive(Debug, Clone)]
 struct Entry {
     fingerprint: u64,
-    progress: watch::Receiver<Progress>,
+    progress: watch::Receiver<FirstRequest>,
 }
 
 pub struct Idempotency {
@@ -84,7 +84,7 @@ impl Idempotency {
         // Atomic per key: of two requests with a new key, one is first.
         self.entries.entry_by_ref(key).and_compute_with(|seen| {
             if let Some(entry) = seen.map(|seen| seen.into_value()) {
-                if !matches!(*entry.progress.borrow(), Progress::Abandoned) {
+                if !matches!(*entry.progress.borrow(), FirstRequest::Abandoned) {
                     METRICS.idempotency_hits.inc();
                     begin = Some(if entry.fingerprint == fingerprint {
                         Begin::Replay(entry.progress.clone())
@@ -94,7 +94,7 @@ impl Idempotency {
                     return Op::Nop;
                 }
             }
-            let (tx, rx) = watch::channel(Progress::Pending);
+            let (tx, rx) = watch::channel(FirstRequest::Pending);
             begin = Some(Begin::First(Ticket { progress: tx }));
             Op::Put(Entry { fingerprint, progress: rx })
         });
@@ -112,18 +112,18 @@ impl std::fmt::Debug for Idempotency {
 /// abandoned and a retry is processed afresh.
 #[derive(Debug)]
 pub struct Ticket {
-    progress: watch::Sender<Progress>,
+    progress: watch::Sender<FirstRequest>,
 }
 
 impl Ticket {
     pub fn accepted(&self, admission: Arc<Admission>) {
-        self.progress.send_replace(Progress::Accepted(admission));
+        self.progress.send_replace(FirstRequest::Accepted(admission));
     }
 
     pub fn settled(self, verdict: Verdict) {
         self.progress.send_modify(|progress| {
-            if let Progress::Accepted(admission) = progress {
-                *progress = Progress::Settled(admission.clone(), verdict);
+            if let FirstRequest::Accepted(admission) = progress {
+                *progress = FirstRequest::Settled(admission.clone(), verdict);
             }
         });
     }
@@ -132,9 +132,9 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.progress.send_if_modified(|progress| {
-            let pending = matches!(progress, Progress::Pending);
+            let pending = matches!(progress, FirstRequest::Pending);
             if pending {
-                *progress = Progress::Abandoned;
+                *progress = FirstRequest::Abandoned;
             }
             pending
         });
@@ -167,9 +167,9 @@ mod tests {
         assert!(matches!(idem.begin("k", 2), Begin::Conflict));
         let Begin::Replay(progress) = idem.begin("k", 1) else { panic!("same body replays") };
         ticket.accepted(admission());
-        assert!(matches!(*progress.borrow(), Progress::Accepted(_)));
+        assert!(matches!(*progress.borrow(), FirstRequest::Accepted(_)));
         drop(ticket);
-        assert!(matches!(*progress.borrow(), Progress::Accepted(_)), "accepted stays accepted");
+        assert!(matches!(*progress.borrow(), FirstRequest::Accepted(_)), "accepted stays accepted");
 
         let Begin::First(refused) = idem.begin("r", 1) else { panic!("new key") };
         drop(refused);
