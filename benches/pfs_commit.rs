@@ -1,12 +1,14 @@
 //! Commits per second and MB/s of the `pfs://` sink into the fake pachd
-//! (tests/pfs/fake_pachd.py, run with --discard so its memory stays flat), for
+//! (tests/it/pfs/fake_pachd.py, run with --discard so its memory stays flat), for
 //! batches of 1 KiB x 10,000 files and of 8 MiB x 4 files. Batches are submitted
 //! back to back, as the sink thread does under load, so the figure includes the
 //! pipelining. The fake is Python: it, not the sink, is the bottleneck, so read
 //! the figure as a floor. Run: `cargo bench --bench pfs_commit` (needs
-//! `pip install -r tests/pfs/requirements.txt`). Time per iteration is one commit.
+//! `pip install -r tests/it/pfs/requirements.txt`). Time per iteration is one commit.
 
-#[path = "../tests/pfs/fake.rs"]
+// The tests' driver of the fake; the bench uses only `start_discarding` and `uri`.
+#[allow(dead_code)]
+#[path = "../tests/it/pfs/fake.rs"]
 mod fake;
 
 use std::sync::Arc;
