@@ -141,8 +141,10 @@ fn full_buffer_rejects_with_retry_after_and_recovers() {
             total
         })
     };
+    // The request refused above, again: a smaller one could fit in what the full
+    // buffer had left, and be accepted before the reader has read anything.
     eventually(Duration::from_secs(10), "room in the buffer", || {
-        (conn.request("POST", "/messages", &[], b"after").status == 202).then_some(())
+        (conn.request("POST", "/messages", &[], &payload).status == 202).then_some(())
     });
     reading.store(false, Ordering::Relaxed);
     assert!(drained.join().unwrap() > 0, "the reader read the archives that made room");
