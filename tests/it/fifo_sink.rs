@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::support::pachyderm_reader::{Commit, Mode, PachydermReader};
+use crate::support::pachyderm_reader::{is_full, Commit, Mode, PachydermReader};
 use bytes::Bytes;
 use spout_sidecar::ack::Ledger;
 use spout_sidecar::batch::{Batcher, Policy};
@@ -186,9 +186,10 @@ fn reader_leaving_between_archives_hands_the_pipe_to_the_next() {
     let (before, after) = std::thread::scope(|scope| {
         scope.spawn(|| requests(0..5_000).for_each(|r| spout.send(r)));
         let before = first.join();
-        // Long enough for the sink to notice the reader left; what it wrote past
-        // the last archive read stays in the pipe for the next reader.
-        std::thread::sleep(Duration::from_millis(50));
+        // Once the sink reports the reader gone (after its grace period), it has
+        // noticed the reader left between archives; what it wrote past the last
+        // archive read stays in the pipe for the next reader.
+        spout.wait_for_health(|state| state == SinkState::Down);
         (before, PachydermReader::start(&spout.path, Mode::KeepOpen))
     });
     assert_eq!(before.len(), 20);
@@ -238,8 +239,9 @@ fn stalled_reader_fills_the_budget_and_acks_stop() {
     assert!(spout.budget().used() + refused_request > BUDGET, "the budget is full");
     assert!(spout.budget().used() <= BUDGET);
     // The pipe's buffer holds archives the reader has not read: none may count as
-    // committed, however long the sink looks.
-    std::thread::sleep(Duration::from_millis(300));
+    // committed. Once the pipe is full the sink has written all it could, and has
+    // looked at what was consumed after each write.
+    wait_until(|| is_full(&spout.path), "the sink to fill the pipe");
     assert_eq!(spout.batches_settled(), 0, "no archive was consumed, so none is acknowledged");
     assert_eq!(spout.try_send((sent..sent + 8).map(incoming).collect()), Err(Refused::Overloaded));
     assert_eq!(reader.bytes_read(), 0);

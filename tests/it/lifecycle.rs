@@ -73,15 +73,12 @@ raise SystemExit(7)
 #[test]
 fn supervisor_forwards_sigterm_to_the_producer() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--sink"])
-        .arg(format!("dir:{}", tmp.path().join("out").display()))
-        .args(["--", "sleep", "60"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let status = wait_exit(&mut child, Duration::from_secs(20));
+    let sink = format!("dir:{}", tmp.path().join("out").display());
+    // Once ready, the sidecar has its signal handlers; it starts the producer right
+    // after, and forwards a signal that came first as soon as the producer runs.
+    let mut sidecar = Sidecar::start(&["--sink", &sink, "--", "sleep", "60"]);
+    sidecar.signal(libc::SIGTERM);
+    let status = wait_exit(&mut sidecar.child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "exit code of a child killed by SIGTERM");
 }
 

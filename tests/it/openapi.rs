@@ -198,7 +198,12 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
         let addr = addr.clone();
         std::thread::spawn(move || client::post(&addr, "/messages?wait=commit", "text/plain", b"never read"))
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Only a request taken in before SIGTERM waits for its commit and gets the 502;
+    // its bytes in the buffer say it was.
+    let held = spout_sidecar::buffer::charge(b"never read".len() as u64, 1);
+    eventually(Duration::from_secs(10), "the wait=commit request to be taken in", || {
+        (client::get(&addr, "/status").json()["buffer"]["used_bytes"] == held).then_some(())
+    });
     sidecar.signal(libc::SIGTERM);
     conf.record(
         "POST",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::client::{self, Connection};
 use crate::support::ndjson_lines::{assert_lines_exactly_once, post_lines};
-use crate::support::pachyderm_reader::{fifo_in, Mode, PachydermReader};
+use crate::support::pachyderm_reader::{fifo_in, unread_bytes, Mode, PachydermReader};
 use crate::support::sidecar::{eventually, Sidecar};
 
 #[test]
@@ -24,7 +24,13 @@ fn wait_commit_answers_once_the_reader_has_consumed_the_archive() {
         answered.send(client::request(&addr, "POST", "/messages?wait=commit", &headers, b"hello")).unwrap();
     });
     // The archive fits in the pipe's buffer, but in there it is not committed yet.
-    std::thread::sleep(Duration::from_millis(300));
+    // The sink writes it in one go and looks at what was consumed right after, so
+    // once it is in the pipe a wrong acknowledgement would already have freed its
+    // bytes in the buffer.
+    eventually(Duration::from_secs(30), "the archive in the pipe", || (unread_bytes(&fifo) > 0).then_some(()));
+    let status = client::get(&sidecar.addr, "/status").json();
+    let held = spout_sidecar::buffer::charge(b"hello".len() as u64, 1);
+    assert_eq!(status["buffer"]["used_bytes"], held, "the unread archive still holds its place: {status}");
     assert!(answer.try_recv().is_err(), "answered before the reader read the archive");
     reader.resume();
     let answer = answer.recv_timeout(Duration::from_secs(30)).expect("an answer once the reader has read");

@@ -15,6 +15,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -150,6 +151,33 @@ pub fn fifo_in(dir: &Path) -> PathBuf {
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
     path
+}
+
+/// Bytes written into the named pipe at `fifo` that no reader has read yet: what a
+/// writer has put there, seen without taking any of it. Needs a reader to have the
+/// pipe open, or the kernel has dropped its contents anyway.
+pub fn unread_bytes(fifo: &Path) -> usize {
+    // A second read end of the same pipe, never read from; O_NONBLOCK so that
+    // opening it does not wait for a writer.
+    let pipe = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(fifo).expect("open the FIFO");
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD stores one int through the pointer.
+    let done = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    assert_eq!(done, 0, "FIONREAD on {}: {}", fifo.display(), std::io::Error::last_os_error());
+    unread as usize
+}
+
+/// Whether the named pipe at `fifo` is full: a writer could put nothing more in it
+/// until a reader reads. Needs a reader to have the pipe open.
+pub fn is_full(fifo: &Path) -> bool {
+    // A second write end, to ask poll(2) whether a write would block; it writes
+    // nothing, and closing it ends no reader's stream while another writer is open.
+    let pipe = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo).expect("open the FIFO");
+    let mut poll = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd, no waiting.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    assert!(ready >= 0, "poll on {}: {}", fifo.display(), std::io::Error::last_os_error());
+    poll.revents & libc::POLLOUT == 0
 }
 
 fn read_commits(path: &Path, mode: Mode, control: &Control) -> Vec<Commit> {
