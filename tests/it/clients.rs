@@ -2,14 +2,14 @@
 //! succeed and commit exactly the messages its `<!-- test: ...; commits: ... -->` line
 //! names, read back from the `dir:` sink.
 //!
-//! curl, python3 with `requests`, nc (netcat-openbsd) and go are required; .ci/run
-//! installs them, and a missing one fails with its install hint.
+//! curl, nc (netcat-openbsd), go and the tests' Python with `requests` are required;
+//! `cargo xtask test` installs them, and a missing one fails with its install hint.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::client;
 use crate::support::sidecar::{dir_commits, eventually, Sidecar};
+use crate::support::{client, python};
 
 struct Snippet {
     name: String,
@@ -48,10 +48,10 @@ fn snippet(name: &str) -> Snippet {
 }
 
 /// Fails with the install hint when `program` is missing: a snippet nobody ran
-/// is not known to work. .ci/run installs every one of them.
+/// is not known to work. `cargo xtask test` installs every one of them.
 fn require(program: &str, version_flag: &str, package: &str) {
     let found = Command::new(program).arg(version_flag).output().is_ok_and(|o| o.status.success());
-    assert!(found, "{program} is missing: `apt-get install {package}` (.ci/run does)");
+    assert!(found, "{program} is missing: `apt-get install {package}` (`cargo xtask test` does)");
 }
 
 /// Starts a sidecar on every transport, runs the snippet with the documented
@@ -105,7 +105,7 @@ fn interpreter(language: &str, dir: &Path, code: &str) -> Command {
             command
         }
         "python" => {
-            let mut command = Command::new("python3");
+            let mut command = python::command();
             command.args(["-c", code]);
             command
         }
@@ -134,8 +134,9 @@ fn curl_snippet_commits_what_it_says() {
 
 #[test]
 fn python_requests_snippet_commits_what_it_says() {
-    let requests = Command::new("python3").args(["-c", "import requests"]).status().is_ok_and(|s| s.success());
-    assert!(requests, "python3 cannot import requests: .ci/run installs tests/requirements.txt");
+    let requests = python::command().args(["-c", "import requests"]).status().is_ok_and(|s| s.success());
+    let hint = "install tests/requirements.txt into it (`cargo xtask test` does)";
+    assert!(requests, "{} cannot import requests: {hint}", python::interpreter().display());
     run(&snippet("python"));
 }
 

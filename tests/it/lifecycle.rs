@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::client::{self, Connection};
+use crate::support::python;
 use crate::support::sidecar::{dir_commits, eventually, wait_exit, Sidecar, BIN};
 
 #[test]
@@ -61,7 +62,9 @@ raise SystemExit(7)
     let status = std::process::Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--sink"])
         .arg(format!("dir:{}", out.display()))
-        .args(["--max-batch-age", "1h", "--", "python3", "-c", producer])
+        .args(["--max-batch-age", "1h", "--"])
+        .arg(python::interpreter())
+        .args(["-c", producer])
         .status()
         .expect("run the supervisor form");
     assert_eq!(status.code(), Some(7));

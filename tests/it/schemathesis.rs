@@ -4,21 +4,24 @@
 
 use std::process::Command;
 
+use crate::support::python;
 use crate::support::sidecar::Sidecar;
 
 #[test]
 fn schemathesis_finds_no_server_error_or_schema_violation() {
-    let probe = Command::new("schemathesis").arg("--version").output();
+    let schemathesis = python::script("schemathesis");
+    let probe = Command::new(&schemathesis).arg("--version").output();
     assert!(
         probe.is_ok_and(|o| o.status.success()),
-        "schemathesis is not installed: `python3 -m pip install -r tests/requirements.txt` (.ci/run does)"
+        "{} does not run: install tests/requirements.txt (`cargo xtask test` does)",
+        schemathesis.display()
     );
     let tmp = tempfile::tempdir().unwrap();
     let sink = format!("dir:{}", tmp.path().join("out").display());
     // A short batch age keeps generated wait=commit requests quick.
     let sidecar = Sidecar::start(&["--sink", &sink, "--max-batch-age", "10ms"]);
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
-    let output = Command::new("schemathesis")
+    let output = Command::new(&schemathesis)
         .args(["run", spec, "--url"])
         .arg(format!("http://{}", sidecar.addr))
         .args([

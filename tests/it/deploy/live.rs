@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::files;
-use crate::support::client;
 use crate::support::sidecar::{dir_commits, wait_exit, Sidecar};
+use crate::support::{client, python};
 
 const TOKEN: &str = "s3cret-for-tests";
 
@@ -42,7 +42,8 @@ fn probe_and_scrape_paths_answer_the_kubelet_and_prometheus() {
 }
 
 /// Runs `spout-sidecar ... -- python3 deploy/pachyderm/SCRIPT` to its end, as
-/// transform.cmd does; returns the exit status and what was committed.
+/// transform.cmd does (with the tests' Python); returns the exit status and what was
+/// committed.
 fn supervise(
     script: &str,
     env: &[(&str, &str)],
@@ -51,7 +52,9 @@ fn supervise(
     let tmp = tempfile::tempdir().unwrap();
     let producer = files::deploy_dir().join("pachyderm").join(script);
     let token = tmp.path().join("token");
-    let mut sidecar = guarded_sidecar(tmp.path(), &["--", "python3", producer.to_str().unwrap()], |command| {
+    let python = python::interpreter();
+    let command = ["--", python.to_str().unwrap(), producer.to_str().unwrap()];
+    let mut sidecar = guarded_sidecar(tmp.path(), &command, |command| {
         command.env("PYTHONDONTWRITEBYTECODE", "1").envs(env.iter().copied());
         if with_token {
             command.env("PRODUCER_TOKEN_FILE", &token);

@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 use spout_sidecar::sink::SinkSpec;
 
 use super::files::{self, shown};
 use super::sidecar;
+use crate::support::python;
 
 /// Spouts 1.0 (Pachyderm 1.9 to 1.11) write tar streams into /pfs/out; spouts 2.0
 /// (Pachyderm 2.x) commit through the PFS API. Their specs differ in `spout`.
@@ -324,11 +324,11 @@ pub fn assert_producer_exists(command: &[String], context: &str) {
 fn producers_compile() {
     let scripts = files::with_extension(&["py"]);
     assert!(scripts.len() >= 3, "two producers and their client module");
-    let status = Command::new("python3")
+    let status = python::command()
         .args(["-m", "py_compile"])
         .args(&scripts)
         .env("PYTHONPYCACHEPREFIX", std::env::temp_dir().join("spout-deploy-pycache"))
         .status()
-        .expect("python3 runs (the example producers are Python)");
+        .expect("Python runs (the example producers are Python)");
     assert!(status.success(), "the example producers do not compile");
 }

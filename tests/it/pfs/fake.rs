@@ -9,7 +9,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-const INSTALL: &str = "pip install -r tests/it/pfs/requirements.txt";
+use crate::support::python;
+
+const INSTALL: &str = "pip install -r tests/requirements.txt";
 
 pub struct FakePachd {
     child: Child,
@@ -90,17 +92,16 @@ impl FakePachd {
     }
 
     fn spawn(token: Option<&str>, port: Option<u16>, discard: bool) -> Self {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = python::interpreter();
         let check = Command::new(&python)
             .args(["-c", "import python_pachyderm.proto.v2.pfs.pfs_pb2_grpc"])
             .output()
-            .unwrap_or_else(|e| {
-                panic!("the pfs tests need `{python}` (Python 3) to run the fake pachd: {e}; then {INSTALL}")
-            });
+            .unwrap_or_else(|e| panic!("the pfs tests run the fake pachd with {}: {e}", python.display()));
         assert!(
             check.status.success(),
-            "the pfs tests run a fake pachd on Pachyderm's published stubs, and `{python}` cannot import them; \
-             install them with `{INSTALL}`\n{}",
+            "the pfs tests run a fake pachd on Pachyderm's published stubs, and {} cannot import them; \
+             install them with `{INSTALL}` (`cargo xtask test` does)\n{}",
+            python.display(),
             String::from_utf8_lossy(&check.stderr)
         );
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/pfs/fake_pachd.py");
