@@ -3,6 +3,7 @@
 //! and the sink thread. Needs `pip install -r tests/it/pfs/requirements.txt`.
 
 use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -187,13 +188,45 @@ fn a_wrong_token_is_reported_and_nothing_is_lost_once_it_is_fixed() {
     assert_eq!(state.commits_of("guarded").len(), 1);
 }
 
+/// A port of 127.0.0.1 bound by a socket that does not listen: connecting to it is
+/// refused, as to a pachd that is down, and no other socket can take the port (the
+/// other tests of this process and their children open many) until it is dropped.
+struct ReservedPort {
+    socket: OwnedFd,
+    port: u16,
+}
+
+fn reserve_port() -> ReservedPort {
+    let (len, family) = (std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t, libc::AF_INET as u16);
+    // SAFETY: socket(2), bind(2) and getsockname(2) on a socket this function owns,
+    // with a sockaddr_in and its true size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = OwnedFd::from_raw_fd(fd);
+        let mut addr = libc::sockaddr_in {
+            sin_family: family,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+            sin_zero: [0; 8],
+        };
+        let bound = libc::bind(fd, (&raw const addr).cast(), len);
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut got = len;
+        assert_eq!(libc::getsockname(fd, (&raw mut addr).cast(), &mut got), 0);
+        ReservedPort { socket, port: u16::from_be(addr.sin_port) }
+    }
+}
+
 #[test]
 fn an_unreachable_pachd_is_down_until_it_comes_up() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let reserved = reserve_port();
+    let port = reserved.port;
     let pipeline = Pipeline::start(Setup::new(format!("pfs://127.0.0.1:{port}/late")));
     wait_until("the idle sink's probe finds pachd down", || pipeline.health.state() == SinkState::Down);
     let admitted = pipeline.send(vec![message(Some("waited.txt"), "waited")]);
 
+    drop(reserved.socket);
     let mut pachd = FakePachd::start(None, Some(port));
     pipeline.verdict(admitted).expect("committed once pachd is up");
     assert_eq!(pipeline.health.state(), SinkState::Up);

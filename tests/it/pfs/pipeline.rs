@@ -110,6 +110,11 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
 /// Sends the sidecar's log lines to a buffer that [`logs`] reads.
+///
+/// The subscriber is the process's: every test that runs the library in this
+/// process logs into the same buffer, concurrently. A test may only look for lines
+/// that name something of its own (a temporary path, a repo), never count lines or
+/// expect a line to be absent.
 fn capture_logs() {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));

@@ -1,7 +1,10 @@
 //! A deliberately small HTTP/1.1 client over TCP or a Unix socket.
 //!
 //! The tests need to send exactly the bytes they mean, malformed ones included,
-//! and to talk over Unix sockets; a full client library would hide both.
+//! pipelined, or cut short, and to talk over Unix sockets; a full client library
+//! would hide all of that. Ordinary requests go through it too: with a client crate
+//! beside it (ureq has no Unix sockets; hyper's client is async) the tests would
+//! speak HTTP two ways and convert between two kinds of answers, for no fewer lines.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
