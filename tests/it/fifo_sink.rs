@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::support::pachyderm_reader::{is_full, Commit, Mode, PachydermReader};
 use bytes::Bytes;
 use spout_sidecar::ack::Ledger;
 use spout_sidecar::batch::{Batcher, Policy};
@@ -22,6 +21,8 @@ use spout_sidecar::ingest::{Intake, Refused, Transport, WhenFull};
 use spout_sidecar::message::{Incoming, Payload, Sequencer};
 use spout_sidecar::sink::fifo::FifoSink;
 use spout_sidecar::sink::{self, Health, Layout, SinkContext, SinkState};
+
+use crate::support::pachyderm_reader::{is_full, Commit, Mode, PachydermReader};
 
 /// A sidecar core writing into a fresh FIFO, driven from the test thread.
 struct Spout {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::client::{self, Connection};
 use crate::support::python;
-use crate::support::sidecar::{dir_commits, eventually, wait_exit, Sidecar, BIN};
+use crate::support::sidecar::{dir_commits, eventually, Sidecar, BIN};
 
 #[test]
 fn sigterm_commits_everything_accepted_and_exits_0() {
@@ -44,7 +44,7 @@ fn draining_sidecar_answers_503() {
     assert!(response.header("Retry-After").is_some());
     assert_eq!(client::get(&sidecar.addr, "/readyz").status, 503);
     let mut sidecar = sidecar;
-    let status = wait_exit(&mut sidecar.child, Duration::from_secs(20));
+    let status = sidecar.wait_exit(Duration::from_secs(20));
     assert!(!status.success(), "a drain that could not commit must not exit 0");
     assert!(sidecar.log().contains("not committed"), "{}", sidecar.log());
 }
@@ -81,7 +81,7 @@ fn supervisor_forwards_sigterm_to_the_producer() {
     // after, and forwards a signal that came first as soon as the producer runs.
     let mut sidecar = Sidecar::start(&["--sink", &sink, "--", "sleep", "60"]);
     sidecar.signal(libc::SIGTERM);
-    let status = wait_exit(&mut sidecar.child, Duration::from_secs(20));
+    let status = sidecar.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "exit code of a child killed by SIGTERM");
 }
 

@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use crate::support::client::{self, Connection, Response};
 use crate::support::sidecar::{eventually, Sidecar};
-use serde_json::{json, Value};
 
 fn spec() -> Value {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap();

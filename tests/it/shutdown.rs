@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::client::{self, Connection};
 use crate::support::pachyderm_reader::{fifo_in, Mode, PachydermReader};
-use crate::support::sidecar::{dir_commits, eventually, wait_exit, Sidecar};
+use crate::support::sidecar::{dir_commits, eventually, Sidecar};
 
 const LINES_PER_REQUEST: usize = 20;
 
@@ -132,7 +132,7 @@ fn sigterm_mid_request_and_mid_commit_commits_all_accepted_and_answers_it() {
     let mut sidecar = sidecar;
     let term = Instant::now();
     sidecar.signal(libc::SIGTERM);
-    let status = wait_exit(&mut sidecar.child, Duration::from_secs(25));
+    let status = sidecar.wait_exit(Duration::from_secs(25));
     let took = term.elapsed();
     let sent: Vec<Sent> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
     assert!(status.success(), "exit {status:?} after SIGTERM; log:\n{}", sidecar.log());
@@ -190,7 +190,7 @@ fn past_the_shutdown_timeout_exits_non_zero_naming_what_was_left() {
     });
     let term = Instant::now();
     sidecar.signal(libc::SIGTERM);
-    let status = wait_exit(&mut sidecar.child, Duration::from_secs(20));
+    let status = sidecar.wait_exit(Duration::from_secs(20));
     let took = term.elapsed();
     let log = sidecar.log();
     assert_eq!(status.code(), Some(3), "{log}");

@@ -18,7 +18,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::client::{self, Connection};
 use crate::support::ndjson_lines::{assert_lines_exactly_once, line, post_lines};
@@ -81,12 +81,14 @@ fn first_commit(sidecar: &Sidecar) {
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
 
-/// The sink states the log reported, in order, after byte `from` of the log.
-fn logged_states(sidecar: &Sidecar, from: usize) -> Vec<String> {
-    let log = sidecar.log();
-    log[from..]
+/// The sink states the log reported, in order, in lines stamped at or after `since`
+/// (a timestamp as the log writes them: RFC 3339, UTC, microseconds).
+fn logged_states(sidecar: &Sidecar, since: &str) -> Vec<String> {
+    let stamped_since = |line: &str| line.split_whitespace().next().is_some_and(|stamp| stamp >= since);
+    sidecar
+        .log()
         .lines()
-        .filter(|l| l.contains("sink::health"))
+        .filter(|l| l.contains("sink::health") && stamped_since(l))
         .map(|l| match l.split("state=\"").nth(1) {
             Some(rest) => rest.split('"').next().unwrap().to_owned(),
             None if l.contains("up again") => "up".to_owned(),
@@ -117,7 +119,11 @@ fn ride_out<Broken, Mended>(
     expected: Expected,
 ) -> Mended {
     let errors = format!("spout_sink_errors_total{{kind=\"{}\"}}", expected.error_kind);
-    let (log_mark, errors_before) = (sidecar.log().len(), sidecar.metric(&errors));
+    // The outage's log lines are those stamped from now on. Where the log stands now
+    // would not do: it reaches the test through a pipe and a thread, so a line the
+    // sidecar wrote before this point (that the sink is up) may still be arriving.
+    let since = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    let errors_before = sidecar.metric(&errors);
     let refused = AtomicU64::new(0);
     let mended = std::thread::scope(|scope| {
         let broken = break_it();
@@ -152,7 +158,12 @@ fn ride_out<Broken, Mended>(
     });
     let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
     assert_eq!(flushed.status, 200, "{}", flushed.text());
-    assert_eq!(logged_states(sidecar, log_mark), expected.states, "one log line per state change");
+    // The recovery's line, too, may still be on its way.
+    let states = eventually(Duration::from_secs(10), "the recovery in the log", || {
+        let states = logged_states(sidecar, &since);
+        (states.last().map(String::as_str) == Some("up")).then_some(states)
+    });
+    assert_eq!(states, expected.states, "one log line per state change");
     mended
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::files;
-use crate::support::sidecar::{dir_commits, wait_exit, Sidecar};
+use crate::support::sidecar::{dir_commits, Sidecar};
 use crate::support::{client, python};
 
 const TOKEN: &str = "s3cret-for-tests";
@@ -60,7 +60,7 @@ fn supervise(
             command.env("PRODUCER_TOKEN_FILE", &token);
         }
     });
-    let status = wait_exit(&mut sidecar.child, Duration::from_secs(60));
+    let status = sidecar.wait_exit(Duration::from_secs(60));
     (status, dir_commits(&tmp.path().join("out")))
 }
 

@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_spout-sidecar");
@@ -12,7 +13,11 @@ pub struct Sidecar {
     pub child: Child,
     /// `127.0.0.1:PORT` of the HTTP listener.
     pub addr: String,
+    /// What the sidecar wrote to stderr so far, as a thread has read it from the pipe:
+    /// a line the sidecar just wrote may still be on its way.
     pub log: Arc<Mutex<String>>,
+    /// That thread: once it has ended, it read the pipe to its end and the log is whole.
+    log_reader: JoinHandle<()>,
 }
 
 impl Sidecar {
@@ -37,7 +42,7 @@ impl Sidecar {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        {
+        let log_reader = {
             let log = log.clone();
             std::thread::spawn(move || {
                 let mut addr = None;
@@ -45,7 +50,8 @@ impl Sidecar {
                     if let Some(found) = line.split("listening on http://").nth(1) {
                         addr = Some(found.trim().to_owned());
                     }
-                    // Every listener is bound once the ready line is out.
+                    // The log is the only place the sidecar names its port, and every
+                    // listener (the Unix sockets too) is bound once the ready line is out.
                     if line.contains(" ready") {
                         if let Some(addr) = addr.take() {
                             let _ = tx.send(addr);
@@ -54,13 +60,13 @@ impl Sidecar {
                     log.lock().unwrap().push_str(&line);
                     log.lock().unwrap().push('\n');
                 }
-            });
-        }
+            })
+        };
         let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
             let _ = child.kill();
             panic!("sidecar did not start listening; log:\n{}", log.lock().unwrap())
         });
-        Self { child, addr, log }
+        Self { child, addr, log, log_reader }
     }
 
     pub fn log(&self) -> String {
@@ -80,10 +86,21 @@ impl Sidecar {
         unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
     }
 
-    /// Sends SIGTERM and waits for the exit.
+    /// Sends SIGTERM and waits for the exit, and for the whole log.
     pub fn stop(mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
-        wait_exit(&mut self.child, Duration::from_secs(40))
+        self.wait_exit(Duration::from_secs(40))
+    }
+
+    /// Waits for the sidecar to exit, then for its log to be read to the end, so that
+    /// [`Self::log`] holds every line it wrote.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let status = wait_exit(&mut self.child, timeout);
+        // stderr ends once the sidecar, and any producer it started, have exited.
+        eventually(Duration::from_secs(10), "the end of the sidecar's stderr", || {
+            self.log_reader.is_finished().then_some(())
+        });
+        status
     }
 }
 
