@@ -92,7 +92,7 @@ fn test(cargo_args: Vec<OsString>) -> Result<ExitCode, String> {
     let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
         .map_err(|e| format!("cannot put the virtualenv on the PATH: {e}"))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    progress(&format!("cargo test --workspace --locked {}", shown_args(&cargo_args)));
+    progress(&shown_command(&cargo_args));
     let status = Command::new(cargo)
         .current_dir(&root)
         .args(["test", "--workspace", "--locked"])
@@ -127,8 +127,14 @@ fn progress(line: &str) {
     eprintln!("xtask: {line}");
 }
 
-fn shown_args(args: &[OsString]) -> String {
-    args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+/// The cargo command line run, as the progress line shows it.
+fn shown_command(args: &[OsString]) -> String {
+    let mut shown = String::from("cargo test --workspace --locked");
+    for arg in args {
+        shown.push(' ');
+        shown.push_str(&arg.to_string_lossy());
+    }
+    shown
 }
 
 /// Installs the Debian packages whose programs are missing, as root; otherwise says
