@@ -60,7 +60,7 @@ fn wait_commit_answers_with_the_pfs_commit_and_readyz_follows_the_token() {
     assert!(sidecar.stop().success());
     let state = pachd.state();
     assert_eq!(state.files("events", "master")["late.txt"], b"sent while refused");
-    assert!(state.commits.iter().all(|c| c.finished), "no open commit left");
+    assert!(state.commits.iter().all(|c| c.finishing), "no open commit left");
 }
 
 #[test]

@@ -223,7 +223,7 @@ fn giving_up_fails_the_batch_and_leaves_no_open_commit() {
     let state = pachd.state();
     let commits = state.commits_of("stuck");
     assert_eq!(commits.len(), 1);
-    assert!(commits[0].finished, "no open commit left behind");
+    assert!(commits[0].finishing, "no open commit left behind");
     assert!(commits[0].error.contains("gave up"), "{:?}", commits[0]);
     assert!(commits[0].changed.is_empty() && state.files("stuck", "master").is_empty(), "no part of the batch");
 }

@@ -52,7 +52,12 @@ pub struct CommitState {
     pub repo: String,
     pub branch: String,
     pub parent: Option<String>,
+    /// "finishing" or "finished": how far the parent had got when this one started.
+    pub parent_at_start: Option<String>,
     pub description: String,
+    /// FinishCommit went through: the commit is no longer open.
+    pub finishing: bool,
+    /// pachd's master has validated it too (`error` says whether it failed).
     pub finished: bool,
     pub error: String,
     pub changed: Vec<String>,

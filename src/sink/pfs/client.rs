@@ -21,7 +21,8 @@ use super::target::{Target, TokenSource};
 /// How long a call that moves no file data may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 /// FinishCommit may wait for pachd's storage; cutting it short only costs an
-/// InspectCommit, but a generous deadline spares retries on a slow pachd.
+/// InspectCommit, but a generous deadline spares retries on a slow pachd. Waiting
+/// for a commit to be finished (compacted and validated) gets as long.
 const FINISH_DEADLINE: Duration = Duration::from_secs(120);
 /// A ModifyFile stream gets this long plus a second per MiB it carries.
 const STREAM_BASE_DEADLINE: Duration = Duration::from_secs(60);
@@ -62,6 +63,9 @@ impl Interceptor for AuthToken {
     }
 }
 
+/// Cloning shares the channel and the token: a clone's calls go over the same
+/// connection.
+#[derive(Clone)]
 pub struct Pachd {
     api: ApiClient<InterceptedService<Channel, AuthToken>>,
     token: AuthToken,
@@ -158,6 +162,15 @@ impl Pachd {
             wait: CommitState::Started as i32,
         };
         Ok(self.api.inspect_commit(deadline(request)).await?.into_inner())
+    }
+
+    /// Waits until pachd has finished the commit (its master validated it after
+    /// FinishCommit), at most `timeout`, or the call's deadline passes first.
+    pub async fn wait_finished(&mut self, commit: &Commit, timeout: Option<Duration>) -> Result<CommitInfo, Status> {
+        let request = InspectCommitRequest { commit: Some(commit.clone()), wait: CommitState::Finished as i32 };
+        let mut request = Request::new(request);
+        request.set_timeout(timeout.unwrap_or(FINISH_DEADLINE).min(FINISH_DEADLINE));
+        Ok(self.api.inspect_commit(request).await?.into_inner())
     }
 
     pub async fn clear_commit(&mut self, commit: &Commit) -> Result<(), Status> {

@@ -129,8 +129,9 @@ impl Committer {
         }
     }
 
-    /// Commits the batch; on success its commit id, else why it was given up.
-    pub async fn commit(&mut self, batch: BatchFiles<'_>) -> Result<String, GaveUp> {
+    /// Takes the batch into a commit and finishes it; on success the commit, which
+    /// pachd may still be finishing (see [`super::finish`]), else why it was given up.
+    pub async fn commit(&mut self, batch: BatchFiles<'_>) -> Result<Commit, GaveUp> {
         let give_up = self.ctx.give_up.clone();
         let mut step = CommitStep::Start;
         let mut last_error = String::from("the sidecar was already giving up");
@@ -163,7 +164,7 @@ impl Committer {
         }
     }
 
-    async fn attempt(&mut self, step: &mut CommitStep, batch: &BatchFiles<'_>) -> Result<String, AttemptError> {
+    async fn attempt(&mut self, step: &mut CommitStep, batch: &BatchFiles<'_>) -> Result<Commit, AttemptError> {
         self.pachd.reload_token()?;
         if !self.repo_ready {
             self.ensure_repo().await?;
@@ -182,11 +183,11 @@ impl Committer {
                 }
                 CommitStep::Finish { commit, tried } => {
                     if *tried && self.is_finishing(commit).await? {
-                        return Ok(commit.id.clone());
+                        return Ok(commit.clone());
                     }
                     *tried = true;
                     self.pachd.finish_commit(commit, "").await.map_err(|s| self.rpc_error("FinishCommit", s))?;
-                    return Ok(commit.id.clone());
+                    return Ok(commit.clone());
                 }
             }
         }
@@ -243,7 +244,7 @@ impl Committer {
     /// Gives the batch up. Its commit, if one is open, is cleared and finished with
     /// `error`, so the branch is not left blocked and no part of the batch shows. A
     /// FinishCommit that went through after all makes it a success.
-    async fn abandon(&mut self, step: CommitStep, last_error: String) -> Result<String, GaveUp> {
+    async fn abandon(&mut self, step: CommitStep, last_error: String) -> Result<Commit, GaveUp> {
         let reason = GaveUp(last_error);
         let cleanup = async {
             let commit = match step {
@@ -251,7 +252,7 @@ impl Committer {
                 CommitStep::Write { commit, .. } => Some(commit),
                 CommitStep::Finish { commit, .. } => {
                     if self.is_finishing(&commit).await.unwrap_or(false) {
-                        return Ok(commit.id);
+                        return Ok(commit);
                     }
                     Some(commit)
                 }
@@ -279,16 +280,7 @@ impl Committer {
     }
 
     fn rpc_error(&self, step: &'static str, status: Status) -> AttemptError {
-        let (code, message) = (status.code(), status.message().to_owned());
-        match code {
-            Code::Unauthenticated | Code::PermissionDenied => {
-                AttemptError::Refused { step, origin: self.pachd.token_origin(), code, message }
-            }
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-                AttemptError::Unreachable { step, code, message }
-            }
-            _ => AttemptError::Rpc { step, code, message },
-        }
+        classify(step, status, &self.pachd)
     }
 
     fn report(&self, error: &AttemptError) {
@@ -297,8 +289,20 @@ impl Committer {
     }
 }
 
+/// What a failed call at `step` means for health and retries.
+pub fn classify(step: &'static str, status: Status, pachd: &Pachd) -> AttemptError {
+    let (code, message) = (status.code(), status.message().to_owned());
+    match code {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            AttemptError::Refused { step, origin: pachd.token_origin(), code, message }
+        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => AttemptError::Unreachable { step, code, message },
+        _ => AttemptError::Rpc { step, code, message },
+    }
+}
+
 /// Sleeps `delay` unless giving up meanwhile.
-async fn pause(give_up: &Cancel, delay: Duration) {
+pub async fn pause(give_up: &Cancel, delay: Duration) {
     tokio::select! {
         () = tokio::time::sleep(delay) => {}
         () = give_up.cancelled() => {}
