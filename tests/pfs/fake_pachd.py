@@ -31,7 +31,8 @@ Pessimistic on purpose: each ModifyFile request into an open commit is applied a
 it arrives, so a stream cut midway leaves part of a batch in the commit, the case
 the sink must clean up.
 
-With --discard it keeps no file content, only counts it: for benchmarks.
+With --discard it keeps no file content but the sidecar's marker files, only
+counts it: for benchmarks.
 
 Control channel: one JSON command per line on stdin, one JSON answer per line on
 stdout (the first line printed is {"port": N}):
@@ -48,6 +49,9 @@ stdout (the first line printed is {"port": N}):
       "slow_finish": 0.5            FinishCommit takes this many seconds more.
       "finish_delay": 0.3           a commit is finished this long after it started
                                     finishing (default 0.01)
+  {"cmd": "start_commit", "repo": "r", "branch": "b"}  starts a commit as another
+                                    client would (project default), answers {"id": ...}
+  {"cmd": "finish_commit", "id": "..."}  finishes it
   {"cmd": "token", "token": "t"}    the token calls must carry from now on (null: none)
   {"cmd": "restart", "down_for": 0.5}  stops serving (connections drop) and serves
                                     again on the same port, state kept, as pachd
@@ -64,12 +68,13 @@ import uuid
 from concurrent import futures
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2, timestamp_pb2, wrappers_pb2
 
 from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
 
 MAX_MESSAGE = 20 << 20  # pachd's limit
 DEFAULT_FINISH_DELAY = 0.01
+MARKER_DIR = ".spout-sidecar/"
 
 
 def project_of(repo):
@@ -93,12 +98,14 @@ class Commit:
         self.parent_at_start = parent and ("finished" if parent.finished else "finishing")
         self.description = description
         self.ops = []  # (path, piece) adds and (path, None) deletes since start (or the last clear)
+        self.by_path = {}  # the same ops by path, for reading one file
         self.changed = []  # paths added or deleted since start (or the last clear)
         self.finishing = None  # Timestamps, as pachd reports them
         self.finished = None
         self.ready_at = None  # when the master may finish it
         self.error = ""
         self.total = None  # its files once finished without error
+        self.dirs = None  # with them, the directories above them (see path_collision)
 
     def proto(self):
         project, repo = self.key
@@ -128,25 +135,38 @@ class Commit:
                 files[path] = files.get(path, ()) + (piece,)
         return files
 
+    def file(self, path):
+        """One path's pieces, or None: files()[path] without building every file."""
+        if self.total is not None:
+            return self.total.get(path)
+        base = self.base()
+        chunks = base.file(path) if base else None
+        for piece in self.by_path.get(path, ()):
+            chunks = None if piece is None else (chunks or ()) + (piece,)
+        return chunks
+
     def add(self, path, piece):
         self.ops.append((path, piece))
+        self.by_path.setdefault(path, []).append(piece)
         self.changed.append(path)
 
 
-def path_collision(files, changed):
+def parents(path):
+    """The directories above a path: "a/b/c" -> "a", "a/b"."""
+    parts = path.strip("/").split("/")
+    return ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+
+
+def path_collision(files, dirs, changed):
     """pachd's validation of a commit's files, for the paths the commit changed: one
-    under a path that is a file, or one that other files are under."""
-    files = {path.strip("/") for path in files}
-    dirs = {}
-    for path in files:
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            dirs.setdefault("/".join(parts[:depth]), path)
-    for path in sorted({path.strip("/") for path in changed} & files):
+    under a path that is a file, or one that other files are under (`dirs`: every
+    directory above a file, to the first file found under it)."""
+    for path in sorted({path.strip("/") for path in changed}):
+        if path not in files:
+            continue
         if path in dirs:
             return f"file / directory path collision (/{dirs[path]})"
-        parts = path.split("/")
-        if any("/".join(parts[:depth]) in files for depth in range(1, len(parts))):
+        if any(parent in files for parent in parents(path)):
             return f"file / directory path collision (/{path})"
     return ""
 
@@ -260,11 +280,15 @@ class Pachd(pfs_pb2_grpc.APIServicer):
             piece = request.add_file.raw.value
             self.max_piece = max(self.max_piece, len(piece))
             self.bytes_received += len(piece)
-            if not self.discard:
+            if self.keeps(path):
                 commit.add(path, piece)
         elif body == "delete_file":
-            if not self.discard:
+            if self.keeps(request.delete_file.path):
                 commit.add(request.delete_file.path, None)
+
+    def keeps(self, path):
+        """--discard keeps only the sidecar's marker files, which it reads back."""
+        return not self.discard or path.startswith(MARKER_DIR)
 
     def master(self):
         """pachd's master: finishes finishing commits once their delay has passed and
@@ -278,11 +302,15 @@ class Pachd(pfs_pb2_grpc.APIServicer):
                         continue
                     if not commit.error:
                         files = commit.files()
-                        commit.error = path_collision(files, commit.changed)
+                        dirs = dict(base.dirs) if base is not None and base.dirs is not None else {}
+                        for path in commit.changed:
+                            for parent in parents(path):
+                                dirs.setdefault(parent, path.strip("/"))
+                        commit.error = path_collision(files, dirs, commit.changed)
                         if not commit.error:
-                            commit.total = files
+                            commit.total, commit.dirs = files, dirs
                             if base is not None:
-                                base.total = None  # recomputed if ever read: memory stays flat
+                                base.total = base.dirs = None  # recomputed if ever read: memory stays flat
                     commit.finished = now_timestamp()
                     self.pending.remove(commit)
                     self.changes.notify_all()
@@ -374,6 +402,7 @@ class Pachd(pfs_pb2_grpc.APIServicer):
             if commit.finishing is not None:
                 context.abort(grpc.StatusCode.UNKNOWN, "cannot clear finished commit")
             commit.ops = []
+            commit.by_path = {}
             commit.changed = []
         self.leave("ClearCommit", n, context)
         return empty_pb2.Empty()
@@ -391,21 +420,38 @@ class Pachd(pfs_pb2_grpc.APIServicer):
         self.leave("FinishCommit", n, context)
         return empty_pb2.Empty()
 
+    def GetFile(self, request, context):
+        n = self.enter("GetFile", context)
+        with self.lock:
+            commit = self.commit(request.file.commit, context)
+            # openCommit: a finishing commit is read once finished.
+            self.wait_for(commit, pfs_pb2.FINISHED if commit.finishing is not None else pfs_pb2.STARTED, context)
+            chunks = commit.file(request.file.path)
+            if chunks is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"file {request.file.path} not found in commit {commit.name()}")
+        self.leave("GetFile", n, context)
+        for chunk in chunks:
+            yield wrappers_pb2.BytesValue(value=chunk)
+
+    def wait_for(self, commit, state, context):
+        """Blocks (the lock released) until `commit` has reached `state`."""
+        reached = {
+            pfs_pb2.FINISHING: lambda: commit.finishing is not None,
+            pfs_pb2.FINISHED: lambda: commit.finished is not None,
+        }.get(state, lambda: True)
+        while not reached():
+            if not context.is_active():
+                context.abort(grpc.StatusCode.CANCELLED, "the call ended while waiting for the commit")
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"commit {commit.id} is not finished yet")
+            self.changes.wait(timeout=0.05 if remaining is None else min(0.05, remaining))
+
     def InspectCommit(self, request, context):
         n = self.enter("InspectCommit", context)
         with self.lock:
             commit = self.commit(request.commit, context)
-            reached = {
-                pfs_pb2.FINISHING: lambda: commit.finishing is not None,
-                pfs_pb2.FINISHED: lambda: commit.finished is not None,
-            }.get(request.wait, lambda: True)
-            while not reached():
-                if not context.is_active():
-                    context.abort(grpc.StatusCode.CANCELLED, "the call ended while waiting for the commit")
-                remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
-                    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"commit {commit.id} is not finished yet")
-                self.changes.wait(timeout=0.05 if remaining is None else min(0.05, remaining))
+            self.wait_for(commit, request.wait, context)
             info = pfs_pb2.CommitInfo(commit=commit.proto(), description=commit.description, error=commit.error)
             if commit.parent is not None:
                 info.parent_commit.CopyFrom(commit.parent.proto())
@@ -455,6 +501,13 @@ class Pachd(pfs_pb2_grpc.APIServicer):
                 "bytes_received": self.bytes_received}
 
 
+class Refuse:
+    """A stand-in for a call's context, for the control channel: an abort is an error."""
+
+    def abort(self, code, message):
+        raise SystemExit(f"fake pachd: {code}: {message}")
+
+
 def serve(pachd, port):
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
@@ -486,6 +539,14 @@ def main():
             answer = pachd.state()
         elif cmd == "faults":
             pachd.faults = Faults(command)
+            answer = {"ok": True}
+        elif cmd == "start_commit":
+            with pachd.lock:
+                key = ("default", command["repo"])
+                answer = {"id": pachd.start(key, pachd.repos[key], command["branch"], "", Refuse()).id}
+        elif cmd == "finish_commit":
+            with pachd.lock:
+                pachd.finishing(pachd.commits[command["id"]], "")
             answer = {"ok": True}
         elif cmd == "token":
             pachd.token = command["token"]

@@ -1,23 +1,29 @@
-//! Waiting for pachd to finish a commit, after FinishCommit.
+//! Finding a batch's commit and waiting for pachd to finish it.
 //!
-//! In Pachyderm 2.x FinishCommit only marks a commit *finishing*; pachd's master
-//! then compacts and validates it and marks it *finished*, with `error` set if
-//! validation failed (a path that is both a file and a directory). An errored
-//! commit's files are left out of every later commit, so its batch is not in the
-//! branch: only a commit finished without `error` is committed. The wait is
-//! `InspectCommit(wait = FINISHED)`, retried through failures like any call.
+//! In Pachyderm 2.x a commit that FinishCommit (or a one-off ModifyFile) leaves is
+//! only *finishing*; pachd's master then compacts and validates it and marks it
+//! *finished*, with `error` set if validation failed (a path that is both a file and
+//! a directory). An errored commit's files are left out of every later commit, so
+//! its batch is not in the branch: only a commit finished without `error` is
+//! committed. The wait is `InspectCommit(wait = FINISHED)`, retried through failures
+//! like any call.
 //!
-//! A finisher waits for one commit after the other, in the order they were
-//! finished, so acknowledgements go out in order while the committer already
-//! streams the next batch.
+//! A one-off ModifyFile does not answer with its commit, so the finisher finds it by
+//! the batch's mark (see `marker`): walking back from the branch head to this
+//! writer's previous commit, the oldest commit whose marker holds the mark. Reading a
+//! finishing commit's file waits until pachd has finished it, so this runs here, not
+//! in the committer, which meanwhile streams the next batch. The finisher takes one
+//! batch after the other, so acknowledgements go out in order.
 
 use std::time::Duration;
 
-use tonic::Code;
+use bytes::Bytes;
+use tonic::{Code, Status};
 
 use super::client::Pachd;
 use super::committer::{classify, pause, AttemptError};
-use super::proto::pfs_v2::Commit;
+use super::marker::{Writer, MARKER_LIMIT};
+use super::proto::pfs_v2::{Commit, CommitInfo};
 use crate::sink::backoff::Backoff;
 use crate::sink::SinkContext;
 
@@ -27,55 +33,106 @@ const LAST_WAIT: Duration = Duration::from_secs(3);
 /// Why a batch whose FinishCommit went through is not committed.
 #[derive(Debug, thiserror::Error)]
 pub enum NotFinished {
+    #[error(
+        "pachd took the batch but its commit is not on the branch between the head and this writer's \
+         previous commit (was the branch moved or squashed?)"
+    )]
+    NotFound,
     #[error("pachd finished commit {commit} with an error, so its batch is not in the branch: {message}")]
     Errored { commit: String, message: String },
     #[error(
-        "gave up at shutdown waiting for pachd to finish commit {commit} ({last}); it may still be finished \
-         (pachctl inspect commit)"
+        "gave up at shutdown waiting for pachd to finish the batch's commit ({last}); it may still be \
+         finished (the marker {marker} tells)"
     )]
-    GaveUp { commit: String, last: String },
+    GaveUp { marker: String, last: String },
 }
 
 pub struct Finisher {
     pachd: Pachd,
     ctx: SinkContext,
+    writer: Writer,
     backoff: Backoff,
+    /// This writer's last commit: the walk for the next one stops there.
+    previous: Option<String>,
 }
 
 impl Finisher {
-    pub fn new(pachd: Pachd, ctx: SinkContext) -> Self {
-        Self { pachd, ctx, backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)) }
+    pub fn new(pachd: Pachd, ctx: SinkContext, writer: Writer) -> Self {
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        Self { pachd, ctx, writer, backoff, previous: None }
     }
 
-    /// Waits until pachd has finished `commit`: Ok if without error.
-    pub async fn finished(&mut self, commit: &Commit) -> Result<(), NotFinished> {
+    /// Finds the commit holding the batch marked `mark` and waits until pachd has
+    /// finished it: its id if without error.
+    pub async fn finished(&mut self, mark: &Bytes) -> Result<String, NotFinished> {
         let give_up = self.ctx.give_up.clone();
         loop {
             // Giving up still allows one short wait: the commit is usually moments away.
             let limit = give_up.is_cancelled().then_some(LAST_WAIT);
-            let waited = tokio::select! {
-                result = self.pachd.wait_finished(commit, limit) => result,
-                () = give_up.cancelled(), if limit.is_none() => continue,
+            let waited = match limit {
+                None => tokio::select! {
+                    result = self.find_and_wait(mark) => result,
+                    () = give_up.cancelled() => continue,
+                },
+                Some(limit) => tokio::time::timeout(limit, self.find_and_wait(mark))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("pachd has not finished the commit yet"))),
             };
             let status = match waited {
-                Ok(info) if info.error.is_empty() => {
+                Ok(Some(info)) => {
                     self.backoff.reset();
-                    return Ok(());
+                    let id = info.commit.map(|c| c.id).unwrap_or_default();
+                    self.previous = Some(id.clone());
+                    return match info.error.is_empty() {
+                        true => Ok(id),
+                        false => Err(NotFinished::Errored { commit: id, message: info.error }),
+                    };
                 }
-                Ok(info) => return Err(NotFinished::Errored { commit: commit.id.clone(), message: info.error }),
+                Ok(None) => return Err(NotFinished::NotFound),
                 Err(status) => status,
             };
             // Still finishing after the call's whole deadline: pachd is slow, not gone.
             if status.code() == Code::DeadlineExceeded && limit.is_none() {
                 continue;
             }
-            let error = classify("InspectCommit(wait=FINISHED)", status, &self.pachd);
+            let error = classify("finding the batch's commit", status, &self.pachd);
             self.report(&error);
             if limit.is_some() {
-                return Err(NotFinished::GaveUp { commit: commit.id.clone(), last: error.to_string() });
+                return Err(NotFinished::GaveUp { marker: self.writer.path().into(), last: error.to_string() });
             }
             pause(&give_up, self.backoff.next_delay()).await;
         }
+    }
+
+    /// The finished commit marked `mark`, if it is on the branch.
+    async fn find_and_wait(&mut self, mark: &Bytes) -> Result<Option<CommitInfo>, Status> {
+        let Some(commit) = self.find(mark).await? else {
+            return Ok(None);
+        };
+        self.pachd.wait_finished(&commit).await.map(Some)
+    }
+
+    /// Walks back from the branch head to this writer's previous commit (or to a
+    /// commit marked by no batch of this run): the oldest commit marked `mark`.
+    async fn find(&mut self, mark: &Bytes) -> Result<Option<Commit>, Status> {
+        let mut at = self.pachd.inspect_head().await?;
+        let mut found = None;
+        while let Some(CommitInfo { commit: Some(commit), parent_commit, .. }) = at {
+            if self.previous.as_ref() == Some(&commit.id) {
+                break;
+            }
+            let marker = self.pachd.get_small_file(&commit, self.writer.path(), MARKER_LIMIT).await?;
+            match marker {
+                Some(marker) if marker == mark => found = Some(commit.clone()),
+                Some(marker) if self.writer.is_this_run(&marker) => {}
+                _ => break,
+            }
+            at = match parent_commit {
+                Some(parent) => Some(self.pachd.inspect_commit(&parent).await?),
+                None => None,
+            };
+        }
+        Ok(found)
     }
 
     fn report(&self, error: &AttemptError) {

@@ -7,22 +7,22 @@
 //! back to taking and laying out the next batch while the previous one commits,
 //! and `settle` counts the batches the committer has settled. (A runtime driven
 //! from the sink thread itself would only make progress inside `settle`, while
-//! `sink::run` spends its time waiting on the batch channel.) Commits on a branch
-//! cannot overlap (pachd refuses to start a commit whose parent is open), so one
-//! committer is all the concurrency there is to have, but a commit is only
-//! committed once pachd has *finished* it, some time after FinishCommit: a
-//! finisher task on the same runtime waits for that, commit after commit in order,
-//! and settles the batches, while the committer already streams the next one
-//! (pachd starts a commit on a parent that is finishing). While idle, `probe` has
-//! the committer check pachd and the repo now and then, for `/readyz`.
+//! `sink::run` spends its time waiting on the batch channel.) Each batch is one
+//! one-off ModifyFile on the branch, so any number of sidecars can write the same
+//! branch (see `committer`). A batch is only committed once pachd has *finished*
+//! its commit, some time later: a finisher task on the same runtime finds each
+//! batch's commit and waits for that, batch after batch in order, and settles them,
+//! while the committer already streams the next one. While idle, `probe` has the
+//! committer check pachd and the repo now and then, for `/readyz`.
 //!
 //! `target` parses the URI and finds the token, `client` speaks to pachd,
-//! `requests` lays a batch out as a ModifyFile stream, `committer` retries,
-//! `finish` waits for pachd to finish a commit.
+//! `requests` lays a batch out as a ModifyFile stream, `marker` tells this writer's
+//! batches apart, `committer` retries, `finish` finds and waits for the commit.
 
 mod client;
 mod committer;
 mod finish;
+mod marker;
 pub mod proto;
 mod requests;
 pub mod target;
@@ -32,13 +32,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::mpsc;
 
 use self::client::Pachd;
-use self::committer::{AttemptError, BatchFiles, Committer, GaveUp, MARKER};
+use self::committer::{AttemptError, BatchFiles, Committer, GaveUp};
 use self::finish::Finisher;
-use self::proto::pfs_v2::Commit as PfsCommit;
+use self::marker::{default_writer_id, Writer};
 pub use self::target::{detect_worker, Target, TokenSource};
 use super::runner::{spawn_watched, InjectedPanic};
 use super::spec::{BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
@@ -182,10 +183,11 @@ fn commit_in_order(
             Ok(pachd) => pachd,
             Err(bad) => return fail_every_batch(AttemptError::from(bad), &ctx, queue, done, probing).await,
         };
+        let writer = Writer::new(&target.writer.clone().unwrap_or_else(default_writer_id));
         let (finishing, finished) = mpsc::unbounded_channel();
-        let finisher = Finisher::new(pachd.clone(), ctx.clone());
+        let finisher = Finisher::new(pachd.clone(), ctx.clone(), writer.clone());
         let finisher = tokio::spawn(settle_in_order(finisher, ctx.clone(), finished, done));
-        let mut committer = Committer::new(pachd, ctx.clone());
+        let mut committer = Committer::new(pachd, ctx.clone(), writer);
         let mut fault = InjectedPanic::for_thread("pfs-commit");
         while let Some(job) = queue.recv().await {
             let Job::Commit(Commit { files, ack }) = job else {
@@ -195,8 +197,7 @@ fn commit_in_order(
             };
             fault.count_batch();
             let files: Arc<[CommitFile]> = files.into();
-            let description = format!("{MARKER}: batch {} of {} messages", ack.no, ack.messages);
-            let batch = BatchFiles { files: &files, bytes: ack.bytes, description };
+            let batch = BatchFiles { files: &files, bytes: ack.bytes, no: ack.no };
             let outcome = committer.commit(batch).await;
             // The finisher settles in order, so a failure queues behind the commits before it.
             let _ = finishing.send(Finishing { outcome, files, ack });
@@ -225,9 +226,9 @@ async fn fail_every_batch(
     }
 }
 
-/// A batch whose commit is finishing (or that was given up), for the finisher.
+/// A batch pachd took, by its mark (or one given up), for the finisher.
 struct Finishing {
-    outcome: Result<PfsCommit, GaveUp>,
+    outcome: Result<Bytes, GaveUp>,
     files: Arc<[CommitFile]>,
     ack: BatchAck,
 }
@@ -242,10 +243,10 @@ async fn settle_in_order(
 ) {
     while let Some(Finishing { outcome, files, ack }) = queue.recv().await {
         match outcome {
-            Ok(commit) => match finisher.finished(&commit).await {
-                Ok(()) => ack.committed(ctx.receipt(commit.id, &files)),
+            Ok(mark) => match finisher.finished(&mark).await {
+                Ok(id) => ack.committed(ctx.receipt(id, &files)),
                 Err(error) => {
-                    tracing::error!(commit = %commit.id, batch = ack.no, "{error}");
+                    tracing::error!(batch = ack.no, "{error}");
                     ack.failed(error);
                 }
             },

@@ -17,8 +17,8 @@ pub const DEFAULT_PROJECT: &str = "default";
 /// Where a Pachyderm 2.x worker writes the pachctl config it gives user code.
 const WORKER_PACH_CONFIG: &str = "/pachctl/config.json";
 
-const USAGE: &str = "expected pfs://HOST:PORT/REPO@BRANCH?project=PROJECT \
-                     (port defaults to 30650, branch to master, project to default)";
+const USAGE: &str = "expected pfs://HOST:PORT/REPO@BRANCH?project=PROJECT&writer=NAME \
+                     (port defaults to 30650, branch to master, project to default, writer to HOST-PID)";
 
 /// A parsed `pfs://HOST:PORT/REPO@BRANCH?project=P`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub struct Target {
     pub project: String,
     pub repo: String,
     pub branch: String,
+    /// `writer=`: this sidecar's name among those writing the branch, naming its
+    /// marker file (see `marker`); `None` for `HOST-PID`.
+    pub writer: Option<String>,
     pub token: TokenSource,
 }
 
@@ -103,8 +106,11 @@ impl TokenSource {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "pfs://{}/{}@{}", self.address, self.repo, self.branch)?;
-        if self.project != DEFAULT_PROJECT {
-            write!(f, "?project={}", self.project)?;
+        let project = (self.project != DEFAULT_PROJECT).then(|| format!("project={}", self.project));
+        let writer = self.writer.as_ref().map(|name| format!("writer={name}"));
+        let query: Vec<String> = project.into_iter().chain(writer).collect();
+        if !query.is_empty() {
+            write!(f, "?{}", query.join("&"))?;
         }
         Ok(())
     }
@@ -136,13 +142,18 @@ impl FromStr for Target {
         check_name("repo", repo).map_err(bad)?;
         check_name("branch", branch).map_err(bad)?;
         let mut project = DEFAULT_PROJECT;
+        let mut writer = None;
         for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("project", name)) => {
                     check_name("project", name).map_err(bad)?;
                     project = name;
                 }
-                _ => return Err(bad(format!("unknown parameter `{pair}`, only `project=` is known"))),
+                Some(("writer", name)) => {
+                    check_writer(name).map_err(bad)?;
+                    writer = Some(name.to_owned());
+                }
+                _ => return Err(bad(format!("unknown parameter `{pair}`, only `project=` and `writer=` are known"))),
             }
         }
         Ok(Target {
@@ -150,6 +161,7 @@ impl FromStr for Target {
             project: project.into(),
             repo: repo.into(),
             branch: branch.into(),
+            writer,
             token: TokenSource::Unset,
         })
     }
@@ -203,6 +215,15 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
         }
         None => Ok(()),
     }
+}
+
+/// A writer name is a file name in the repo: Pachyderm's name rule plus `.`, as in
+/// host names, but not first.
+fn check_writer(name: &str) -> Result<(), String> {
+    if name.starts_with('.') {
+        return Err(format!("the writer name `{name}` starts with `.`"));
+    }
+    check_name("writer", &name.replace('.', "-")).map_err(|e| e.replace(&name.replace('.', "-"), name))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,6 +326,7 @@ pub fn detect_worker(env: impl Fn(&str) -> Option<String>) -> Option<Target> {
         project: env("PPS_PROJECT_NAME").filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_PROJECT.into()),
         repo: pipeline,
         branch: DEFAULT_BRANCH.into(),
+        writer: None,
         token: TokenSource::PachConfig(config),
     })
 }
@@ -332,6 +354,9 @@ mod tests {
         assert_eq!(parse("pfs://[::1]:1653/r@b").unwrap().address, "[::1]:1653");
         assert_eq!(parse("pfs://[::1]/r").unwrap().address, "[::1]:30650");
         assert_eq!(t.to_string(), "pfs://localhost:30650/events@master");
+        let t = parse("pfs://pachd/events?writer=spout-7f9c.x&project=p").unwrap();
+        assert_eq!(t.writer.as_deref(), Some("spout-7f9c.x"));
+        assert_eq!(t.to_string(), "pfs://pachd:30650/events@master?project=p&writer=spout-7f9c.x");
     }
 
     #[test]
@@ -345,6 +370,9 @@ mod tests {
             ("pfs://host:1650/r@", "the branch name is empty"),
             ("pfs://host:1650/a/b", "the repo name `a/b` has '/'"),
             ("pfs://host:1650/r?project=", "the project name is empty"),
+            ("pfs://host:1650/r?writer=", "the writer name is empty"),
+            ("pfs://host:1650/r?writer=.a", "the writer name `.a` starts with `.`"),
+            ("pfs://host:1650/r?writer=a/b", "the writer name `a/b` has '/'"),
             ("pfs://host:1650/r?repo=x", "unknown parameter `repo=x`"),
             ("pfs://u:p@host/r", "user info before the host"),
         ];
