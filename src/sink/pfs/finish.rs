@@ -47,6 +47,16 @@ pub enum NotFinished {
     GaveUp { marker: String, last: String },
 }
 
+/// How far the walk back from the head has got.
+#[derive(Default)]
+struct Walk {
+    started: bool,
+    /// The next commit to look at.
+    at: Option<CommitInfo>,
+    /// The oldest commit marked with the batch's mark so far.
+    found: Option<Commit>,
+}
+
 pub struct Finisher {
     pachd: Pachd,
     ctx: SinkContext,
@@ -66,15 +76,18 @@ impl Finisher {
     /// finished it: its id if without error.
     pub async fn finished(&mut self, mark: &Bytes) -> Result<String, NotFinished> {
         let give_up = self.ctx.give_up.clone();
+        // Kept across retries: a failed call resumes the walk where it was, so the
+        // walk back over other writers' commits does not start over each time.
+        let mut walk = Walk::default();
         loop {
             // Giving up still allows one short wait: the commit is usually moments away.
             let limit = give_up.is_cancelled().then_some(LAST_WAIT);
             let waited = match limit {
                 None => tokio::select! {
-                    result = self.find_and_wait(mark) => result,
+                    result = self.find_and_wait(mark, &mut walk) => result,
                     () = give_up.cancelled() => continue,
                 },
-                Some(limit) => tokio::time::timeout(limit, self.find_and_wait(mark))
+                Some(limit) => tokio::time::timeout(limit, self.find_and_wait(mark, &mut walk))
                     .await
                     .unwrap_or_else(|_| Err(Status::deadline_exceeded("pachd has not finished the commit yet"))),
             };
@@ -105,8 +118,8 @@ impl Finisher {
     }
 
     /// The finished commit marked `mark`, if it is on the branch.
-    async fn find_and_wait(&mut self, mark: &Bytes) -> Result<Option<CommitInfo>, Status> {
-        let Some(commit) = self.find(mark).await? else {
+    async fn find_and_wait(&mut self, mark: &Bytes, walk: &mut Walk) -> Result<Option<CommitInfo>, Status> {
+        let Some(commit) = self.find(mark, walk).await? else {
             return Ok(None);
         };
         self.pachd.wait_finished(&commit).await.map(Some)
@@ -114,25 +127,29 @@ impl Finisher {
 
     /// Walks back from the branch head to this writer's previous commit (or to a
     /// commit marked by no batch of this run): the oldest commit marked `mark`.
-    async fn find(&mut self, mark: &Bytes) -> Result<Option<Commit>, Status> {
-        let mut at = self.pachd.inspect_head().await?;
-        let mut found = None;
-        while let Some(CommitInfo { commit: Some(commit), parent_commit, .. }) = at {
+    async fn find(&mut self, mark: &Bytes, walk: &mut Walk) -> Result<Option<Commit>, Status> {
+        if !walk.started {
+            walk.at = self.pachd.inspect_head().await?;
+            walk.started = true;
+        }
+        while let Some(CommitInfo { commit: Some(commit), parent_commit, .. }) = &walk.at {
             if self.previous.as_ref() == Some(&commit.id) {
                 break;
             }
-            let marker = self.pachd.get_small_file(&commit, self.writer.path(), MARKER_LIMIT).await?;
-            match marker {
-                Some(marker) if marker == mark => found = Some(commit.clone()),
-                Some(marker) if self.writer.is_this_run(&marker) => {}
+            let marker = self.pachd.get_small_file(commit, self.writer.path(), MARKER_LIMIT).await?;
+            let found = match marker {
+                Some(marker) if &marker == mark => Some(commit.clone()),
+                Some(marker) if self.writer.is_this_run(&marker) => None,
                 _ => break,
-            }
-            at = match parent_commit {
-                Some(parent) => Some(self.pachd.inspect_commit(&parent).await?),
+            };
+            let parent = match parent_commit {
+                Some(parent) => Some(self.pachd.inspect_commit(parent).await?),
                 None => None,
             };
+            walk.found = found.or(walk.found.take());
+            walk.at = parent;
         }
-        Ok(found)
+        Ok(walk.found.clone())
     }
 
     fn report(&self, error: &AttemptError) {
