@@ -64,7 +64,8 @@ fn three_sidecars_on_one_branch_commit_every_message_exactly_once() {
                         assert_eq!(answer.status, 200, "writer {w}: {}", answer.text());
                         let answer = answer.json();
                         let files = answer["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().into());
-                        let receipt = Receipt { commit: answer["commit"].as_str().unwrap().into(), files: files.collect() };
+                        let receipt =
+                            Receipt { commit: answer["commit"].as_str().unwrap().into(), files: files.collect() };
                         (body, receipt)
                     })
                     .collect::<Vec<_>>()

@@ -13,7 +13,8 @@ use tonic::{Code, Request, Status};
 
 use super::proto::pfs_v2::api_client::ApiClient;
 use super::proto::pfs_v2::{
-    Branch, Commit, CommitInfo, CommitState, CreateRepoRequest, File, GetFileRequest, InspectCommitRequest, InspectRepoRequest, ModifyFileRequest, Project, Repo,
+    Branch, Commit, CommitInfo, CommitState, CreateRepoRequest, File, GetFileRequest, InspectCommitRequest,
+    InspectRepoRequest, ModifyFileRequest, Project, Repo,
 };
 use super::target::{Target, TokenSource};
 
@@ -181,7 +182,9 @@ impl Pachd {
         let mut content = BytesMut::new();
         loop {
             match stream.message().await {
-                Ok(Some(piece)) => content.extend_from_slice(&piece.value[..piece.value.len().min(limit - content.len())]),
+                Ok(Some(piece)) => {
+                    content.extend_from_slice(&piece.value[..piece.value.len().min(limit - content.len())])
+                }
                 Ok(None) => return Ok(Some(content.freeze())),
                 Err(status) if is_not_found(&status) => return Ok(None),
                 Err(status) => return Err(status),

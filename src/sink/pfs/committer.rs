@@ -128,7 +128,8 @@ impl Committer {
         let mut attempt = 0u64;
         loop {
             if give_up.is_cancelled() {
-                let landed = unsure && tokio::time::timeout(LAST_CHECK, self.landed(&mark)).await.is_ok_and(|r| r.unwrap_or(false));
+                let landed = unsure
+                    && tokio::time::timeout(LAST_CHECK, self.landed(&mark)).await.is_ok_and(|r| r.unwrap_or(false));
                 return if landed { Ok(mark) } else { Err(GaveUp(last_error)) };
             }
             attempt += 1;
@@ -170,7 +171,8 @@ impl Committer {
         self.refuse_open_head().await?;
         *unsure = true;
         let marker = (self.writer.path().to_owned(), mark.clone());
-        let requests = modify_file_requests(self.pachd.branch_target(), marker, batch.files.clone(), self.ctx.overwrite);
+        let requests =
+            modify_file_requests(self.pachd.branch_target(), marker, batch.files.clone(), self.ctx.overwrite);
         self.pachd.modify_file(requests, batch.bytes).await.map_err(|s| self.rpc_error("ModifyFile", s))
     }
 
@@ -216,7 +218,9 @@ pub fn classify(step: &'static str, status: Status, pachd: &Pachd) -> AttemptErr
         Code::Unauthenticated | Code::PermissionDenied => {
             AttemptError::Refused { step, origin: pachd.token_origin(), code, message }
         }
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => AttemptError::Unreachable { step, code, message },
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            AttemptError::Unreachable { step, code, message }
+        }
         _ => AttemptError::Rpc { step, code, message },
     }
 }

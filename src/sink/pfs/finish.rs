@@ -138,7 +138,7 @@ impl Finisher {
             }
             let marker = self.pachd.get_small_file(commit, self.writer.path(), MARKER_LIMIT).await?;
             let found = match marker {
-                Some(marker) if &marker == mark => Some(commit.clone()),
+                Some(marker) if marker == mark => Some(commit.clone()),
                 Some(marker) if self.writer.is_this_run(&marker) => None,
                 _ => break,
             };
