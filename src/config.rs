@@ -46,7 +46,8 @@ pub struct Options {
     pub raw_framing: RawFraming,
 
     /// Where batches go: fifo:PATH, dir:PATH, stdout:, pfs://HOST:PORT/REPO@BRANCH
-    /// (?project=P) or auto (fifo:/pfs/out when that is a named pipe, else pachd
+    /// (?project=P&writer=NAME; writer names this sidecar among several writing the
+    /// branch, default HOST-PID) or auto (fifo:/pfs/out when that is a named pipe, else pachd
     /// inside a Pachyderm 2.x worker, else dir:./spout-out).
     #[arg(long, env = "SPOUT_SINK", default_value = "auto", value_name = "URI")]
     pub sink: SinkSpec,

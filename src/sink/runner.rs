@@ -60,25 +60,51 @@ fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext) {
     while sink.settle(Duration::from_millis(50), &ctx) > 0 && !ctx.giving_up() {}
 }
 
-/// Spawns a thread named `name` whose panic is caught and reported through
-/// `health` (see the module comment) instead of passing unnoticed.
+/// Spawns a thread named `name` whose panic is reported through `health` (see the
+/// module comment) instead of passing unnoticed.
+///
+/// The report is made by a panic hook, which runs on the panicking thread before it
+/// unwinds: so the sink is known dead before the batches it held fail, and a
+/// `wait=commit` caller that hears 502 finds `/healthz` already saying why.
 pub fn spawn_watched(
     name: &'static str,
     health: Arc<Health>,
     body: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
+    install_panic_reporter();
     std::thread::Builder::new().name(name.into()).spawn(move || {
-        // Whatever the thread owned (the sink, queued batches) is dropped while
-        // unwinding, which fails the batches, before health says the thread died.
-        if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(body)) {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
-            health.died(name, &why);
-        }
+        WATCHED.set(Some((name, health)));
+        // The hook has reported the panic; unwinding (which fails the batches) ends here.
+        let _ = panic::catch_unwind(AssertUnwindSafe(body));
     })
+}
+
+thread_local! {
+    /// The watched thread running here, if any: its name and where to report it.
+    static WATCHED: std::cell::RefCell<Option<(&'static str, Arc<Health>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Chains a hook in front of the current panic hook that reports a watched thread's
+/// panic to its health, once per process.
+fn install_panic_reporter() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let watched = WATCHED.with_borrow(|watched| watched.clone());
+            if let Some((name, health)) = watched {
+                let payload = info.payload();
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                health.died(name, &why);
+            }
+        }));
+    });
 }
 
 /// A fault for tests: `SPOUT_TEST_PANIC=THREAD:N` makes the thread named THREAD

@@ -4,6 +4,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -12,16 +13,15 @@ use tonic::{Code, Request, Status};
 
 use super::proto::pfs_v2::api_client::ApiClient;
 use super::proto::pfs_v2::{
-    Branch, ClearCommitRequest, Commit, CommitInfo, CommitState, CreateRepoRequest, FinishCommitRequest,
-    InspectBranchRequest, InspectCommitRequest, InspectRepoRequest, ModifyFileRequest, Project, Repo,
-    StartCommitRequest,
+    Branch, Commit, CommitInfo, CommitState, CreateRepoRequest, File, GetFileRequest, InspectCommitRequest,
+    InspectRepoRequest, ModifyFileRequest, Project, Repo,
 };
 use super::target::{Target, TokenError, TokenSource};
 
 /// How long a call that moves no file data may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
-/// FinishCommit may wait for pachd's storage; cutting it short only costs an
-/// InspectCommit, but a generous deadline spares retries on a slow pachd.
+/// How long a wait for a commit to be finished (compacted and validated) may take,
+/// the wait being InspectCommit or a GetFile on a finishing commit.
 const FINISH_DEADLINE: Duration = Duration::from_secs(120);
 /// A ModifyFile stream gets this long plus a second per MiB it carries.
 const STREAM_BASE_DEADLINE: Duration = Duration::from_secs(60);
@@ -62,6 +62,9 @@ impl Interceptor for AuthToken {
     }
 }
 
+/// Cloning shares the channel and the token: a clone's calls go over the same
+/// connection.
+#[derive(Clone)]
 pub struct Pachd {
     api: ApiClient<InterceptedService<Channel, AuthToken>>,
     token: AuthToken,
@@ -130,21 +133,16 @@ impl Pachd {
         }
     }
 
-    pub async fn start_commit(&mut self, description: &str) -> Result<Commit, Status> {
-        let request =
-            StartCommitRequest { parent: None, description: description.into(), branch: Some(self.branch.clone()) };
-        let mut commit = self.api.start_commit(deadline(request)).await?.into_inner();
-        if commit.branch.is_none() {
-            commit.branch = Some(self.branch.clone());
-        }
-        Ok(commit)
+    /// The branch itself as ModifyFile's target: pachd makes a commit of the whole
+    /// stream on the head of the moment (or joins the head if it is open).
+    pub fn branch_target(&self) -> Commit {
+        Commit { repo: Some(self.repo.clone()), id: String::new(), branch: Some(self.branch.clone()) }
     }
 
     /// The commit at the head of the branch, if the branch has one.
-    pub async fn branch_head(&mut self) -> Result<Option<Commit>, Status> {
-        let request = InspectBranchRequest { branch: Some(self.branch.clone()) };
-        match self.api.inspect_branch(deadline(request)).await {
-            Ok(info) => Ok(info.into_inner().head),
+    pub async fn inspect_head(&mut self) -> Result<Option<CommitInfo>, Status> {
+        match self.inspect_commit(&self.branch_target()).await {
+            Ok(info) => Ok(Some(info)),
             Err(status) if is_not_found(&status) => Ok(None),
             Err(status) => Err(status),
         }
@@ -159,22 +157,38 @@ impl Pachd {
         Ok(self.api.inspect_commit(deadline(request)).await?.into_inner())
     }
 
-    pub async fn clear_commit(&mut self, commit: &Commit) -> Result<(), Status> {
-        let request = ClearCommitRequest { commit: Some(commit.clone()) };
-        self.api.clear_commit(deadline(request)).await.map(drop)
-    }
-
-    /// Finishes the commit; a non-empty `error` marks it failed.
-    pub async fn finish_commit(&mut self, commit: &Commit, error: &str) -> Result<(), Status> {
-        let request = FinishCommitRequest {
-            commit: Some(commit.clone()),
-            description: String::new(),
-            error: error.into(),
-            force: false,
-        };
+    /// Waits until pachd has finished the commit (its master validated it), or the
+    /// call's deadline passes first.
+    pub async fn wait_finished(&mut self, commit: &Commit) -> Result<CommitInfo, Status> {
+        let request = InspectCommitRequest { commit: Some(commit.clone()), wait: CommitState::Finished as i32 };
         let mut request = Request::new(request);
         request.set_timeout(FINISH_DEADLINE);
-        self.api.finish_commit(request).await.map(drop)
+        Ok(self.api.inspect_commit(request).await?.into_inner())
+    }
+
+    /// A small file's bytes at `commit` (at most `limit` of them), or `None` if the
+    /// file or the commit is not there. pachd answers once the commit is finished if
+    /// it is finishing.
+    pub async fn get_small_file(&mut self, commit: &Commit, path: &str, limit: usize) -> Result<Option<Bytes>, Status> {
+        let file = File { commit: Some(commit.clone()), path: path.into(), datum: String::new() };
+        let mut request = Request::new(GetFileRequest { file: Some(file) });
+        request.set_timeout(FINISH_DEADLINE);
+        let mut stream = match self.api.get_file(request).await {
+            Ok(answer) => answer.into_inner(),
+            Err(status) if is_not_found(&status) => return Ok(None),
+            Err(status) => return Err(status),
+        };
+        let mut content = BytesMut::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(piece)) => {
+                    content.extend_from_slice(&piece.value[..piece.value.len().min(limit - content.len())])
+                }
+                Ok(None) => return Ok(Some(content.freeze())),
+                Err(status) if is_not_found(&status) => return Ok(None),
+                Err(status) => return Err(status),
+            }
+        }
     }
 
     /// Sends one ModifyFile stream; `bytes` sizes its deadline.

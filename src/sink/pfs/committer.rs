@@ -1,31 +1,33 @@
-//! One batch, one commit: takes a batch into pachd as exactly one finished commit,
-//! retrying through failures, or gives it up without leaving an open commit.
+//! One batch, one commit: takes a batch into pachd's branch as exactly one commit,
+//! retrying through failures, with any number of sidecars writing the same branch.
 //!
-//! Retrying reuses the commit already started: it is cleared (ClearCommit) and the
-//! whole batch is sent again. The other way, finishing the commit with `error` and
-//! starting a new one, was rejected: a finished commit, errored or not, stays in the
-//! branch's history with whatever part of the batch had arrived, later commits build
-//! on it (PFS commits are snapshots of the branch), and downstream pipelines are
-//! triggered by it; every retry would also add one more commit. Clearing keeps one
-//! commit per batch, with one id from first attempt to last, and nothing of a failed
-//! attempt is ever visible. A commit is only ever finished with `error` when the
-//! batch is given up at shutdown, and then cleared first, so it is empty.
+//! A batch is one ModifyFile stream whose `set_commit` names only the branch. For a
+//! branch whose head is not open, pachd collects the whole stream and then, in one
+//! transaction, starts a commit on the head of that moment, adds the files and marks
+//! it finishing (`oneOffModifyFile` in pachd's server_file.go): a stream that fails
+//! leaves nothing, no commit is ever left open, and streams from several sidecars run
+//! at once, pachd ordering their commits. (StartCommit / ModifyFile / FinishCommit
+//! was the other way: a second writer's StartCommit fails while the first's commit is
+//! open, `linkParent` in server_commit.go, so writers take turns through retries, and
+//! a writer that dies leaves an open commit that blocks every other.)
 //!
-//! A failed call does not say whether pachd applied it, so each step is one whose
-//! repetition is harmless: StartCommit's lost answer is recovered from the branch's
-//! open head (our commits carry [`MARKER`] in their description); a ModifyFile
-//! stream that failed anywhere is followed by ClearCommit before the next one; a
-//! FinishCommit that failed is checked with InspectCommit before it is repeated.
-//! Once a ModifyFile stream has succeeded the commit is never cleared again, so a
-//! slow FinishCommit that lands late cannot finish a half-cleared commit.
+//! A failed stream does not say whether pachd made the commit before the answer was
+//! lost, so each stream also replaces this writer's marker file (see `marker`), and
+//! the attempt after a failure first reads the marker at the branch head: the
+//! batch's mark there means it landed, and it is not sent again.
+//!
+//! A branch-only ModifyFile joins the head if it is an open commit, so before each
+//! stream the head is checked: an open head (someone's `start commit`) blocks the
+//! sink (`open_commit`) rather than absorb the batch into someone else's commit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tonic::{Code, Status};
 
 use super::client::{BadAddress, BadToken, Pachd};
-use super::proto::pfs_v2::Commit;
+use super::marker::{Writer, MARKER_LIMIT};
 use super::requests::modify_file_requests;
 use crate::cancel::Cancel;
 use crate::encode::CommitFile;
@@ -33,25 +35,8 @@ use crate::metrics::METRICS;
 use crate::sink::backoff::Backoff;
 use crate::sink::{SinkContext, SinkState};
 
-/// Starts the description of every commit the sidecar opens, so that after a lost
-/// StartCommit answer or a crash the open commit is recognised as ours.
-pub const MARKER: &str = "spout-sidecar";
-
-/// How long giving up may spend cleaning up the open commit.
-const ABANDON_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How far a batch's commit has got: where the next attempt resumes.
-#[derive(Debug)]
-enum CommitStep {
-    /// No commit yet.
-    Start,
-    /// The commit is open; `dirty` when a ModifyFile stream may have left part of
-    /// the batch in it.
-    Write { commit: Commit, dirty: bool },
-    /// Every file is in the commit; FinishCommit is left. `tried` when a FinishCommit
-    /// failed, which may have gone through all the same.
-    Finish { commit: Commit, tried: bool },
-}
+/// How long giving up may spend finding out whether the last attempt landed.
+const LAST_CHECK: Duration = Duration::from_secs(3);
 
 /// Why one attempt at a commit failed, as `Health` and the log see it.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +55,7 @@ pub enum AttemptError {
     #[error("{step}: {code:?}: {message}")]
     Rpc { step: &'static str, code: Code, message: String },
     #[error(
-        "the branch head {0} is an open commit that spout-sidecar did not start; finish or delete it \
+        "the branch head {0} is an open commit, which the batch would join; finish or delete it \
          (pachctl finish commit / squash commit)"
     )]
     ForeignOpenCommit(String),
@@ -105,19 +90,22 @@ pub struct GaveUp(String);
 pub struct BatchFiles<'a> {
     pub files: &'a Arc<[CommitFile]>,
     pub bytes: u64,
-    pub description: String,
+    /// The batch's number, for its mark.
+    pub no: u64,
 }
 
 pub struct Committer {
     pachd: Pachd,
     ctx: SinkContext,
+    writer: Writer,
     backoff: Backoff,
     repo_ready: bool,
 }
 
 impl Committer {
-    pub fn new(pachd: Pachd, ctx: SinkContext) -> Self {
-        Self { pachd, ctx, backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)), repo_ready: false }
+    pub fn new(pachd: Pachd, ctx: SinkContext, writer: Writer) -> Self {
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        Self { pachd, ctx, writer, backoff, repo_ready: false }
     }
 
     /// Checks once that pachd is reachable, takes the token and has the repo (creating
@@ -129,29 +117,34 @@ impl Committer {
         }
     }
 
-    /// Commits the batch; on success its commit id, else why it was given up.
-    pub async fn commit(&mut self, batch: BatchFiles<'_>) -> Result<String, GaveUp> {
+    /// Takes the batch into the branch; on success its mark, by which the finisher
+    /// finds the commit (which pachd may still be finishing), else why it was given up.
+    pub async fn commit(&mut self, batch: BatchFiles<'_>) -> Result<Bytes, GaveUp> {
         let give_up = self.ctx.give_up.clone();
-        let mut step = CommitStep::Start;
+        let mark = self.writer.mark(batch.no);
+        // A stream failed: it may have landed all the same.
+        let mut unsure = false;
         let mut last_error = String::from("the sidecar was already giving up");
         let mut attempt = 0u64;
         loop {
             if give_up.is_cancelled() {
-                return self.abandon(step, last_error).await;
+                let landed = unsure
+                    && tokio::time::timeout(LAST_CHECK, self.landed(&mark)).await.is_ok_and(|r| r.unwrap_or(false));
+                return if landed { Ok(mark) } else { Err(GaveUp(last_error)) };
             }
             attempt += 1;
             if attempt > 1 {
                 METRICS.sink_retries.inc();
             }
             let result = tokio::select! {
-                result = self.attempt(&mut step, &batch) => result,
+                result = self.attempt(&mut unsure, &mark, &batch) => result,
                 () = give_up.cancelled() => continue,
             };
             match result {
-                Ok(id) => {
+                Ok(()) => {
                     self.ctx.health.up();
                     self.backoff.reset();
-                    return Ok(id);
+                    return Ok(mark);
                 }
                 Err(error) => {
                     self.report(&error);
@@ -163,33 +156,24 @@ impl Committer {
         }
     }
 
-    async fn attempt(&mut self, step: &mut CommitStep, batch: &BatchFiles<'_>) -> Result<String, AttemptError> {
+    async fn attempt(&mut self, unsure: &mut bool, mark: &Bytes, batch: &BatchFiles<'_>) -> Result<(), AttemptError> {
         self.pachd.reload_token()?;
         if !self.repo_ready {
             self.ensure_repo().await?;
         }
-        loop {
-            match step {
-                CommitStep::Start => *step = self.open_commit(&batch.description).await?,
-                CommitStep::Write { commit, dirty } => {
-                    if *dirty {
-                        self.pachd.clear_commit(commit).await.map_err(|s| self.rpc_error("ClearCommit", s))?;
-                    }
-                    *dirty = true;
-                    let requests = modify_file_requests(commit.clone(), batch.files.clone(), self.ctx.overwrite);
-                    self.pachd.modify_file(requests, batch.bytes).await.map_err(|s| self.rpc_error("ModifyFile", s))?;
-                    *step = CommitStep::Finish { commit: commit.clone(), tried: false };
-                }
-                CommitStep::Finish { commit, tried } => {
-                    if *tried && self.is_finishing(commit).await? {
-                        return Ok(commit.id.clone());
-                    }
-                    *tried = true;
-                    self.pachd.finish_commit(commit, "").await.map_err(|s| self.rpc_error("FinishCommit", s))?;
-                    return Ok(commit.id.clone());
-                }
+        if *unsure {
+            if self.landed(mark).await? {
+                tracing::info!("a batch whose answer was lost had landed; not sending it again");
+                return Ok(());
             }
+            *unsure = false;
         }
+        self.refuse_open_head().await?;
+        *unsure = true;
+        let marker = (self.writer.path().to_owned(), mark.clone());
+        let requests =
+            modify_file_requests(self.pachd.branch_target(), marker, batch.files.clone(), self.ctx.overwrite);
+        self.pachd.modify_file(requests, batch.bytes).await.map_err(|s| self.rpc_error("ModifyFile", s))
     }
 
     async fn ensure_repo(&mut self) -> Result<(), AttemptError> {
@@ -199,96 +183,26 @@ impl Committer {
         Ok(())
     }
 
-    /// Starts the batch's commit, or takes over our own open commit at the branch's
-    /// head (a StartCommit whose answer was lost, or a previous run that died).
-    async fn open_commit(&mut self, description: &str) -> Result<CommitStep, AttemptError> {
-        let status = match self.pachd.start_commit(description).await {
-            Ok(commit) => return Ok(CommitStep::Write { commit, dirty: false }),
-            Err(status) => status,
-        };
-        let error = self.rpc_error("StartCommit", status);
-        if !matches!(error, AttemptError::Rpc { .. }) {
-            return Err(error);
-        }
-        match self.our_open_head().await? {
-            Some(commit) => {
-                tracing::info!(commit = %commit.id, "resuming the sidecar's open commit at the branch head");
-                Ok(CommitStep::Write { commit, dirty: true })
+    /// Whether the branch head carries `mark` in this writer's marker: the batch landed.
+    async fn landed(&mut self, mark: &Bytes) -> Result<bool, AttemptError> {
+        let head = self.pachd.branch_target();
+        let marker = self.pachd.get_small_file(&head, self.writer.path(), MARKER_LIMIT).await;
+        Ok(marker.map_err(|s| self.rpc_error("GetFile", s))?.as_ref() == Some(mark))
+    }
+
+    /// An error if the branch head is an open commit, which the stream would join.
+    async fn refuse_open_head(&mut self) -> Result<(), AttemptError> {
+        let head = self.pachd.inspect_head().await.map_err(|s| self.rpc_error("InspectCommit", s))?;
+        match head {
+            Some(info) if info.finishing.is_none() => {
+                Err(AttemptError::ForeignOpenCommit(info.commit.map(|c| c.id).unwrap_or_default()))
             }
-            None => Err(error),
-        }
-    }
-
-    /// The branch head if it is an open commit the sidecar started; an error if it is
-    /// someone else's open commit, which the sidecar must not touch.
-    async fn our_open_head(&mut self) -> Result<Option<Commit>, AttemptError> {
-        let Some(head) = self.pachd.branch_head().await.map_err(|s| self.rpc_error("InspectBranch", s))? else {
-            return Ok(None);
-        };
-        let info = self.pachd.inspect_commit(&head).await.map_err(|s| self.rpc_error("InspectCommit", s))?;
-        if info.finishing.is_some() {
-            return Ok(None);
-        }
-        if !info.description.starts_with(MARKER) {
-            return Err(AttemptError::ForeignOpenCommit(head.id));
-        }
-        Ok(Some(info.commit.unwrap_or(head)))
-    }
-
-    async fn is_finishing(&mut self, commit: &Commit) -> Result<bool, AttemptError> {
-        let info = self.pachd.inspect_commit(commit).await.map_err(|s| self.rpc_error("InspectCommit", s))?;
-        Ok(info.finishing.is_some())
-    }
-
-    /// Gives the batch up. Its commit, if one is open, is cleared and finished with
-    /// `error`, so the branch is not left blocked and no part of the batch shows. A
-    /// FinishCommit that went through after all makes it a success.
-    async fn abandon(&mut self, step: CommitStep, last_error: String) -> Result<String, GaveUp> {
-        let reason = GaveUp(last_error);
-        let cleanup = async {
-            let commit = match step {
-                CommitStep::Start => self.our_open_head().await.ok().flatten(),
-                CommitStep::Write { commit, .. } => Some(commit),
-                CommitStep::Finish { commit, .. } => {
-                    if self.is_finishing(&commit).await.unwrap_or(false) {
-                        return Ok(commit.id);
-                    }
-                    Some(commit)
-                }
-            };
-            if let Some(commit) = commit {
-                let cleared = self.pachd.clear_commit(&commit).await;
-                let finished = match cleared {
-                    Ok(()) => self.pachd.finish_commit(&commit, &format!("{MARKER}: {reason}")).await,
-                    Err(status) => Err(status),
-                };
-                if let Err(status) = finished {
-                    tracing::warn!(
-                        commit = %commit.id,
-                        "could not close the abandoned commit ({status}); the next spout-sidecar \
-                         on this branch clears and reuses it"
-                    );
-                }
-            }
-            Err(())
-        };
-        match tokio::time::timeout(ABANDON_TIMEOUT, cleanup).await {
-            Ok(Ok(id)) => Ok(id),
-            Ok(Err(())) | Err(_) => Err(reason),
+            _ => Ok(()),
         }
     }
 
     fn rpc_error(&self, step: &'static str, status: Status) -> AttemptError {
-        let (code, message) = (status.code(), status.message().to_owned());
-        match code {
-            Code::Unauthenticated | Code::PermissionDenied => {
-                AttemptError::Refused { step, origin: self.pachd.token_origin(), code, message }
-            }
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
-                AttemptError::Unreachable { step, code, message }
-            }
-            _ => AttemptError::Rpc { step, code, message },
-        }
+        classify(step, status, &self.pachd)
     }
 
     fn report(&self, error: &AttemptError) {
@@ -297,8 +211,22 @@ impl Committer {
     }
 }
 
+/// What a failed call at `step` means for health and retries.
+pub fn classify(step: &'static str, status: Status, pachd: &Pachd) -> AttemptError {
+    let (code, message) = (status.code(), status.message().to_owned());
+    match code {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            AttemptError::Refused { step, origin: pachd.token_origin(), code, message }
+        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+            AttemptError::Unreachable { step, code, message }
+        }
+        _ => AttemptError::Rpc { step, code, message },
+    }
+}
+
 /// Sleeps `delay` unless giving up meanwhile.
-async fn pause(give_up: &Cancel, delay: Duration) {
+pub async fn pause(give_up: &Cancel, delay: Duration) {
     tokio::select! {
         () = tokio::time::sleep(delay) => {}
         () = give_up.cancelled() => {}

@@ -7,16 +7,22 @@
 //! back to taking and laying out the next batch while the previous one commits,
 //! and `settle` counts the batches the committer has settled. (A runtime driven
 //! from the sink thread itself would only make progress inside `settle`, while
-//! the sink thread (`runner`) spends its time waiting on the batch channel.) Commits on a branch
-//! cannot overlap (pachd refuses to start a commit whose parent is open), so one
-//! committer is all the concurrency there is to have. While idle, `probe` has the
+//! the sink thread (`runner`) spends its time waiting on the batch channel.) Each batch is one
+//! one-off ModifyFile on the branch, so any number of sidecars can write the same
+//! branch (see `committer`). A batch is only committed once pachd has *finished*
+//! its commit, some time later: a finisher task on the same runtime finds each
+//! batch's commit and waits for that, batch after batch in order, and settles them,
+//! while the committer already streams the next one. While idle, `probe` has the
 //! committer check pachd and the repo now and then, for `/readyz`.
 //!
 //! `target` parses the URI and finds the token, `client` speaks to pachd,
-//! `requests` lays a batch out as a ModifyFile stream, `committer` retries.
+//! `requests` lays a batch out as a ModifyFile stream, `marker` tells this writer's
+//! batches apart, `committer` retries, `finish` finds and waits for the commit.
 
 mod client;
 mod committer;
+mod finish;
+mod marker;
 pub mod proto;
 mod requests;
 pub mod target;
@@ -26,15 +32,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::mpsc;
 
 use self::client::Pachd;
-use self::committer::{AttemptError, BatchFiles, Committer, MARKER};
+use self::committer::{AttemptError, BatchFiles, Committer, GaveUp};
+use self::finish::Finisher;
+use self::marker::{default_writer_id, Writer};
 pub use self::target::{detect_worker, Target, TokenSource};
 use super::runner::{spawn_watched, InjectedPanic};
 use super::spec::{BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
 use super::{Commit, Sink, SinkContext};
+use crate::ack::BatchAck;
 use crate::encode::CommitFile;
 
 pub const SCHEME: Scheme = Scheme { prefix: "pfs:", form: "pfs://HOST:PORT/REPO@BRANCH", parse };
@@ -155,7 +165,8 @@ impl Drop for PfsSink {
     }
 }
 
-/// The committer thread: commits the queued batches in order, settling each.
+/// The committer thread: commits the queued batches in order, handing each
+/// finishing commit to the finisher, which settles them.
 fn commit_in_order(
     target: Target,
     ctx: SinkContext,
@@ -168,34 +179,80 @@ fn commit_in_order(
         .build()
         .expect("building the pfs committer's runtime");
     runtime.block_on(async {
-        let mut committer = Pachd::new(&target).map(|pachd| Committer::new(pachd, ctx.clone()));
-        if let Err(error) = &committer {
-            let error = AttemptError::from(error.clone());
-            ctx.health.failing(error.state(), error.kind(), &error);
-        }
+        let pachd = match Pachd::new(&target) {
+            Ok(pachd) => pachd,
+            Err(bad) => return fail_every_batch(AttemptError::from(bad), &ctx, queue, done, probing).await,
+        };
+        let writer = Writer::new(&target.writer.clone().unwrap_or_else(default_writer_id));
+        let (finishing, finished) = mpsc::unbounded_channel();
+        let finisher = Finisher::new(pachd.clone(), ctx.clone(), writer.clone());
+        let finisher = tokio::spawn(settle_in_order(finisher, ctx.clone(), finished, done));
+        let mut committer = Committer::new(pachd, ctx.clone(), writer);
         let mut fault = InjectedPanic::for_thread("pfs-commit");
         while let Some(job) = queue.recv().await {
             let Job::Commit(Commit { files, ack }) = job else {
-                if let Ok(committer) = committer.as_mut() {
-                    committer.probe().await;
-                }
+                committer.probe().await;
                 probing.store(false, Ordering::Relaxed);
                 continue;
             };
             fault.count_batch();
             let files: Arc<[CommitFile]> = files.into();
-            match committer.as_mut() {
-                Ok(committer) => {
-                    let description = format!("{MARKER}: batch {} of {} messages", ack.no, ack.messages);
-                    match committer.commit(BatchFiles { files: &files, bytes: ack.bytes, description }).await {
-                        Ok(id) => ack.committed(ctx.receipt(id, &files)),
-                        Err(gave_up) => ack.failed(gave_up),
-                    }
-                }
-                Err(error) => ack.failed(error),
-            }
-            // The sink thread may be gone already at shutdown; the ack is settled anyway.
-            let _ = done.send(());
+            let batch = BatchFiles { files: &files, bytes: ack.bytes, no: ack.no };
+            let outcome = committer.commit(batch).await;
+            // The finisher settles in order, so a failure queues behind the commits before it.
+            let _ = finishing.send(Finishing { outcome, files, ack });
         }
+        drop(finishing);
+        // A panic in the finisher dropped the acks it held, which failed them.
+        let _ = finisher.await;
     });
+}
+
+/// With an address that cannot work, every batch fails at once with why.
+async fn fail_every_batch(
+    error: AttemptError,
+    ctx: &SinkContext,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    done: Sender<()>,
+    probing: Arc<AtomicBool>,
+) {
+    ctx.health.failing(error.state(), error.kind(), &error);
+    while let Some(job) = queue.recv().await {
+        match job {
+            Job::Commit(Commit { ack, .. }) => ack.failed(&error),
+            Job::Probe => probing.store(false, Ordering::Relaxed),
+        }
+        let _ = done.send(());
+    }
+}
+
+/// A batch pachd took, by its mark (or one given up), for the finisher.
+struct Finishing {
+    outcome: Result<Bytes, GaveUp>,
+    files: Arc<[CommitFile]>,
+    ack: BatchAck,
+}
+
+/// The finisher task: waits for each commit to be finished, in order, and settles
+/// its batch: committed, or failed with pachd's error.
+async fn settle_in_order(
+    mut finisher: Finisher,
+    ctx: SinkContext,
+    mut queue: mpsc::UnboundedReceiver<Finishing>,
+    done: Sender<()>,
+) {
+    while let Some(Finishing { outcome, files, ack }) = queue.recv().await {
+        match outcome {
+            Ok(mark) => match finisher.finished(&mark).await {
+                Ok(id) => ack.committed(ctx.receipt(id, &files)),
+                Err(error) => {
+                    tracing::error!(batch = ack.no, "{error}");
+                    ack.failed(error);
+                }
+            },
+            Err(gave_up) => ack.failed(gave_up),
+        }
+        // The sink thread may be gone already at shutdown; the ack is settled anyway.
+        let _ = done.send(());
+    }
 }

@@ -1,5 +1,6 @@
-//! The ModifyFile stream one batch becomes: `set_commit`, then per file an
-//! optional `delete_file` (`--overwrite`) and its bytes as `add_file` requests.
+//! The ModifyFile stream one batch becomes: `set_commit` naming the branch, the
+//! writer's marker file replaced (`delete_file`, `add_file`; see `marker`), then per
+//! file an optional `delete_file` (`--overwrite`) and its bytes as `add_file` requests.
 //!
 //! pachd takes gRPC messages of at most 20 MiB, so a file's bytes go in pieces of at
 //! most [`MAX_PIECE`]; pieces for one path append to each other. A piece is a
@@ -22,27 +23,38 @@ pub const MAX_PIECE: usize = 3 << 20;
 /// Chunks smaller than this are joined with their small neighbours.
 const SMALL_CHUNK: usize = 64 << 10;
 
-/// The requests for one batch, made lazily file by file.
+/// The requests for one batch, made lazily file by file; `marker` is the marker
+/// file's path and its new content.
 pub fn modify_file_requests(
     commit: Commit,
+    marker: (String, Bytes),
     files: Arc<[CommitFile]>,
     overwrite: bool,
 ) -> impl Iterator<Item = ModifyFileRequest> + Send + 'static {
     let set_commit = request(Body::SetCommit(commit));
-    std::iter::once(set_commit).chain((0..files.len()).flat_map(move |i| file_requests(&files[i], overwrite)))
+    let (path, mark) = marker;
+    let marker = [delete(path.clone()), add(path, mark)];
+    std::iter::once(set_commit)
+        .chain(marker)
+        .chain((0..files.len()).flat_map(move |i| file_requests(&files[i], overwrite)))
 }
 
 fn file_requests(file: &CommitFile, overwrite: bool) -> Vec<ModifyFileRequest> {
-    let delete =
-        overwrite.then(|| request(Body::DeleteFile(DeleteFile { path: file.name.clone(), datum: String::new() })));
-    let adds = pieces(&file.data).into_iter().map(|piece| {
-        request(Body::AddFile(AddFile {
-            path: file.name.clone(),
-            datum: String::new(),
-            source: Some(add_file::Source::Raw(BytesValue { value: piece })),
-        }))
-    });
+    let delete = overwrite.then(|| delete(file.name.clone()));
+    let adds = pieces(&file.data).into_iter().map(|piece| add(file.name.clone(), piece));
     delete.into_iter().chain(adds).collect()
+}
+
+fn delete(path: String) -> ModifyFileRequest {
+    request(Body::DeleteFile(DeleteFile { path, datum: String::new() }))
+}
+
+fn add(path: String, piece: Bytes) -> ModifyFileRequest {
+    request(Body::AddFile(AddFile {
+        path,
+        datum: String::new(),
+        source: Some(add_file::Source::Raw(BytesValue { value: piece })),
+    }))
 }
 
 fn request(body: Body) -> ModifyFileRequest {
@@ -144,14 +156,14 @@ mod tests {
     }
 
     #[test]
-    fn overwrite_deletes_before_adding() {
+    fn the_marker_is_replaced_first_and_overwrite_deletes_before_adding() {
         let files: Arc<[CommitFile]> = vec![
             CommitFile { name: "a".into(), data: payload(&[MAX_PIECE + 1]) },
             CommitFile { name: "b".into(), data: payload(&[1]) },
         ]
         .into();
         let kinds = |overwrite| {
-            modify_file_requests(Commit::default(), files.clone(), overwrite)
+            modify_file_requests(Commit::default(), ("m".into(), Bytes::from("mark")), files.clone(), overwrite)
                 .map(|r| match r.body.unwrap() {
                     Body::SetCommit(_) => "set".to_owned(),
                     Body::AddFile(add) => format!("add {}", add.path),
@@ -159,7 +171,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(kinds(false), ["set", "add a", "add a", "add b"]);
-        assert_eq!(kinds(true), ["set", "delete a", "add a", "add a", "delete b", "add b"]);
+        assert_eq!(kinds(false), ["set", "delete m", "add m", "add a", "add a", "add b"]);
+        assert_eq!(kinds(true), ["set", "delete m", "add m", "delete a", "add a", "add a", "delete b", "add b"]);
     }
 }

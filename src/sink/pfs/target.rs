@@ -19,8 +19,8 @@ pub const DEFAULT_PROJECT: &str = "default";
 /// Where a Pachyderm 2.x worker writes the pachctl config it gives user code.
 const WORKER_PACH_CONFIG: &str = "/pachctl/config.json";
 
-const USAGE: &str = "expected pfs://HOST:PORT/REPO@BRANCH?project=PROJECT \
-                     (port defaults to 30650, branch to master, project to default)";
+const USAGE: &str = "expected pfs://HOST:PORT/REPO@BRANCH?project=PROJECT&writer=NAME \
+                     (port defaults to 30650, branch to master, project to default, writer to HOST-PID)";
 
 /// A parsed `pfs://HOST:PORT/REPO@BRANCH?project=P`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub struct Target {
     pub project: String,
     pub repo: String,
     pub branch: String,
+    /// `writer=`: this sidecar's name among those writing the branch, naming its
+    /// marker file (see `marker`); `None` for `HOST-PID`.
+    pub writer: Option<String>,
     pub token: TokenSource,
 }
 
@@ -105,8 +108,11 @@ impl TokenSource {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "pfs://{}/{}@{}", self.address, self.repo, self.branch)?;
-        if self.project != DEFAULT_PROJECT {
-            write!(f, "?project={}", self.project)?;
+        let project = (self.project != DEFAULT_PROJECT).then(|| format!("project={}", self.project));
+        let writer = self.writer.as_ref().map(|name| format!("writer={name}"));
+        let query: Vec<String> = project.into_iter().chain(writer).collect();
+        if !query.is_empty() {
+            write!(f, "?{}", query.join("&"))?;
         }
         Ok(())
     }
@@ -145,8 +151,10 @@ pub enum UriProblem {
     EmptyName { what: &'static str },
     #[error("the {what} name `{name}` has {bad:?}: Pachyderm allows only letters, digits, `_` and `-`")]
     BadName { what: &'static str, name: String, bad: char },
-    #[error("unknown parameter `{0}`, only `project=` is known")]
+    #[error("unknown parameter `{0}`, only `project=` and `writer=` are known")]
     UnknownParameter(String),
+    #[error("the writer name `{0}` starts with `.`")]
+    WriterStartsWithDot(String),
 }
 
 impl FromStr for Target {
@@ -171,11 +179,16 @@ impl FromStr for Target {
         check_name("repo", repo).map_err(bad)?;
         check_name("branch", branch).map_err(bad)?;
         let mut project = DEFAULT_PROJECT;
+        let mut writer = None;
         for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("project", name)) => {
                     check_name("project", name).map_err(bad)?;
                     project = name;
+                }
+                Some(("writer", name)) => {
+                    check_writer(name).map_err(bad)?;
+                    writer = Some(name.to_owned());
                 }
                 _ => return Err(bad(UriProblem::UnknownParameter(pair.to_owned()))),
             }
@@ -185,6 +198,7 @@ impl FromStr for Target {
             project: project.into(),
             repo: repo.into(),
             branch: branch.into(),
+            writer,
             token: TokenSource::Unset,
         })
     }
@@ -260,6 +274,18 @@ pub enum PachConfigError {
     NotJson { path: PathBuf, error: serde_json::Error },
     #[error("the pachctl config {} has no active context (v2.active_context `{active}`)", .path.display())]
     NoActiveContext { path: PathBuf, active: String },
+}
+
+/// A writer name is a file name in the repo: Pachyderm's name rule plus `.`, as in
+/// host names, but not first.
+fn check_writer(name: &str) -> Result<(), UriProblem> {
+    if name.starts_with('.') {
+        return Err(UriProblem::WriterStartsWithDot(name.to_owned()));
+    }
+    check_name("writer", &name.replace('.', "-")).map_err(|problem| match problem {
+        UriProblem::BadName { what, bad, .. } => UriProblem::BadName { what, name: name.to_owned(), bad },
+        other => other,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,6 +386,7 @@ pub fn detect_worker(env: impl Fn(&str) -> Option<String>) -> Option<Target> {
         project: env("PPS_PROJECT_NAME").filter(|p| !p.is_empty()).unwrap_or_else(|| DEFAULT_PROJECT.into()),
         repo: pipeline,
         branch: DEFAULT_BRANCH.into(),
+        writer: None,
         token: TokenSource::PachConfig(config),
     })
 }
@@ -387,6 +414,9 @@ mod tests {
         assert_eq!(parse("pfs://[::1]:1653/r@b").unwrap().address, "[::1]:1653");
         assert_eq!(parse("pfs://[::1]/r").unwrap().address, "[::1]:30650");
         assert_eq!(t.to_string(), "pfs://localhost:30650/events@master");
+        let t = parse("pfs://pachd/events?writer=spout-7f9c.x&project=p").unwrap();
+        assert_eq!(t.writer.as_deref(), Some("spout-7f9c.x"));
+        assert_eq!(t.to_string(), "pfs://pachd:30650/events@master?project=p&writer=spout-7f9c.x");
     }
 
     #[test]
@@ -400,6 +430,9 @@ mod tests {
             ("pfs://host:1650/r@", "the branch name is empty"),
             ("pfs://host:1650/a/b", "the repo name `a/b` has '/'"),
             ("pfs://host:1650/r?project=", "the project name is empty"),
+            ("pfs://host:1650/r?writer=", "the writer name is empty"),
+            ("pfs://host:1650/r?writer=.a", "the writer name `.a` starts with `.`"),
+            ("pfs://host:1650/r?writer=a/b", "the writer name `a/b` has '/'"),
             ("pfs://host:1650/r?repo=x", "unknown parameter `repo=x`"),
             ("pfs://u:p@host/r", "user info before the host"),
         ];

@@ -38,12 +38,16 @@ fn pod_patch() -> Value {
     files::json(&files::deploy_dir().join("k8s/pachyderm-pod-patch.json"))
 }
 
+/// The Deployments: one sidecar with a `dir:` volume, and the scaled-out one on `pfs://`.
+const DEPLOYMENTS: [&str; 2] = ["k8s/deployment.yaml", "k8s/scaled-out.yaml"];
+
 fn pods() -> Vec<Pod> {
-    let mut pods: Vec<Pod> = deployment_manifests()
-        .into_iter()
-        .filter(|doc| doc["kind"] == "Deployment")
-        .map(|doc| Pod {
-            context: format!("deploy/k8s/deployment.yaml: Deployment {}", doc["metadata"]["name"]),
+    let mut pods: Vec<Pod> = DEPLOYMENTS
+        .iter()
+        .flat_map(|file| files::yaml_documents(&files::deploy_dir().join(file)).into_iter().map(move |doc| (file, doc)))
+        .filter(|(_, doc)| doc["kind"] == "Deployment")
+        .map(|(file, doc)| Pod {
+            context: format!("deploy/{file}: Deployment {}", doc["metadata"]["name"]),
             spec: doc["spec"]["template"]["spec"].clone(),
             annotations: doc["spec"]["template"]["metadata"]["annotations"].clone(),
             labels: doc["spec"]["template"]["metadata"]["labels"].clone(),
@@ -51,7 +55,7 @@ fn pods() -> Vec<Pod> {
             given_secret_volumes: &[],
         })
         .collect();
-    assert_eq!(pods.len(), 1, "deploy/k8s/deployment.yaml: one Deployment");
+    assert_eq!(pods.len(), DEPLOYMENTS.len(), "one Deployment in each of {DEPLOYMENTS:?}");
     pods.push(Pod {
         context: "deploy/k8s/pachyderm-pod-patch.json".into(),
         spec: patched_pod_spec(&pod_patch()),

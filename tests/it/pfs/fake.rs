@@ -48,7 +48,11 @@ pub struct CommitState {
     pub id: String,
     pub repo: String,
     pub parent: Option<String>,
-    pub description: String,
+    /// "finishing" or "finished": how far the parent had got when this one started.
+    pub parent_at_start: Option<String>,
+    /// FinishCommit went through: the commit is no longer open.
+    pub finishing: bool,
+    /// pachd's master has validated it too (`error` says whether it failed).
     pub finished: bool,
     pub error: String,
     pub changed: Vec<String>,
@@ -60,9 +64,20 @@ impl State {
         &repo.branches[branch]
     }
 
-    /// The files at the head of `repo@branch`, decoded.
+    /// The files at the head of `repo@branch`, decoded, but for the sidecars'
+    /// marker files.
     pub fn files(&self, repo: &str, branch: &str) -> HashMap<String, Vec<u8>> {
-        self.branch(repo, branch).files.iter().map(|(path, hex)| (path.clone(), unhex(hex))).collect()
+        let files = self.branch(repo, branch).files.iter();
+        files.filter(|(path, _)| !is_marker(path)).map(|(path, hex)| (path.clone(), unhex(hex))).collect()
+    }
+
+    /// The sidecars' marker files at the head of `repo@branch`, by writer.
+    pub fn markers(&self, repo: &str, branch: &str) -> HashMap<String, String> {
+        let files = self.branch(repo, branch).files.iter();
+        let marker = |(path, hex): (&String, &String)| {
+            Some((path.strip_prefix(MARKER_DIR)?.to_owned(), String::from_utf8(unhex(hex)).unwrap()))
+        };
+        files.filter_map(marker).collect()
     }
 
     pub fn commits_of(&self, repo: &str) -> Vec<&CommitState> {
@@ -72,6 +87,14 @@ impl State {
     pub fn calls(&self, method: &str) -> u64 {
         self.calls.get(method).copied().unwrap_or(0)
     }
+}
+
+/// Where the sidecar keeps one marker file per writer (src/sink/pfs/marker.rs).
+pub const MARKER_DIR: &str = ".spout-sidecar/";
+
+/// Whether a path is a sidecar's marker file rather than a message.
+pub fn is_marker(path: &str) -> bool {
+    path.starts_with(MARKER_DIR)
 }
 
 fn unhex(hex: &str) -> Vec<u8> {
@@ -147,6 +170,18 @@ impl FakePachd {
         let mut command = faults;
         command["cmd"] = json!("faults");
         self.command(command);
+    }
+
+    /// Starts a commit on `repo@branch` as another client would (`pachctl start
+    /// commit`), leaving it open; its id.
+    pub fn start_commit(&mut self, repo: &str, branch: &str) -> String {
+        let answer = self.command(json!({"cmd": "start_commit", "repo": repo, "branch": branch}));
+        answer["id"].as_str().expect("the commit id").to_owned()
+    }
+
+    /// Finishes a commit as another client would (`pachctl finish commit`).
+    pub fn finish_commit(&mut self, id: &str) {
+        self.command(json!({"cmd": "finish_commit", "id": id}));
     }
 
     pub fn set_token(&mut self, token: Option<&str>) {
