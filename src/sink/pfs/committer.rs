@@ -27,7 +27,6 @@ use tonic::{Code, Status};
 use super::client::{BadAddress, Pachd, TokenError};
 use super::proto::pfs_v2::Commit;
 use super::requests::modify_file_requests;
-use crate::cancel::Cancel;
 use crate::encode::CommitFile;
 use crate::metrics::METRICS;
 use crate::sink::backoff::Backoff;
@@ -159,7 +158,7 @@ impl Committer {
                     last_error = format!("attempt {attempt}: {error}");
                 }
             }
-            pause(&give_up, self.backoff.next_delay()).await;
+            give_up.sleep(self.backoff.next_delay()).await;
         }
     }
 
@@ -294,13 +293,5 @@ impl Committer {
     fn report(&self, error: &AttemptError) {
         self.ctx.health.failing(error.state(), error.kind(), error);
         tracing::debug!(kind = error.kind(), "pfs attempt failed: {error}");
-    }
-}
-
-/// Sleeps `delay` unless giving up meanwhile.
-async fn pause(give_up: &Cancel, delay: Duration) {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        () = give_up.cancelled() => {}
     }
 }
