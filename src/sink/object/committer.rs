@@ -57,14 +57,18 @@ impl AttemptError {
     }
 
     fn from_request(bucket: &str, request: RequestError) -> Self {
-        match request.source {
+        use object_store::Error::{Generic, NotFound, PermissionDenied, Unauthenticated};
+        let status = match &request.source {
             // A write or a listing that finds nothing at all: no bucket to put it in.
-            object_store::Error::NotFound { .. } if request.op != Op::Head => {
-                AttemptError::MissingBucket { bucket: bucket.into(), request }
-            }
-            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                AttemptError::Refused { request }
-            }
+            NotFound { .. } if request.op != Op::Head => Some(404),
+            PermissionDenied { .. } => Some(403),
+            Unauthenticated { .. } => Some(401),
+            Generic { .. } => generic_status(&request.source),
+            _ => None,
+        };
+        match status {
+            Some(404) if request.op != Op::Head => AttemptError::MissingBucket { bucket: bucket.into(), request },
+            Some(401 | 403) => AttemptError::Refused { request },
             _ => AttemptError::Request(request),
         }
     }
@@ -87,6 +91,17 @@ impl AttemptError {
             _ => SinkState::Retrying,
         }
     }
+}
+
+/// The HTTP status of a request that `object_store` reports as `Generic` (a
+/// listing, whose 404 or 403 it does not sort into `NotFound` or
+/// `PermissionDenied`): the type that holds the status is not exported, so it is
+/// read from the error's text, `... non-2xx status code: 404 Not Found ...`.
+fn generic_status(error: &object_store::Error) -> Option<u16> {
+    const MARK: &str = "status code: ";
+    let text = error.to_string();
+    let at = text.find(MARK)? + MARK.len();
+    text.get(at..at + 3)?.parse().ok()
 }
 
 pub struct ObjectCommitter {
@@ -256,5 +271,25 @@ impl AsyncCommitter for ObjectCommitter {
             Ok(()) => self.ctx.health.up(),
             Err(error) => self.report(&AttemptError::from_request(self.uri.bucket(), error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_status_of_generic_errors() {
+        let error = |text: &str| object_store::Error::Generic { store: "S3", source: text.to_owned().into() };
+        let listing = error(
+            "Error performing GET http://x/b?list-type=2 - Server returned non-2xx status code: 404 Not Found: <Error>",
+        );
+        assert_eq!(generic_status(&listing), Some(404));
+        assert_eq!(generic_status(&error("HTTP error: connection refused")), None);
+        let request = RequestError { op: Op::List, key: "d".into(), source: listing };
+        assert_eq!(AttemptError::from_request("b", request).kind(), "missing_bucket");
+        let forbidden = error("... non-2xx status code: 403 Forbidden: <Error><Code>InvalidAccessKeyId</Code>");
+        let request = RequestError { op: Op::List, key: "d".into(), source: forbidden };
+        assert_eq!(AttemptError::from_request("b", request).state(), SinkState::Down);
     }
 }
