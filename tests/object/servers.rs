@@ -33,8 +33,21 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Self {
+        Self::start_on(None)
+    }
+
+    /// Starts it pinned to the CPUs `cpus` (as `taskset -c` takes them), for benchmarks.
+    pub fn start_on(cpus: Option<&str>) -> Self {
         let port = free_port();
-        let child = Command::new("moto_server")
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", cpus, "moto_server"]);
+                taskset
+            }
+            None => Command::new("moto_server"),
+        };
+        let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
