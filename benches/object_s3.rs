@@ -56,8 +56,16 @@ fn through_the_sink(endpoint: &str, case: &Case, run: usize) -> f64 {
     let started = Instant::now();
     for (no, files) in batches.into_iter().enumerate() {
         let bytes = (case.files * case.size) as u64;
-        let ack =
-            BatchAck::new(no as u64, case.files as u64, bytes, SealReason::Bytes, 0, Instant::now(), vec![], ledger.clone());
+        let ack = BatchAck::new(
+            no as u64,
+            case.files as u64,
+            bytes,
+            SealReason::Bytes,
+            0,
+            Instant::now(),
+            vec![],
+            ledger.clone(),
+        );
         sink.submit(Commit { files, ack }, &ctx);
     }
     while sink.settle(Duration::from_millis(50), &ctx) > 0 {}

@@ -1,7 +1,8 @@
-//! Real local object-store servers for the `s3://` sink tests, started and stopped
-//! by each test: `moto_server` (PyPI `moto[server]`, tests/requirements.txt), a TCP
-//! proxy in front of it that a test can kill and restart, and a reader that checks
-//! what the sink committed through the same client crate the sink uses.
+//! Real local object-store servers for the object sink tests, started and stopped
+//! by each test: `moto_server` (PyPI `moto[server]`, tests/requirements.txt) for
+//! S3, Azurite (npm `azurite`, installed by .ci/run) for Azure, a TCP proxy that a
+//! test can kill and restart, and a reader that checks what the sink committed
+//! through a client of its own.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -111,6 +112,65 @@ pub fn s3_env(command: &mut Command) {
         .env("AWS_ALLOW_HTTP", "true");
 }
 
+/// Azurite's blob service on its own port, in memory, killed when dropped. Its
+/// account is the emulator's well-known `devstoreaccount1`.
+pub struct Azurite {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl Azurite {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("azurite-blob")
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--inMemoryPersistence"])
+            // Azurite refuses API versions newer than its own; the SDKs move faster.
+            .args(["--skipApiVersionCheck", "--silent"])
+            // Whatever it writes besides (its debug log) stays out of the tree.
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("azurite-blob (npm install -g azurite)");
+        let azurite = Self { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http(port, "GET", "/", b"").is_none() {
+            assert!(Instant::now() < deadline, "azurite did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        azurite
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a container with Azure's own Python SDK (object_store cannot).
+    pub fn create_container(&self, name: &str) {
+        let script = format!(
+            "from azure.storage.blob import BlobServiceClient\n\
+             BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};\
+             AccountKey={AZURITE_KEY};BlobEndpoint={}/{AZURITE_ACCOUNT};').create_container('{name}')\n",
+            self.url()
+        );
+        let status = Command::new("python3").args(["-c", &script]).status().expect("python3");
+        assert!(status.success(), "creating container {name} (pip install -r tests/requirements.txt)");
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A TCP proxy to `target` that can be killed (listener closed, every connection
 /// cut) and restarted on the same port: to the sidecar, the server died.
 pub struct Proxy {
@@ -194,21 +254,25 @@ pub struct StoredCommit {
 /// on: each manifest's objects exist with the size and SHA-256 it names, and its
 /// prefix holds exactly those objects and the manifest.
 pub fn read_commits(endpoint: &str, bucket: &str, dir: &str) -> Vec<StoredCommit> {
-    let store = reader(endpoint, bucket);
+    read_store_commits(&reader(endpoint, bucket), dir)
+}
+
+/// [`read_commits`] from any store.
+pub fn read_store_commits(store: &dyn ObjectStore, dir: &str) -> Vec<StoredCommit> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         let keys: Vec<String> =
             store.list(Some(&Path::from(dir))).map_ok(|meta| meta.location.to_string()).try_collect().await.unwrap();
         let mut commits = Vec::new();
         for manifest_key in keys.iter().filter(|k| k.ends_with("/_SPOUT_COMMIT.json")) {
             let prefix = manifest_key.strip_suffix("_SPOUT_COMMIT.json").unwrap();
-            let manifest: Value = serde_json::from_slice(&get(&store, manifest_key).await).unwrap();
+            let manifest: Value = serde_json::from_slice(&get(store, manifest_key).await).unwrap();
             let mut listed: BTreeSet<&str> =
                 keys.iter().map(String::as_str).filter(|k| k.starts_with(prefix) && k != manifest_key).collect();
             let mut objects = Vec::new();
             for entry in manifest["objects"].as_array().unwrap() {
                 let key = entry["key"].as_str().unwrap();
                 assert!(listed.remove(key), "{manifest_key} names {key}, which is not in the store (or twice)");
-                let bytes = get(&store, key).await;
+                let bytes = get(store, key).await;
                 assert_eq!(bytes.len() as u64, entry["size"].as_u64().unwrap(), "size of {key}");
                 assert_eq!(hex(&Sha256::digest(&bytes)), entry["sha256"].as_str().unwrap(), "sha256 of {key}");
                 objects.push((key.to_owned(), bytes));
@@ -218,14 +282,6 @@ pub fn read_commits(endpoint: &str, bucket: &str, dir: &str) -> Vec<StoredCommit
         }
         commits.sort_by(|a, b| a.manifest["commit"].as_str().cmp(&b.manifest["commit"].as_str()));
         commits
-    })
-}
-
-/// Every key under `dir`, manifests or not.
-pub fn list_keys(endpoint: &str, bucket: &str, dir: &str) -> Vec<String> {
-    let store = reader(endpoint, bucket);
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        store.list(Some(&Path::from(dir))).map_ok(|m| m.location.to_string()).try_collect().await.unwrap()
     })
 }
 
@@ -242,7 +298,7 @@ pub fn reader(endpoint: &str, bucket: &str) -> impl ObjectStore {
         .unwrap()
 }
 
-async fn get(store: &impl ObjectStore, key: &str) -> Vec<u8> {
+async fn get(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
     store.get(&Path::parse(key).unwrap()).await.unwrap().bytes().await.unwrap().to_vec()
 }
 
