@@ -1,16 +1,11 @@
 //! The `pfs://HOST:PORT/REPO@BRANCH?project=P` sink: each batch becomes one
 //! Pachyderm 2.x commit, made through pachd's gRPC API (`pfs_v2.API`).
 //!
-//! The sink thread hands batches to a committer thread of its own, which runs a
-//! single-threaded tokio runtime for the gRPC calls and commits the batches one
-//! after the other, in order: `submit` returns at once, so the sink thread goes
-//! back to taking and laying out the next batch while the previous one commits,
-//! and `settle` counts the batches the committer has settled. (A runtime driven
-//! from the sink thread itself would only make progress inside `settle`, while
-//! `sink::run` spends its time waiting on the batch channel.) Commits on a branch
-//! cannot overlap (pachd refuses to start a commit whose parent is open), so one
-//! committer is all the concurrency there is to have. While idle, `probe` has the
-//! committer check pachd and the repo now and then, for `/readyz`.
+//! Commits run on a committer thread ([`super::committer_thread`]), one batch after
+//! the other, in order: commits on a branch cannot overlap (pachd refuses to start a
+//! commit whose parent is open), so one committer is all the concurrency there is
+//! to have. While idle, `probe` has the committer check pachd and the repo now and
+//! then, for `/readyz`.
 //!
 //! `target` parses the URI and finds the token, `client` speaks to pachd,
 //! `requests` lays a batch out as a ModifyFile stream, `committer` retries.
@@ -21,18 +16,13 @@ pub mod proto;
 mod requests;
 pub mod target;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use tokio::sync::mpsc;
+use std::time::Duration;
 
 use self::client::Pachd;
 use self::committer::{AttemptError, BatchFiles, Committer, MARKER};
 pub use self::target::{detect_worker, Target, TokenSource};
-use super::runner::{spawn_watched, InjectedPanic};
+use super::committer_thread::{AsyncCommitter, CommitterThread};
 use super::spec::{BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
 use super::{Commit, Sink, SinkContext};
 use crate::encode::CommitFile;
@@ -60,43 +50,16 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct PfsSink {
     target: Target,
-    worker: Option<Worker>,
-    in_flight: usize,
-}
-
-/// What the committer thread is asked to do, in order.
-enum Job {
-    Commit(Commit),
-    Probe,
-}
-
-/// The committer thread and the channels to it.
-struct Worker {
-    jobs: mpsc::UnboundedSender<Job>,
-    settled: Receiver<()>,
-    /// A probe is queued or running: no second one until it is done.
-    probing: Arc<AtomicBool>,
-    last_probe: Option<Instant>,
-    thread: JoinHandle<()>,
+    thread: CommitterThread<PfsCommitter>,
 }
 
 impl PfsSink {
     pub fn new(target: Target) -> Self {
-        Self { target, worker: None, in_flight: 0 }
-    }
-
-    fn worker(&mut self, ctx: &SinkContext) -> &mut Worker {
-        let target = &self.target;
-        self.worker.get_or_insert_with(|| {
-            let (jobs, queue) = mpsc::unbounded_channel();
-            let (done, settled) = crossbeam_channel::unbounded();
-            let probing = Arc::new(AtomicBool::new(false));
-            let (target, ctx, probed) = (target.clone(), ctx.clone(), probing.clone());
-            let health = ctx.health.clone();
-            let thread = spawn_watched("pfs-commit", health, move || commit_in_order(target, ctx, queue, done, probed))
-                .expect("spawning the pfs committer thread");
-            Worker { jobs, settled, probing, last_probe: None, thread }
-        })
+        let for_thread = target.clone();
+        let thread = CommitterThread::new("pfs-commit", PROBE_EVERY, move |ctx: &SinkContext| {
+            PfsCommitter::new(&for_thread, ctx.clone())
+        });
+        Self { target, thread }
     }
 }
 
@@ -106,96 +69,54 @@ impl Sink for PfsSink {
     }
 
     fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
-        match self.worker(ctx).jobs.send(Job::Commit(commit)) {
-            Ok(()) => self.in_flight += 1,
-            Err(mpsc::error::SendError(job)) => {
-                if let Job::Commit(commit) = job {
-                    commit.ack.failed("the pfs committer thread has stopped");
-                }
-            }
-        }
+        self.thread.submit(commit, ctx);
     }
 
     fn probe(&mut self, ctx: &SinkContext) {
-        let worker = self.worker(ctx);
-        if worker.last_probe.is_some_and(|t| t.elapsed() < PROBE_EVERY) || worker.probing.load(Ordering::Relaxed) {
-            return;
-        }
-        worker.last_probe = Some(Instant::now());
-        worker.probing.store(true, Ordering::Relaxed);
-        // A stopped committer has no one to probe for; its batches fail on submit.
-        let _ = worker.jobs.send(Job::Probe);
+        self.thread.probe(ctx);
     }
 
     fn settle(&mut self, wait: Duration, _ctx: &SinkContext) -> usize {
-        if let Some(worker) = &self.worker {
-            if self.in_flight > 0 {
-                match worker.settled.recv_timeout(wait) {
-                    Ok(()) => self.in_flight -= 1,
-                    // The committer died: what it held failed as it unwound.
-                    Err(RecvTimeoutError::Disconnected) => self.in_flight = 0,
-                    Err(RecvTimeoutError::Timeout) => {}
-                }
-            }
-            while self.in_flight > 0 && worker.settled.try_recv().is_ok() {
-                self.in_flight -= 1;
-            }
-        }
-        self.in_flight
+        self.thread.settle(wait)
     }
 }
 
-impl Drop for PfsSink {
-    fn drop(&mut self) {
-        if let Some(Worker { jobs, thread, .. }) = self.worker.take() {
-            // Closing the queue ends the committer once it has settled what it holds.
-            drop(jobs);
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The committer thread: commits the queued batches in order, settling each.
-fn commit_in_order(
-    target: Target,
+/// The committer thread's side: the committer, or why pachd's address cannot be
+/// used (then every batch fails with that reason).
+struct PfsCommitter {
+    committer: Result<Committer, AttemptError>,
     ctx: SinkContext,
-    mut queue: mpsc::UnboundedReceiver<Job>,
-    done: Sender<()>,
-    probing: Arc<AtomicBool>,
-) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("building the pfs committer's runtime");
-    runtime.block_on(async {
-        let mut committer = Pachd::new(&target).map(|pachd| Committer::new(pachd, ctx.clone()));
+}
+
+impl PfsCommitter {
+    fn new(target: &Target, ctx: SinkContext) -> Self {
+        let committer = Pachd::new(target).map(|pachd| Committer::new(pachd, ctx.clone())).map_err(AttemptError::from);
         if let Err(error) = &committer {
-            let error = AttemptError::from(error.clone());
-            ctx.health.failing(error.state(), error.kind(), &error);
+            ctx.health.failing(error.state(), error.kind(), error);
         }
-        let mut fault = InjectedPanic::for_thread("pfs-commit");
-        while let Some(job) = queue.recv().await {
-            let Job::Commit(Commit { files, ack }) = job else {
-                if let Ok(committer) = committer.as_mut() {
-                    committer.probe().await;
+        Self { committer, ctx }
+    }
+}
+
+impl AsyncCommitter for PfsCommitter {
+    async fn commit(&mut self, commit: Commit) {
+        let Commit { files, ack } = commit;
+        let files: Arc<[CommitFile]> = files.into();
+        match &mut self.committer {
+            Ok(committer) => {
+                let description = format!("{MARKER}: batch {} of {} messages", ack.no, ack.messages);
+                match committer.commit(BatchFiles { files: &files, bytes: ack.bytes, description }).await {
+                    Ok(id) => ack.committed(self.ctx.receipt(id, &files)),
+                    Err(gave_up) => ack.failed(gave_up),
                 }
-                probing.store(false, Ordering::Relaxed);
-                continue;
-            };
-            fault.count_batch();
-            let files: Arc<[CommitFile]> = files.into();
-            match committer.as_mut() {
-                Ok(committer) => {
-                    let description = format!("{MARKER}: batch {} of {} messages", ack.no, ack.messages);
-                    match committer.commit(BatchFiles { files: &files, bytes: ack.bytes, description }).await {
-                        Ok(id) => ack.committed(ctx.receipt(id, &files)),
-                        Err(gave_up) => ack.failed(gave_up),
-                    }
-                }
-                Err(error) => ack.failed(error),
             }
-            // The sink thread may be gone already at shutdown; the ack is settled anyway.
-            let _ = done.send(());
+            Err(error) => ack.failed(&*error),
         }
-    });
+    }
+
+    async fn probe(&mut self) {
+        if let Ok(committer) = &mut self.committer {
+            committer.probe().await;
+        }
+    }
 }
