@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use spout_sidecar::ack::{BatchAck, Ledger};
 use spout_sidecar::batch::SealReason;
 use spout_sidecar::buffer::Budget;
