@@ -41,6 +41,14 @@ impl Cancel {
         self.0.token.cancelled().await
     }
 
+    /// Sleeps `delay`, or less if cancelled meanwhile.
+    pub async fn sleep(&self, delay: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = self.cancelled() => {}
+        }
+    }
+
     /// Blocks the thread until cancelled or `timeout` has passed; true if cancelled.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         let cancelled = self.0.cancelled.lock().unwrap();

@@ -8,17 +8,20 @@ use clap::Parser;
 use crate::encode::Layout;
 use crate::ingest::raw_socket::RawFraming;
 use crate::ingest::WhenFull;
+use crate::sink::object::{Compression, ObjectFormat};
 use crate::sink::SinkSpec;
 
 /// Streams messages into Pachyderm spouts, committing batches to a named pipe
-/// (fifo:), a Pachyderm 2.x repo (pfs://), a directory (dir:) or standard output
-/// (stdout:).
+/// (fifo:), a Pachyderm 2.x repo (pfs://), a directory (dir:), standard output
+/// (stdout:) or an object store (s3://, gs://, wasb://).
 ///
 /// Producers send messages with `POST /messages` (TCP or a Unix socket) or write
 /// them to a raw Unix socket; the sidecar batches them by size, count and age and
 /// commits each batch to the sink: one tar archive into a spout's named pipe
 /// (fifo:PATH) or onto standard output (stdout:), one Pachyderm 2.x commit over
-/// gRPC (pfs://HOST:PORT/REPO@BRANCH), or one directory per commit (dir:PATH).
+/// gRPC (pfs://HOST:PORT/REPO@BRANCH), one directory per commit (dir:PATH), or
+/// objects under one prefix per commit in a bucket, with a manifest written last
+/// (s3://[ENDPOINT/]BUCKET/DIR, gs://BUCKET/DIR, wasb://CONTAINER@ACCOUNT/DIR).
 /// Every option also reads the environment variable shown with it.
 ///
 /// With `-- CMD [ARGS...]` it also runs CMD (the producer) with SPOUT_URL,
@@ -47,8 +50,10 @@ pub struct Options {
 
     /// Where batches go: fifo:PATH, dir:PATH, stdout:, pfs://HOST:PORT/REPO@BRANCH
     /// (?project=P&writer=NAME; writer names this sidecar among several writing the
-    /// branch, default HOST-PID) or auto (fifo:/pfs/out when that is a named pipe, else pachd
-    /// inside a Pachyderm 2.x worker, else dir:./spout-out).
+    /// branch, default HOST-PID), s3://[ENDPOINT/]BUCKET/DIR, gs://BUCKET/DIR,
+    /// wasb://CONTAINER@ACCOUNT/DIR or auto (fifo:/pfs/out when that is a named
+    /// pipe, else pachd inside a Pachyderm 2.x worker, else dir:./spout-out; never
+    /// an object store).
     #[arg(long, env = "SPOUT_SINK", default_value = "auto", value_name = "URI")]
     pub sink: SinkSpec,
 
@@ -83,6 +88,16 @@ pub struct Options {
     /// Largest request body; larger ones get 413 before they are read.
     #[arg(long, env = "SPOUT_MAX_REQUEST_BYTES", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_request_bytes: u64,
+
+    /// For s3://, gs:// and wasb:// sinks: one object per file (`files`), or the
+    /// whole commit as one tar object (`tar`), as the fifo: sink writes it.
+    #[arg(long, env = "SPOUT_OBJECT_FORMAT", value_enum, default_value = "files")]
+    pub object_format: ObjectFormat,
+
+    /// For s3://, gs:// and wasb:// sinks: compress every object (suffix `.gz` or
+    /// `.zst`, and its Content-Encoding set to match); uncompressed without it.
+    #[arg(long, env = "SPOUT_COMPRESSION", value_enum, value_name = "ALGORITHM")]
+    pub compression: Option<Compression>,
 
     /// One file per message, or one file per batch holding all its messages.
     #[arg(long, env = "SPOUT_LAYOUT", value_enum, default_value = "message")]

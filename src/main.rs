@@ -74,8 +74,12 @@ async fn run(options: Options) -> Result<ExitCode, Fatal> {
     check_exposure(&options, token.is_some())?;
 
     let spec = options.sink.resolve();
-    let settings =
-        SinkSettings { pachd_token_file: options.pachd_token_file.clone(), pachd_token: options.pachd_token.clone() };
+    let settings = SinkSettings {
+        pachd_token_file: options.pachd_token_file.clone(),
+        pachd_token: options.pachd_token.clone(),
+        object_format: options.object_format,
+        compression: options.compression,
+    };
     let sink = spec.open(&settings).map_err(|source| Fatal::OpenSink { sink: spec.to_string(), source })?;
     let pipeline = Pipeline::start(&options, sink).map_err(Fatal::SinkThread)?;
     let api = Arc::new(pipeline.api(&options, token));

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub thread_panics: IntCounterVec,
     pub ack_wait: Histogram,
     pub idempotency_hits: IntCounter,
+    pub object_requests: IntCounterVec,
+    pub object_request_bytes: IntCounterVec,
+    pub object_request_duration: HistogramVec,
 }
 
 /// Latencies from 100 µs to ~100 s.
@@ -93,6 +96,16 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(sink_state.clone())).expect("unique metric");
+        let object_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "object_request_duration_seconds",
+                "Latency of the object-store sinks' requests, by operation (put, create_multipart, put_part, complete_multipart, abort_multipart, delete, head, list).",
+            )
+            .buckets(latency_buckets()),
+            &["op"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(object_request_duration.clone())).expect("unique metric");
         Self {
             messages_received: counter_vec(r, "messages_received_total", "Messages accepted into the buffer, by transport (http, unix, raw).", &["transport"]),
             bytes_received: counter_vec(r, "bytes_received_total", "Payload bytes accepted into the buffer, by transport.", &["transport"]),
@@ -124,17 +137,29 @@ impl Metrics {
             sink_retries: counter(r, "sink_retries_total", "Commit attempts repeated after a sink error."),
             sink_state,
             thread_panics: {
-                let metric = counter_vec(r, "thread_panics_total", "Sink threads that died of a panic, by thread (sink, pfs-commit); the sink is down until the sidecar restarts.", &["thread"]);
+                let metric = counter_vec(r, "thread_panics_total", "Sink threads that died of a panic, by thread (sink, pfs-commit, object-commit); the sink is down until the sidecar restarts.", &["thread"]);
                 // At 0 from the start: an alert on an increase needs a series to compare.
-                for thread in ["sink", "pfs-commit"] {
+                for thread in ["sink", "pfs-commit", "object-commit"] {
                     metric.with_label_values(&[thread]);
                 }
                 metric
             },
             ack_wait: histogram(r, "ack_wait_seconds", "Time wait=commit requests waited for their batch's commit.", latency_buckets()),
             idempotency_hits: counter(r, "idempotency_hits_total", "Requests whose Idempotency-Key was seen before: answered from the first request, not enqueued again."),
+            object_requests: counter_vec(r, "object_requests_total", "Requests the object-store sinks made, by operation (as in object_request_duration_seconds) and outcome (ok, error).", &["op", "outcome"]),
+            object_request_bytes: counter_vec(r, "object_request_bytes_total", "Bytes the object-store sinks' successful requests carried (as stored, after compression), by operation.", &["op"]),
+            object_request_duration,
             registry,
         }
+    }
+
+    /// Gives the object-store families one series at 0, so that they are served
+    /// (and an alert or dashboard finds them) before the first request.
+    fn with_object_series(self) -> Self {
+        self.object_requests.with_label_values(&["put", "ok"]);
+        self.object_request_bytes.with_label_values(&["put"]);
+        self.object_request_duration.with_label_values(&["put"]);
+        self
     }
 
     /// The text exposition format served on `/metrics`.
@@ -145,4 +170,4 @@ impl Metrics {
     }
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics::new().with_object_series());

@@ -27,6 +27,24 @@ pub struct Commit {
     pub ack: BatchAck,
 }
 
+/// A commit's files with each name once, in first-seen order: the payloads sent
+/// under one name append to it, or with `overwrite` the last replaces the others.
+pub fn merge_by_name(files: &[CommitFile], overwrite: bool) -> Vec<(&str, Vec<&Payload>)> {
+    let mut position: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut merged: Vec<(&str, Vec<&Payload>)> = Vec::new();
+    for file in files {
+        match position.get(file.name.as_str()) {
+            Some(&at) if overwrite => merged[at].1 = vec![&file.data],
+            Some(&at) => merged[at].1.push(&file.data),
+            None => {
+                position.insert(&file.name, merged.len());
+                merged.push((&file.name, vec![&file.data]));
+            }
+        }
+    }
+    merged
+}
+
 /// How a batch's messages become files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Layout {

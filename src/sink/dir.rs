@@ -20,7 +20,7 @@
 //! half-written temp directory removed each time. A batch that can never be laid out
 //! as a tree (a name that is both a file and a directory) fails at once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ use super::commit_id::CommitIds;
 use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
-use crate::encode::CommitFile;
+use crate::encode::{self, CommitFile};
 use crate::message::{file_name, Payload};
 use crate::metrics::METRICS;
 
@@ -164,26 +164,18 @@ struct Tree<'a> {
 
 impl<'a> Tree<'a> {
     fn plan(files: &'a [CommitFile], overwrite: bool) -> Result<Self, NotATree> {
-        let mut position: HashMap<&str, usize> = HashMap::new();
-        let mut merged: Vec<(&str, Vec<&Payload>)> = Vec::new();
         for file in files {
             // Ingest checked client names already; this keeps every path inside the commit.
             file_name::validate(&file.name)?;
-            match position.get(file.name.as_str()) {
-                Some(&at) if overwrite => merged[at].1 = vec![&file.data],
-                Some(&at) => merged[at].1.push(&file.data),
-                None => {
-                    position.insert(&file.name, merged.len());
-                    merged.push((&file.name, vec![&file.data]));
-                }
-            }
         }
+        let merged = encode::merge_by_name(files, overwrite);
+        let names: HashSet<&str> = merged.iter().map(|(name, _)| *name).collect();
         let mut dirs = Vec::new();
         let mut seen = HashSet::new();
         for (name, _) in &merged {
             for (slash, _) in name.match_indices('/') {
                 let dir = &name[..slash];
-                if position.contains_key(dir) {
+                if names.contains(dir) {
                     return Err(NotATree::FileAndDirectory { dir: dir.to_owned(), file: name.to_string() });
                 }
                 if seen.insert(dir) {

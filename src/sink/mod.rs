@@ -4,8 +4,8 @@
 //! retrying what can be retried, and settles the batch's acknowledgement. What
 //! surrounds every sink lives beside the implementations, once: [`context`] (what a
 //! sink is given), [`runner`] (the thread that drives it), [`spec`] (the `--sink`
-//! URI and `auto`), [`health`] (its state for `/readyz`), [`commit_id`] and
-//! [`backoff`].
+//! URI and `auto`), [`health`] (its state for `/readyz`), [`commit_id`],
+//! [`backoff`], and [`committer_thread`] for sinks whose commits are async work.
 //!
 //! | URI | sink |
 //! |---|---|
@@ -13,15 +13,18 @@
 //! | `dir:PATH` | [`dir::DirSink`]: one directory per commit, renamed into place |
 //! | `stdout:` | [`stdout::StdoutSink`]: tar archives on standard output |
 //! | `pfs://HOST:PORT/REPO@BRANCH` | [`pfs::PfsSink`]: one Pachyderm 2.x commit per batch over gRPC |
+//! | `s3://`, `gs://`, `wasb://` | [`object::ObjectSink`]: objects and a manifest per commit in a bucket |
 //!
 //! Adding a sink is a new module here and one line in [`spec::SCHEMES`].
 
 pub mod backoff;
 pub mod commit_id;
+pub mod committer_thread;
 pub mod context;
 pub mod dir;
 pub mod fifo;
 pub mod health;
+pub mod object;
 pub mod pfs;
 pub mod runner;
 pub mod spec;

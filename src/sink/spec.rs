@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::{dir, fifo, pfs, stdout, Sink};
+use super::{dir, fifo, object, pfs, stdout, Sink};
 
 /// One kind of sink as `--sink` names it.
 pub struct Scheme {
@@ -19,7 +19,8 @@ pub struct Scheme {
 }
 
 /// Every kind of sink, in the order errors list them.
-pub const SCHEMES: &[Scheme] = &[fifo::SCHEME, dir::SCHEME, stdout::SCHEME, pfs::SCHEME];
+pub const SCHEMES: &[Scheme] =
+    &[fifo::SCHEME, dir::SCHEME, stdout::SCHEME, pfs::SCHEME, object::S3, object::GS, object::WASB];
 
 /// A sink a URI described, ready to be opened.
 pub trait OpenSink: fmt::Debug + fmt::Display + Send + Sync {
@@ -39,6 +40,10 @@ pub struct SinkSettings {
     pub pachd_token_file: Option<PathBuf>,
     /// `SPOUT_PACHD_TOKEN`, likewise.
     pub pachd_token: Option<String>,
+    /// `--object-format`, for the object-store sinks.
+    pub object_format: object::ObjectFormat,
+    /// `--compression`, likewise.
+    pub compression: Option<object::Compression>,
 }
 
 /// A parsed `--sink`.
@@ -172,6 +177,9 @@ mod tests {
         assert_eq!(parsed("stdout"), "stdout:");
         assert_eq!(parsed("auto"), "auto");
         assert_eq!(parsed("pfs://pachd:1650/out@master"), "pfs://pachd:1650/out@master");
+        assert_eq!(parsed("s3://minio:9000/bucket/dir"), "s3://minio:9000/bucket/dir");
+        assert_eq!(parsed("gs://bucket/dir"), "gs://bucket/dir");
+        assert_eq!(parsed("wasb://container@account/dir"), "wasb://container@account/dir");
         assert!("stdout:".parse::<SinkSpec>().unwrap().resolve().writes_stdout());
         assert!(!"dir:x".parse::<SinkSpec>().unwrap().resolve().writes_stdout());
     }
@@ -181,7 +189,8 @@ mod tests {
         assert_eq!(refused("fifo:"), "`fifo:` needs a path, e.g. `fifo:/pfs/out`");
         assert_eq!(
             refused("kafka://x"),
-            "unknown sink `kafka://x`: expected fifo:PATH, dir:PATH, stdout:, pfs://HOST:PORT/REPO@BRANCH or auto"
+            "unknown sink `kafka://x`: expected fifo:PATH, dir:PATH, stdout:, pfs://HOST:PORT/REPO@BRANCH, \
+             s3://[ENDPOINT/]BUCKET/DIR, gs://BUCKET/DIR, wasb://CONTAINER@ACCOUNT/DIR or auto"
         );
         assert!(refused("pfs:/pachd/out").contains("does not start with pfs://"));
     }

@@ -22,6 +22,7 @@ mod hostile_clients;
 mod http_api;
 mod lifecycle;
 mod loadtest_smoke;
+mod object;
 mod openapi;
 mod pfs;
 mod pfs_binary;

@@ -7,8 +7,10 @@
 //! 2. A Python virtualenv in `target/test-venv` gets tests/requirements.txt. It is
 //!    made again only when those requirements (or the Python) change: a stamp file
 //!    in it records what it was made from.
-//! 3. `cargo test --workspace --locked ARGS` runs with `SPOUT_TEST_PYTHON` naming the
-//!    virtualenv's interpreter and its `bin/` first on the PATH.
+//! 3. Azurite (the local Azure Blob Storage of the `wasb://` tests) is installed
+//!    with npm into `target/test-node`, unless that version is there already.
+//! 4. `cargo test --workspace --locked ARGS` runs with `SPOUT_TEST_PYTHON` naming the
+//!    virtualenv's interpreter, and its `bin/` and Azurite's first on the PATH.
 //!
 //! Only the standard library, so that this builds in seconds, before anything else.
 
@@ -33,6 +35,9 @@ const PACKAGES: &[(&str, Probe)] = &[
     // `python3 -m venv` makes the virtualenv; Debian's python3 lacks ensurepip without it.
     ("python3-venv", Probe::Runs(&["python3", "-c", "import ensurepip, venv"])),
 ];
+
+/// The npm packages the tests run, pinned to the versions they were tried with.
+const NPM_PACKAGES: &[&str] = &["azurite@3.35.0"];
 
 /// The requirements the virtualenv is made from, relative to the workspace root.
 const REQUIREMENTS: &str = "tests/requirements.txt";
@@ -87,9 +92,10 @@ fn test(cargo_args: Vec<OsString>) -> Result<ExitCode, String> {
     install_packages()?;
     let venv = target_dir(&root).join("test-venv");
     let python = virtualenv(&root, &venv)?;
+    let node_bin = node_packages(&target_dir(&root).join("test-node"))?;
     let bin = venv.join("bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+    let path = std::env::join_paths([bin, node_bin].into_iter().chain(std::env::split_paths(&path)))
         .map_err(|e| format!("cannot put the virtualenv on the PATH: {e}"))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     progress(&shown_command(&cargo_args));
@@ -106,6 +112,35 @@ fn test(cargo_args: Vec<OsString>) -> Result<ExitCode, String> {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE, // killed by a signal
     })
+}
+
+/// Installs `NPM_PACKAGES` under `prefix` unless the same list is there already;
+/// returns the directory of their programs.
+fn node_packages(prefix: &Path) -> Result<PathBuf, String> {
+    let stamp = prefix.join(STAMP);
+    let wanted = NPM_PACKAGES.join("\n");
+    if fs::read_to_string(&stamp).is_ok_and(|had| had == wanted) {
+        return Ok(prefix.join("node_modules/.bin"));
+    }
+    progress(&format!("npm install {} into {} (a minute or two)", NPM_PACKAGES.join(" "), prefix.display()));
+    fs::create_dir_all(prefix).map_err(|e| format!("cannot make {}: {e}", prefix.display()))?;
+    let out = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+        .arg(prefix)
+        .args(NPM_PACKAGES)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run npm (the tests need Node.js and npm for Azurite): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "npm install {} failed ({}):\n{}",
+            NPM_PACKAGES.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    Ok(prefix.join("node_modules/.bin"))
 }
 
 /// The workspace root: the parent of this package's directory.

@@ -450,11 +450,7 @@ mod tests {
         assert_eq!(problem("http://host/r"), UriProblem::NotPfs);
         assert!(matches!(problem("pfs://h/r?project=a.b"), UriProblem::BadName { what: "project", bad: '.', .. }));
         let error = "pfs://h:0/r".parse::<Target>().unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "bad sink `pfs://h:0/r`: `0` is not a port number; expected pfs://HOST:PORT/REPO@BRANCH?project=PROJECT \
-             (port defaults to 30650, branch to master, project to default)"
-        );
+        assert_eq!(error.to_string(), format!("bad sink `pfs://h:0/r`: `0` is not a port number; {USAGE}"));
     }
 
     #[test]

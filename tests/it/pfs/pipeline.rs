@@ -57,7 +57,7 @@ impl Pipeline {
         let batcher = Batcher::new(setup.policy, Sequencer::starting_at(1), ledger, batches_tx);
         rt.spawn(batcher.clone().run_age_timer());
         let spec: SinkSpec = setup.uri.parse().expect("a valid sink URI");
-        let settings = SinkSettings { pachd_token_file: setup.token_file, pachd_token: None };
+        let settings = SinkSettings { pachd_token_file: setup.token_file, ..SinkSettings::default() };
         let sink = spec.open(&settings).expect("opening the sink");
         let health = Arc::new(Health::new(sink.describe()));
         let draining = Cancel::new();

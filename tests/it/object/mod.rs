@@ -1,0 +1,6 @@
+//! The object-store sinks (`s3://`, `wasb://`) against real local servers started by
+//! `servers`: moto_server for S3, Azurite for Azure Blob Storage.
+
+mod s3;
+mod servers;
+mod wasb;
