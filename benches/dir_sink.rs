@@ -7,25 +7,27 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use spout_sidecar::ack::{BatchAck, Ledger, SealReason};
+use spout_sidecar::ack::{BatchAck, Ledger};
+use spout_sidecar::batch::SealReason;
 use spout_sidecar::buffer::Budget;
-use spout_sidecar::message::{File, Payload};
+use spout_sidecar::encode::CommitFile;
+use spout_sidecar::message::Payload;
 use spout_sidecar::sink::dir::DirSink;
 use spout_sidecar::sink::{Commit, Health, Sink, SinkContext};
 
-fn commit(files: &[File], ledger: &Arc<Ledger>) -> Commit {
+fn commit(files: &[CommitFile], ledger: &Arc<Ledger>) -> Commit {
     let bytes = files.iter().map(|f| f.data.len()).sum();
     let ack =
         BatchAck::new(1, files.len() as u64, bytes, SealReason::Flush, 1, Instant::now(), Vec::new(), ledger.clone());
     Commit { files: files.to_vec(), ack }
 }
 
-fn files(count: usize, bytes: usize) -> Vec<File> {
+fn files(count: usize, bytes: usize) -> Vec<CommitFile> {
     let chunk = Bytes::from(vec![b'd'; bytes.min(64 << 10)]);
     (0..count)
         .map(|i| {
             let chunks = vec![chunk.clone(); bytes / chunk.len()];
-            File { name: format!("m/{i:06}"), data: Payload::from(chunks) }
+            CommitFile { name: format!("m/{i:06}"), data: Payload::from(chunks) }
         })
         .collect()
 }

@@ -8,11 +8,11 @@ use clap::Parser;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hyper::Method;
 use tokio::runtime::Runtime;
-use tokio::sync::watch;
 
 use loadtest::body::{encode, Framing};
 use loadtest::client::{Conn, Endpoint};
 use loadtest::msg::Generator;
+use spout_sidecar::cancel::Cancel;
 use spout_sidecar::config::Options;
 use spout_sidecar::ingest::http;
 use spout_sidecar::ingest::Transport;
@@ -41,11 +41,8 @@ fn serve(runtime: &Runtime, args: &[&str]) -> Endpoint {
     let api = Arc::new(pipeline.api(&options, None));
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let endpoint = Endpoint::Tcp(listener.local_addr().unwrap());
-    let (stop, stopped) = watch::channel(false);
-    runtime.spawn(async move {
-        http::serve(api, Transport::Http, listener, stopped).await;
-        drop(stop);
-    });
+    // Never cancelled: the server runs until the runtime ends.
+    runtime.spawn(http::serve(api, Transport::Http, listener, Cancel::new()));
     endpoint
 }
 

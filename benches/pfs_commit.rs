@@ -27,20 +27,23 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use spout_sidecar::ack::{BatchAck, Ledger, SealReason};
+use spout_sidecar::ack::{BatchAck, Ledger};
+use spout_sidecar::batch::SealReason;
 use spout_sidecar::buffer::Budget;
-use spout_sidecar::message::File;
-use spout_sidecar::sink::{self, Commit, Health, SinkContext, SinkSpec};
+use spout_sidecar::encode::CommitFile;
+use spout_sidecar::sink::{Commit, Health, SinkContext, SinkSettings, SinkSpec};
 
-fn batch(count: usize, size: usize) -> Vec<File> {
+fn batch(count: usize, size: usize) -> Vec<CommitFile> {
     let data = Bytes::from(vec![0x5a; count * size]);
-    (0..count).map(|i| File { name: format!("f-{i:05}"), data: data.slice(i * size..(i + 1) * size).into() }).collect()
+    (0..count)
+        .map(|i| CommitFile { name: format!("f-{i:05}"), data: data.slice(i * size..(i + 1) * size).into() })
+        .collect()
 }
 
 fn commits_into_the_fake(c: &mut Criterion) {
     let pachd = fake::FakePachd::start_discarding();
     let spec: SinkSpec = pachd.uri("bench@master").parse().expect("the fake's URI");
-    let mut sink = sink::open(&spec).expect("the pfs sink");
+    let mut sink = spec.open(&SinkSettings::default()).expect("the pfs sink");
     let ctx = SinkContext::new(Arc::new(Health::new(sink.describe())), false);
     let ledger = Ledger::new(Arc::new(Budget::new(u64::MAX)));
     let mut group = c.benchmark_group("pfs_commit");

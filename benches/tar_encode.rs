@@ -4,15 +4,18 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use spout_sidecar::message::{default_file_name, File};
-use spout_sidecar::tar::encode;
+use spout_sidecar::encode::tar::encode;
+use spout_sidecar::encode::CommitFile;
+use spout_sidecar::message::file_name;
 
 /// A batch of about 8 MiB (the default --max-batch-bytes) of `size`-byte messages,
 /// but at most the default 10,000 messages.
-fn batch(size: usize) -> Vec<File> {
+fn batch(size: usize) -> Vec<CommitFile> {
     let count = ((8 << 20) / size).clamp(1, 10_000);
     let payload = Bytes::from(vec![b'x'; size]);
-    (0..count as u64).map(|seq| File { name: default_file_name(seq), data: payload.clone().into() }).collect()
+    (0..count as u64)
+        .map(|seq| CommitFile { name: file_name::default_name(seq), data: payload.clone().into() })
+        .collect()
 }
 
 fn tar_encode(c: &mut Criterion) {

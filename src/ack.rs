@@ -15,6 +15,7 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
+use crate::batch::SealReason;
 use crate::buffer::Budget;
 use crate::metrics::METRICS;
 
@@ -39,29 +40,6 @@ pub type Verdict = Result<Arc<Receipt>, CommitError>;
 
 /// The receiving half a waiting request holds.
 pub type VerdictReceiver = oneshot::Receiver<Verdict>;
-
-/// What sealed a batch; the label of `spout_batches_committed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SealReason {
-    Bytes,
-    Messages,
-    Age,
-    Flush,
-    Shutdown,
-}
-
-impl SealReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SealReason::Bytes => "bytes",
-            SealReason::Messages => "messages",
-            SealReason::Age => "age",
-            SealReason::Flush => "flush",
-            SealReason::Shutdown => "shutdown",
-        }
-    }
-}
 
 /// One line of `/status`'s commit history.
 #[derive(Debug, Clone, Serialize)]

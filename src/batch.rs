@@ -13,9 +13,27 @@ use crossbeam_channel::Sender;
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
-use crate::ack::{BatchAck, Ledger, SealReason, Verdict};
+use crate::ack::{BatchAck, Ledger, Verdict};
 use crate::message::{Incoming, Message, Sequencer};
 use crate::metrics::METRICS;
+
+/// What sealed a batch; the label of `spout_batches_committed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr, strum::VariantArray)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum SealReason {
+    Bytes,
+    Messages,
+    Age,
+    Flush,
+    Shutdown,
+}
+
+impl SealReason {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {

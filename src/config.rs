@@ -5,22 +5,28 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::encode::Layout;
 use crate::ingest::raw_socket::RawFraming;
 use crate::ingest::WhenFull;
-use crate::sink::{Layout, SinkSpec};
+use crate::sink::SinkSpec;
 
-/// Streams messages into Pachyderm spouts.
+/// Streams messages into Pachyderm spouts, committing batches to a named pipe
+/// (fifo:), a Pachyderm 2.x repo (pfs://), a directory (dir:) or standard output
+/// (stdout:).
 ///
 /// Producers send messages with `POST /messages` (TCP or a Unix socket) or write
 /// them to a raw Unix socket; the sidecar batches them by size, count and age and
-/// commits each batch to the sink: one tar archive into a spout's named pipe, or
-/// one directory per commit locally.
+/// commits each batch to the sink: one tar archive into a spout's named pipe
+/// (fifo:PATH) or onto standard output (stdout:), one Pachyderm 2.x commit over
+/// gRPC (pfs://HOST:PORT/REPO@BRANCH), or one directory per commit (dir:PATH).
+/// Every option also reads the environment variable shown with it.
 ///
-/// With `-- CMD [ARGS...]` it also runs CMD (the producer) with SPOUT_URL and
-/// SPOUT_SOCKET set, forwards SIGTERM to it, and when CMD ends, commits what it
-/// sent and exits with CMD's exit code.
+/// With `-- CMD [ARGS...]` it also runs CMD (the producer) with SPOUT_URL,
+/// SPOUT_SOCKET, SPOUT_RAW_SOCKET and SPOUT_AUTH_TOKEN_FILE set as configured,
+/// forwards SIGTERM and SIGINT to it, and when CMD ends, commits what it sent and
+/// exits with CMD's exit code.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about, long_about, max_term_width = 100)]
+#[command(version, long_about, max_term_width = 100)]
 pub struct Options {
     /// HTTP on TCP; `none` turns it off.
     #[arg(long, env = "SPOUT_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]

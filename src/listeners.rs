@@ -2,26 +2,38 @@
 //! each served on its own task, and the order they stop in at shutdown.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cancel::Cancel;
 use crate::config::{Listen, Options};
 use crate::ingest::http::{self, Api};
 use crate::ingest::{raw_socket, Transport};
-use crate::shutdown::SocketFile;
 use crate::supervisor::Endpoints;
+
+/// A listener that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr}: {source}")]
+    Tcp { addr: String, source: std::io::Error },
+    #[error("{} exists and is not a socket; not replacing it", .0.display())]
+    NotASocket(PathBuf),
+    #[error("cannot bind {}: {source}", path.display())]
+    Unix { path: PathBuf, source: std::io::Error },
+    #[error("cannot chmod {}: {source}", path.display())]
+    Chmod { path: PathBuf, source: std::io::Error },
+}
 
 pub struct Listeners<'a> {
     /// Where a supervised producer should send.
     pub endpoints: Endpoints<'a>,
-    http_stop: watch::Sender<bool>,
-    raw_stop: watch::Sender<bool>,
+    http_stop: Cancel,
+    raw_stop: Cancel,
     raw_server: Option<JoinHandle<()>>,
     http_servers: Vec<JoinHandle<()>>,
     /// Removed when the listeners are dropped, so a restart can bind again.
@@ -30,21 +42,21 @@ pub struct Listeners<'a> {
 
 impl<'a> Listeners<'a> {
     /// Binds every listener `options` asks for and starts serving.
-    pub async fn bind(options: &'a Options, api: Arc<Api>) -> Result<Listeners<'a>, String> {
-        let (http_stop, http_stopped) = watch::channel(false);
-        let (raw_stop, raw_stopped) = watch::channel(false);
+    pub async fn bind(options: &'a Options, api: Arc<Api>) -> Result<Listeners<'a>, BindError> {
+        let (http_stop, raw_stop) = (Cancel::new(), Cancel::new());
         let mut endpoints = Endpoints { token_file: options.auth_token_file.as_deref(), ..Endpoints::default() };
         let mut socket_files = Vec::new();
         let mut raw_server = None;
         let mut http_servers = Vec::new();
         if let Listen::Tcp(addr) = &options.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            let tcp_error = |source| BindError::Tcp { addr: addr.clone(), source };
+            let listener = TcpListener::bind(addr).await.map_err(tcp_error)?;
+            let local = listener.local_addr().map_err(tcp_error)?;
             tracing::info!("listening on http://{local}");
             let reachable =
                 if local.ip().is_unspecified() { format!("127.0.0.1:{}", local.port()) } else { local.to_string() };
             endpoints.url = Some(format!("http://{reachable}"));
-            let server = http::serve(api.clone(), Transport::Http, listener, http_stopped.clone());
+            let server = http::serve(api.clone(), Transport::Http, listener, http_stop.clone());
             http_servers.push(tokio::spawn(server));
         }
         if let Some(path) = &options.socket {
@@ -52,7 +64,7 @@ impl<'a> Listeners<'a> {
             tracing::info!("listening on unix:{}", path.display());
             socket_files.push(file);
             endpoints.socket = Some(path);
-            http_servers.push(tokio::spawn(http::serve(api.clone(), Transport::Unix, listener, http_stopped)));
+            http_servers.push(tokio::spawn(http::serve(api.clone(), Transport::Unix, listener, http_stop.clone())));
         }
         if let Some(path) = &options.raw_socket {
             let (listener, file) = bind_unix(path)?;
@@ -61,8 +73,8 @@ impl<'a> Listeners<'a> {
             endpoints.raw_socket = Some(path);
             let intake = api.intake.clone();
             let limit = options.max_message_bytes;
-            raw_server =
-                Some(tokio::spawn(raw_socket::serve(listener, options.raw_framing, intake, limit, raw_stopped)));
+            let server = raw_socket::serve(listener, options.raw_framing, intake, limit, raw_stop.clone());
+            raw_server = Some(tokio::spawn(server));
         }
         Ok(Listeners { endpoints, http_stop, raw_stop, raw_server, http_servers, _socket_files: socket_files })
     }
@@ -70,7 +82,7 @@ impl<'a> Listeners<'a> {
     /// Stops the raw socket first: it reads what its connections already sent and
     /// admits it, so the drain that follows commits it. Waits at most `timeout`.
     pub async fn stop_raw(&mut self, timeout: Duration) {
-        let _ = self.raw_stop.send(true);
+        self.raw_stop.cancel();
         if let Some(server) = self.raw_server.take() {
             if tokio::time::timeout(timeout, server).await.is_err() {
                 tracing::warn!("the raw socket did not finish reading within --shutdown-timeout");
@@ -81,7 +93,7 @@ impl<'a> Listeners<'a> {
     /// Stops accepting HTTP connections. Until then, draining answers 503, so
     /// clients learn to retry elsewhere instead of meeting a refused connection.
     pub fn stop_http(&self) {
-        let _ = self.http_stop.send(true);
+        self.http_stop.cancel();
     }
 
     /// Waits, once stopped, until the HTTP servers have sent the answers of the
@@ -101,16 +113,25 @@ impl<'a> Listeners<'a> {
 }
 
 /// Binds a Unix socket at `path` with mode 0660, replacing a stale socket file.
-fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), String> {
+fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             let _ = std::fs::remove_file(path);
         } else {
-            return Err(format!("{} exists and is not a socket; not replacing it", path.display()));
+            return Err(BindError::NotASocket(path.to_owned()));
         }
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(|source| BindError::Unix { path: path.to_owned(), source })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+        .map_err(|source| BindError::Chmod { path: path.to_owned(), source })?;
     Ok((listener, SocketFile(path.to_path_buf())))
+}
+
+/// Removes a Unix socket file when dropped, so a restart can bind the path again.
+pub struct SocketFile(pub std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

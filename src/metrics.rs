@@ -35,6 +35,7 @@ pub struct Metrics {
     pub sink_errors: IntCounterVec,
     pub sink_retries: IntCounter,
     pub sink_state: IntGaugeVec,
+    pub thread_panics: IntCounterVec,
     pub ack_wait: Histogram,
     pub idempotency_hits: IntCounter,
 }
@@ -97,7 +98,7 @@ impl Metrics {
             bytes_received: counter_vec(r, "bytes_received_total", "Payload bytes accepted into the buffer, by transport.", &["transport"]),
             requests: counter_vec(r, "requests_total", "HTTP requests answered, by status code.", &["code"]),
             request_duration,
-            messages_rejected: counter_vec(r, "messages_rejected_total", "Requests or raw-socket frames refused, by reason (bad_framing, too_large, bad_file_name, overloaded, unauthorized, draining).", &["reason"]),
+            messages_rejected: counter_vec(r, "messages_rejected_total", "Requests or raw-socket frames refused, by reason (bad_framing, too_large, bad_file_name, overloaded, unauthorized, draining, sink_down).", &["reason"]),
             batches_committed: counter_vec(r, "batches_committed_total", "Batches committed by the sink, by what sealed them (bytes, messages, age, flush, shutdown).", &["reason"]),
             batches_failed: counter(r, "batches_failed_total", "Batches the sink gave up on; their waiting requests got commit_failed."),
             messages_committed: counter(r, "messages_committed_total", "Messages in committed batches."),
@@ -122,6 +123,14 @@ impl Metrics {
             sink_errors: counter_vec(r, "sink_errors_total", "Failed sink operations, by kind (e.g. epipe, reader_gone, no_reader, io, unavailable).", &["kind"]),
             sink_retries: counter(r, "sink_retries_total", "Commit attempts repeated after a sink error."),
             sink_state,
+            thread_panics: {
+                let metric = counter_vec(r, "thread_panics_total", "Sink threads that died of a panic, by thread (sink, pfs-commit); the sink is down until the sidecar restarts.", &["thread"]);
+                // At 0 from the start: an alert on an increase needs a series to compare.
+                for thread in ["sink", "pfs-commit"] {
+                    metric.with_label_values(&[thread]);
+                }
+                metric
+            },
             ack_wait: histogram(r, "ack_wait_seconds", "Time wait=commit requests waited for their batch's commit.", latency_buckets()),
             idempotency_hits: counter(r, "idempotency_hits_total", "Requests whose Idempotency-Key was seen before: answered from the first request, not enqueued again."),
             registry,

@@ -1,6 +1,6 @@
 //! The pipeline an `Options` describes, assembled once for the binary and the
 //! benches: budget → batcher → intake, the sink on its own thread, the age timer,
-//! and the HTTP API's shared state in front of it.
+//! the shutdown signals that stop them, and the HTTP API's shared state in front.
 
 use std::sync::Arc;
 
@@ -12,12 +12,13 @@ use crate::ingest::http::Api;
 use crate::ingest::idempotency::Idempotency;
 use crate::ingest::Intake;
 use crate::message::Sequencer;
-use crate::sink::{self, Health, Sink, SinkContext};
+use crate::shutdown::Shutdown;
+use crate::sink::{runner, Health, Sink, SinkContext};
 
 pub struct Pipeline {
     pub intake: Arc<Intake>,
     pub health: Arc<Health>,
-    pub sink_ctx: SinkContext,
+    pub shutdown: Shutdown,
     pub sink_name: String,
     pub sink_thread: std::thread::JoinHandle<()>,
 }
@@ -27,7 +28,12 @@ impl Pipeline {
     pub fn start(options: &Options, sink: Box<dyn Sink>) -> std::io::Result<Self> {
         let sink_name = sink.describe();
         let health = Arc::new(Health::new(sink_name.clone()));
-        let sink_ctx = SinkContext::new(health.clone(), options.overwrite);
+        let shutdown = Shutdown::default();
+        let sink_ctx = SinkContext {
+            give_up: shutdown.give_up.clone(),
+            layout: options.layout,
+            ..SinkContext::new(health.clone(), options.overwrite)
+        };
         let ledger = Ledger::new(Arc::new(Budget::new(options.max_buffer_bytes)));
         let (batches_tx, batches_rx) = crossbeam_channel::unbounded();
         let policy = Policy {
@@ -36,13 +42,12 @@ impl Pipeline {
             max_age: options.max_batch_age,
         };
         let batcher = Batcher::new(policy, Sequencer::starting_now(), ledger, batches_tx);
-        let intake = Arc::new(Intake::new(batcher.clone(), options.when_full, options.block_timeout));
-        let sink_thread = {
-            let (layout, ctx) = (options.layout, sink_ctx.clone());
-            std::thread::Builder::new().name("sink".into()).spawn(move || sink::run(sink, batches_rx, layout, ctx))?
-        };
+        let draining = shutdown.drain.clone();
+        let intake =
+            Arc::new(Intake::new(batcher.clone(), options.when_full, options.block_timeout, draining, health.clone()));
+        let sink_thread = runner::start(sink, batches_rx, sink_ctx)?;
         tokio::spawn(batcher.run_age_timer());
-        Ok(Self { intake, health, sink_ctx, sink_name, sink_thread })
+        Ok(Self { intake, health, shutdown, sink_name, sink_thread })
     }
 
     /// The HTTP API's state over this pipeline; `token` is the bearer token required.

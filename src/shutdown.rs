@@ -2,16 +2,27 @@
 //! ingest stops admitting (503), the batcher seals its last batch, and the sink
 //! thread commits everything accepted. If that takes longer than
 //! `--shutdown-timeout`, the sink is told to give up and the exit code says so.
+//!
+//! Both steps are [`Cancel`]s, held in [`Shutdown`]: `drain` is what ingest watches,
+//! `give_up` what the sink watches.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::ack::Unsettled;
+use crate::cancel::Cancel;
 use crate::ingest::Intake;
-use crate::sink::SinkContext;
+
+/// The two steps of a shutdown, for the parts that must stop at each.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Ingest stops admitting.
+    pub drain: Cancel,
+    /// The shutdown timeout passed: the sink stops retrying and fails what it holds.
+    pub give_up: Cancel,
+}
 
 /// A termination signal the process received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +34,8 @@ pub enum Signal {
 impl Signal {
     pub fn number(self) -> i32 {
         match self {
-            Signal::Term => libc::SIGTERM,
-            Signal::Int => libc::SIGINT,
+            Signal::Term => rustix::process::Signal::TERM.as_raw(),
+            Signal::Int => rustix::process::Signal::INT.as_raw(),
         }
     }
 }
@@ -76,8 +87,8 @@ impl fmt::Display for Uncommitted {
 
 /// Stops intake and waits until every accepted message is committed, at most
 /// `timeout`. Returns what was not committed in time, and tells the sink to give up.
-pub async fn drain(intake: &Intake, sink: &SinkContext, timeout: Duration) -> Result<(), Uncommitted> {
-    intake.start_draining();
+pub async fn drain(shutdown: &Shutdown, intake: &Intake, timeout: Duration) -> Result<(), Uncommitted> {
+    shutdown.drain.cancel();
     let batcher = intake.batcher();
     let last = batcher.close();
     let ledger = batcher.ledger();
@@ -86,7 +97,7 @@ pub async fn drain(intake: &Intake, sink: &SinkContext, timeout: Duration) -> Re
         return Ok(());
     }
     let left = Uncommitted(ledger.unsettled());
-    sink.give_up.store(true, Ordering::Relaxed);
+    shutdown.give_up.cancel();
     Err(left)
 }
 
@@ -98,15 +109,6 @@ pub const ANSWER_GRACE: Duration = Duration::from_secs(2);
 /// How long, past the shutdown timeout, the sink gets to fail what it holds and the
 /// servers to send those requests their 502.
 pub const GIVE_UP_GRACE: Duration = Duration::from_secs(5);
-
-/// Removes a Unix socket file when dropped, so a restart can bind the path again.
-pub struct SocketFile(pub std::path::PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 #[cfg(test)]
 mod tests {

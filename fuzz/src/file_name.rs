@@ -1,19 +1,18 @@
-//! Checks for the file-name validator against the contract's rule, restated here
+//! Checks for the file-name validator against the documented rule, restated here
 //! another way (as whole-string tests rather than per segment), so that the two must
 //! agree on every name: accepted exactly when the rule allows it. A refusal's reason
 //! goes back to the client, so it must say it is about a file name and stay short
 //! however long the name.
 
-use spout_sidecar::ingest::file_name::validate;
+use spout_sidecar::message::file_name::validate;
 
 /// The longest reason a refusal may give: the name is shown cut to 64 characters,
 /// each escaped in at most 10 bytes, plus the explanation.
 const MAX_REASON_BYTES: usize = 1024;
 
-/// The contract's rule: a relative path of `/`-separated segments of `[A-Za-z0-9._-]`,
-/// at most 255 bytes; no empty segment (so no leading, trailing or doubled `/`), and no
-/// `..` segment. A `.` segment is refused too, as the validator's documentation adds:
-/// it names nothing a segment-free path would not.
+/// The rule of docs/http-api.md ("File names"): a relative path of `/`-separated
+/// segments of `[A-Za-z0-9._-]`, at most 255 bytes; no empty segment (so no leading,
+/// trailing or doubled `/`), and no `.` or `..` segment.
 pub fn contract_allows(name: &str) -> bool {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || b"._-/".contains(&b);
     // Bracketed in `/`, every segment is found between two slashes.
@@ -28,9 +27,10 @@ pub fn contract_allows(name: &str) -> bool {
 pub fn file_name(data: &[u8]) {
     let name = String::from_utf8_lossy(data);
     match validate(&name) {
-        Ok(()) => assert!(contract_allows(&name), "accepted {name:?}, which the contract refuses"),
+        Ok(()) => assert!(contract_allows(&name), "accepted {name:?}, which the rule refuses"),
         Err(reason) => {
-            assert!(!contract_allows(&name), "refused {name:?}, which the contract allows: {reason}");
+            let reason = reason.to_string();
+            assert!(!contract_allows(&name), "refused {name:?}, which the rule allows: {reason}");
             assert!(reason.starts_with("file name "), "{reason}");
             assert!(reason.len() <= MAX_REASON_BYTES, "a {}-byte reason", reason.len());
         }

@@ -39,7 +39,7 @@ impl Failure {
 /// The messages before the first failure, and the failure if there is one.
 type Outcome<'a> = (Vec<&'a [u8]>, Option<Failure>);
 
-/// Lines as the contract states them: split at every `\n`, skip empty lines, the
+/// Lines as docs/http-api.md states them: split at every `\n`, skip empty lines, the
 /// last one counts without `\n`; a line over `max` fails.
 fn reference_lines(body: &[u8], max: usize) -> Outcome<'_> {
     let mut lines = Vec::new();
@@ -56,7 +56,7 @@ fn reference_lines(body: &[u8], max: usize) -> Outcome<'_> {
     (lines, None)
 }
 
-/// Frames as the contract states them: 4-byte big-endian length, then that many bytes.
+/// Frames as docs/http-api.md states them: 4-byte big-endian length, then that many bytes.
 fn reference_frames(body: &[u8], max: usize) -> Outcome<'_> {
     let mut frames = Vec::new();
     let mut rest = body;

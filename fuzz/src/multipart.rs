@@ -4,8 +4,8 @@
 //! of the body's bytes, no longer than the limit, named by a valid filename or by the
 //! request's name; failures are one of the three decode errors, with a reason.
 
-use spout_sidecar::ingest::file_name;
 use spout_sidecar::ingest::framing::{decode, DecodeErrorKind, Framing};
+use spout_sidecar::message::file_name;
 
 use super::block_on;
 use super::knobs::{cut, Knobs};

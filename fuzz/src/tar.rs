@@ -5,9 +5,10 @@
 
 use std::io::Read;
 
-use spout_sidecar::ingest::file_name;
-use spout_sidecar::message::{File, Payload};
-use spout_sidecar::tar::{encode, Archive};
+use spout_sidecar::encode::tar::{encode, Archive};
+use spout_sidecar::encode::CommitFile;
+use spout_sidecar::message::file_name;
+use spout_sidecar::message::Payload;
 
 use super::knobs::{cut, Knobs};
 
@@ -16,7 +17,7 @@ const BLOCK: u64 = 512;
 const NAME_FIELD: u64 = 100;
 const MAX_FILES: usize = 16;
 const MAX_PAYLOAD: u16 = 2048;
-/// File names are spelled from this alphabet, so that most are valid.
+/// CommitFile names are spelled from this alphabet, so that most are valid.
 const NAME_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-/";
 
 pub fn tar_encoder(data: &[u8]) {
@@ -35,7 +36,7 @@ pub fn tar_encoder(data: &[u8]) {
         let payload = Payload::from(cut(knobs.take(payload_len), &sizes));
         // The encoder is only ever given names that passed the validator.
         if file_name::validate(&name).is_ok() {
-            files.push(File { name, data: payload });
+            files.push(CommitFile { name, data: payload });
         }
     }
 
@@ -51,9 +52,9 @@ pub fn tar_encoder(data: &[u8]) {
 
 /// Each file is a header, a long-name entry when its name does not fit the header,
 /// and its padded payload; two zero blocks close the archive.
-fn expected_len(files: &[File]) -> u64 {
+fn expected_len(files: &[CommitFile]) -> u64 {
     let blocks = |bytes: u64| bytes.div_ceil(BLOCK) * BLOCK;
-    let file = |f: &File| {
+    let file = |f: &CommitFile| {
         let name = f.name.len() as u64;
         let long_name = if name > NAME_FIELD { BLOCK + blocks(name + 1) } else { 0 };
         long_name + BLOCK + blocks(f.data.len())
@@ -61,14 +62,14 @@ fn expected_len(files: &[File]) -> u64 {
     files.iter().map(file).sum::<u64>() + 2 * BLOCK
 }
 
-fn assert_shares_payloads(archive: &Archive, files: &[File]) {
+fn assert_shares_payloads(archive: &Archive, files: &[CommitFile]) {
     for chunk in files.iter().flat_map(|f| f.data.chunks()) {
         let shared = archive.chunks.iter().any(|c| c.as_ptr() == chunk.as_ptr() && c.len() == chunk.len());
         assert!(shared, "a payload chunk of {} bytes was copied", chunk.len());
     }
 }
 
-fn assert_reads_back(bytes: &[u8], files: &[File], mtime: u64) {
+fn assert_reads_back(bytes: &[u8], files: &[CommitFile], mtime: u64) {
     let mut reader = tar::Archive::new(bytes);
     let mut entries = reader.entries().expect("the archive opens");
     for file in files {

@@ -43,7 +43,7 @@ enum Command {
     ///   loadtest run --framing ndjson --batch 1000 --sink dir --layout batch
     Run(Scenario),
 
-    /// Every target of issue 6 with its baseline; prints ratios and PASS/MISS.
+    /// Every target with its baseline; prints ratios and PASS/MISS.
     ///
     /// Exits non-zero when a message is lost or damaged in any scenario (with
     /// --strict, also when a target is missed). For a quick check: --duration 2s

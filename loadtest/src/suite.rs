@@ -1,4 +1,4 @@
-//! The suite: issue 6's targets, each a sidecar scenario measured next to the
+//! The suite: the throughput and memory targets, each a sidecar scenario measured next to the
 //! baseline it is judged against, in one run on one machine, reported as ratios
 //! with PASS or MISS.
 

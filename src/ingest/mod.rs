@@ -1,18 +1,16 @@
 //! Ingest: the ways messages arrive, and the one door they all go through.
 //!
 //! `http` serves the HTTP API on TCP and a Unix socket, `raw_socket` reads framed
-//! streams from a Unix socket, `framing` turns bodies into messages and
-//! `file_name` checks the names clients give. All of them hand decoded messages to
+//! streams from a Unix socket, `framing` turns bodies into messages (checking the
+//! names clients give with `message::file_name`). All of them hand decoded messages to
 //! [`Intake::admit`], which reserves their bytes in the memory budget and enqueues
 //! them in the batcher, or says why not.
 
-pub mod file_name;
 pub mod framing;
 pub mod http;
 pub mod idempotency;
 pub mod raw_socket;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,11 +19,14 @@ use tokio::sync::oneshot;
 use crate::ack::VerdictReceiver;
 use crate::batch::{Batcher, SeqRange};
 use crate::buffer::{charge, Budget, Refusal};
+use crate::cancel::Cancel;
 use crate::message::Incoming;
 use crate::metrics::METRICS;
+use crate::sink::Health;
 
 /// Where messages came from; the `transport` label of the ingest metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum Transport {
     Http,
     Unix,
@@ -34,12 +35,35 @@ pub enum Transport {
 
 impl Transport {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Http => "http",
-            Transport::Unix => "unix",
-            Transport::Raw => "raw",
-        }
+        self.into()
     }
+}
+
+/// How a sender of messages wants them admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmitOptions {
+    pub transport: Transport,
+    pub answer: Answer,
+    pub when_full: FullBudget,
+}
+
+/// When the sender hears back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Once admitted (202).
+    Accepted,
+    /// Once the batch holding the messages is committed (`wait=commit`).
+    Committed,
+}
+
+/// What a full budget does to the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullBudget {
+    /// What `--when-full` says: wait up to `--block-timeout`, or refuse at once.
+    AsConfigured,
+    /// Wait for room for as long as it takes: for the raw socket, which has no
+    /// way to answer 503 and pushes back by not reading instead.
+    WaitForRoom,
 }
 
 /// What to do when the budget is full (`--when-full`).
@@ -52,23 +76,26 @@ pub enum WhenFull {
 }
 
 /// Why messages were not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
 pub enum Refused {
     /// The budget is full (503 with Retry-After).
+    #[strum(serialize = "overloaded")]
     Overloaded,
     /// The sidecar is shutting down (503).
+    #[strum(serialize = "draining")]
     Draining,
     /// The request is larger than the whole budget (413).
+    #[strum(serialize = "too_large")]
     LargerThanBudget,
+    /// A sink thread died: nothing would commit the messages (503).
+    #[strum(serialize = "sink_down")]
+    SinkDead,
 }
 
 impl Refused {
+    /// The `reason` label of `spout_messages_rejected_total`.
     pub fn reason(self) -> &'static str {
-        match self {
-            Refused::Overloaded => "overloaded",
-            Refused::Draining => "draining",
-            Refused::LargerThanBudget => "too_large",
-        }
+        self.into()
     }
 }
 
@@ -85,13 +112,22 @@ pub struct Intake {
     budget: Arc<Budget>,
     when_full: WhenFull,
     block_timeout: Duration,
-    draining: AtomicBool,
+    /// Cancelled when the sidecar starts draining: nothing more is admitted.
+    draining: Cancel,
+    /// The sink's health: a dead sink admits nothing.
+    sink: Arc<Health>,
 }
 
 impl Intake {
-    pub fn new(batcher: Arc<Batcher>, when_full: WhenFull, block_timeout: Duration) -> Self {
+    pub fn new(
+        batcher: Arc<Batcher>,
+        when_full: WhenFull,
+        block_timeout: Duration,
+        draining: Cancel,
+        sink: Arc<Health>,
+    ) -> Self {
         let budget = batcher.ledger().budget().clone();
-        Self { batcher, budget, when_full, block_timeout, draining: AtomicBool::new(false) }
+        Self { batcher, budget, when_full, block_timeout, draining, sink }
     }
 
     pub fn batcher(&self) -> &Arc<Batcher> {
@@ -103,36 +139,23 @@ impl Intake {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.is_cancelled()
     }
 
-    /// Stops admitting: every later `admit` is refused as `Draining`.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-
-    /// Reserves the messages' bytes and enqueues them, all or none. `block` says
-    /// whether to wait for room whatever `--when-full` says (the raw socket, which
-    /// has no way to answer 503, pushes back by not reading instead).
-    pub async fn admit(
-        &self,
-        messages: Vec<Incoming>,
-        transport: Transport,
-        wait_commit: bool,
-        block: bool,
-    ) -> Result<Admitted, Refused> {
+    /// Reserves the messages' bytes and enqueues them, all or none.
+    pub async fn admit(&self, messages: Vec<Incoming>, how: AdmitOptions) -> Result<Admitted, Refused> {
         let count = messages.len() as u64;
         let bytes: u64 = messages.iter().map(|m| m.payload.len()).sum();
         if self.is_draining() {
             return Err(self.refuse(Refused::Draining, count));
         }
-        let wait = if block {
-            None
-        } else {
-            match self.when_full {
-                WhenFull::Block => Some(self.block_timeout),
-                WhenFull::Reject => Some(Duration::ZERO),
-            }
+        if self.sink.is_dead() {
+            return Err(self.refuse(Refused::SinkDead, count));
+        }
+        let wait = match (how.when_full, self.when_full) {
+            (FullBudget::WaitForRoom, _) => None,
+            (FullBudget::AsConfigured, WhenFull::Block) => Some(self.block_timeout),
+            (FullBudget::AsConfigured, WhenFull::Reject) => Some(Duration::ZERO),
         };
         let started = Instant::now();
         let charged = charge(bytes, count);
@@ -150,16 +173,18 @@ impl Intake {
             Err(Refusal::Full) => return Err(self.refuse(Refused::Overloaded, count)),
             Err(Refusal::LargerThanBudget) => return Err(self.refuse(Refused::LargerThanBudget, count)),
         }
-        let (tx, rx) = if wait_commit {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
+        let (tx, rx) = match how.answer {
+            Answer::Committed => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            Answer::Accepted => (None, None),
         };
         match self.batcher.push(messages, tx) {
             Ok(seqs) => {
-                METRICS.messages_received.with_label_values(&[transport.as_str()]).inc_by(count);
-                METRICS.bytes_received.with_label_values(&[transport.as_str()]).inc_by(bytes);
+                let transport = how.transport.as_str();
+                METRICS.messages_received.with_label_values(&[transport]).inc_by(count);
+                METRICS.bytes_received.with_label_values(&[transport]).inc_by(bytes);
                 Ok(Admitted { seqs, verdict: rx })
             }
             Err(_closed) => {

@@ -19,14 +19,14 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::framing::split::{Splitter, Unit};
 use super::framing::DecodeError;
-use super::{Intake, Transport};
+use super::{AdmitOptions, Answer, FullBudget, Intake, Transport};
 use crate::buffer::charge;
+use crate::cancel::Cancel;
 use crate::message::Incoming;
 use crate::metrics::METRICS;
 
@@ -46,17 +46,17 @@ pub const MIN_READ: usize = 4 * 1024;
 /// At shutdown, how much already-sent data one connection still reads.
 const SHUTDOWN_DRAIN: usize = 4 * 1024 * 1024;
 
-/// Serves the raw socket until `shutdown` turns true (or its sender is dropped), one
+/// Serves the raw socket until `stop` is cancelled, one
 /// task per connection. Then it stops accepting, lets every connection admit what it
 /// has read and what the kernel already holds for it, and returns once they are all
-/// done: call `Intake::start_draining` only after that, or their last reads are lost.
+/// done: start draining the intake only after that, or their last reads are lost.
 /// Connections still waiting in the listen backlog are not served.
 pub async fn serve(
     listener: UnixListener,
     framing: RawFraming,
     intake: Arc<Intake>,
     max_message_bytes: u64,
-    mut shutdown: watch::Receiver<bool>,
+    stop: Cancel,
 ) {
     let unit = match framing {
         RawFraming::Lines => Unit::Line,
@@ -66,7 +66,7 @@ pub async fn serve(
     let mut accepted_so_far = 0u64;
     loop {
         tokio::select! {
-            () = stop_requested(&mut shutdown) => break,
+            () = stop.cancelled() => break,
             Some(done) = connections.join_next() => report_panic(done),
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
@@ -77,7 +77,7 @@ pub async fn serve(
                         splitter: Splitter::new(unit, max_message_bytes),
                         line: unit == Unit::Line,
                         intake: intake.clone(),
-                        shutdown: shutdown.clone(),
+                        stop: stop.clone(),
                     };
                     connections.spawn(connection.run(stream).instrument(span));
                 }
@@ -95,11 +95,6 @@ pub async fn serve(
     }
 }
 
-async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
-    // A dropped sender can never ask any more: take that as the request.
-    let _ = shutdown.wait_for(|&stop| stop).await;
-}
-
 fn report_panic(done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done {
         tracing::error!("raw socket: a connection's task failed: {e}");
@@ -110,7 +105,7 @@ struct Connection {
     splitter: Splitter,
     line: bool,
     intake: Arc<Intake>,
-    shutdown: watch::Receiver<bool>,
+    stop: Cancel,
 }
 
 impl Connection {
@@ -122,7 +117,7 @@ impl Connection {
             }
             let read = tokio::select! {
                 biased;
-                () = stop_requested(&mut self.shutdown) => return self.finish(stream, buffer).await,
+                () = self.stop.cancelled() => return self.finish(stream, buffer).await,
                 read = stream.read_buf(&mut buffer) => read,
             };
             match read {
@@ -202,7 +197,12 @@ impl Connection {
             }
             let count = group.len();
             group_bytes = 0;
-            if let Err(refused) = self.intake.admit(std::mem::take(&mut group), Transport::Raw, false, true).await {
+            let how = AdmitOptions {
+                transport: Transport::Raw,
+                answer: Answer::Accepted,
+                when_full: FullBudget::WaitForRoom,
+            };
+            if let Err(refused) = self.intake.admit(std::mem::take(&mut group), how).await {
                 tracing::warn!("{count} messages refused ({}), closing the connection", refused.reason());
                 return false;
             }
@@ -255,7 +255,7 @@ mod tests {
         path: std::path::PathBuf,
         intake: Arc<Intake>,
         batches: crossbeam_channel::Receiver<Batch>,
-        stop: watch::Sender<bool>,
+        stop: Cancel,
         served: Option<tokio::task::JoinHandle<()>>,
     }
 
@@ -267,9 +267,10 @@ mod tests {
         let ledger = Ledger::new(Arc::new(Budget::new(budget)));
         let policy = Policy { max_bytes: 1 << 30, max_messages, max_age: Duration::from_secs(3600) };
         let batcher = Batcher::new(policy, Sequencer::starting_at(1), ledger, tx);
-        let intake = Arc::new(Intake::new(batcher, WhenFull::Block, Duration::from_secs(1)));
-        let (stop, shutdown) = watch::channel(false);
-        let served = tokio::spawn(serve(listener, framing, intake.clone(), max_message_bytes, shutdown));
+        let health = Arc::new(crate::sink::Health::new("test".into()));
+        let intake = Arc::new(Intake::new(batcher, WhenFull::Block, Duration::from_secs(1), Cancel::new(), health));
+        let stop = Cancel::new();
+        let served = tokio::spawn(serve(listener, framing, intake.clone(), max_message_bytes, stop.clone()));
         Server { _dir: dir, path, intake, batches, stop, served: Some(served) }
     }
 
@@ -294,7 +295,7 @@ mod tests {
         }
 
         async fn stop(&mut self) {
-            self.stop.send(true).unwrap();
+            self.stop.cancel();
             let served = self.served.take().unwrap();
             tokio::time::timeout(PATIENCE, served).await.expect("serve returns").unwrap();
         }

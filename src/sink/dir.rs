@@ -21,24 +21,39 @@
 //! as a tree (a name that is both a file and a directory) fails at once.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use rustix::io::Errno;
 
 use super::backoff::Backoff;
+use super::commit_id::CommitIds;
+use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
-use super::{next_commit_id, Commit, Sink, SinkContext, SinkState};
-use crate::ingest::file_name;
-use crate::message::{Payload, Sequencer};
+use super::{Commit, Sink, SinkContext, SinkState};
+use crate::encode::CommitFile;
+use crate::message::{file_name, Payload};
 use crate::metrics::METRICS;
+
+pub const SCHEME: Scheme = Scheme { prefix: "dir:", form: "dir:PATH", parse };
+
+fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
+    PathSink::parse(uri, "dir", open)
+}
+
+/// `dir:PATH`.
+pub fn spec(path: PathBuf) -> SinkSpec {
+    PathSink::spec("dir", path, open)
+}
+
+fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
+    Ok(Box::new(DirSink::open(path)?))
+}
 
 /// Directories in `ROOT` with this prefix are commits not yet renamed into place.
 pub const TEMP_PREFIX: &str = ".tmp-";
-const ID_DIGITS: usize = 20;
 /// Commits of up to this many files fsync each file and directory. Larger ones
 /// make everything durable with one `syncfs`: on a virtual disk each fsync costs a
 /// cache flush of milliseconds (1000 files: ~3 s fsyncing each, ~0.1-1 s one
@@ -48,7 +63,7 @@ const FSYNC_EACH_UP_TO: usize = 32;
 
 pub struct DirSink {
     root: PathBuf,
-    ids: Sequencer,
+    ids: CommitIds,
     backoff: Backoff,
 }
 
@@ -57,7 +72,7 @@ impl DirSink {
     /// next id past every commit already there.
     pub fn open(root: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(&root)?;
-        let mut ids = Sequencer::starting_now();
+        let mut ids = CommitIds::starting_now();
         let mut removed_any = false;
         for entry in fs::read_dir(&root)? {
             let entry = entry?;
@@ -71,7 +86,7 @@ impl DirSink {
                     fs::remove_file(entry.path())?;
                 }
                 removed_any = true;
-            } else if let Some(id) = parse_id(name) {
+            } else if let Some(id) = CommitIds::parse(name) {
                 ids.skip_past(id);
             }
         }
@@ -83,11 +98,11 @@ impl DirSink {
 
     /// One attempt at `tree`. `placed` remembers a commit already renamed into place,
     /// so a retry after a failed fsync of `ROOT` does not write it a second time.
-    fn attempt(&mut self, tree: &Tree<'_>, placed: &mut Option<String>) -> Result<String, Failure> {
+    fn attempt(&mut self, tree: &Tree<'_>, placed: &mut Option<String>) -> Result<String, FsStepError> {
         let id = match placed {
             Some(id) => id.clone(),
             None => {
-                let id = next_commit_id(&mut self.ids);
+                let id = self.ids.next_id();
                 let temp = self.root.join(format!("{TEMP_PREFIX}{id}"));
                 let written = tree.write(&temp).and_then(|()| {
                     let target = self.root.join(&id);
@@ -140,14 +155,6 @@ impl Sink for DirSink {
     }
 }
 
-fn parse_id(name: &str) -> Option<u64> {
-    if name.len() == ID_DIGITS && name.bytes().all(|b| b.is_ascii_digit()) {
-        name.parse().ok()
-    } else {
-        None
-    }
-}
-
 /// A batch's files as the tree they become: each name once, with the payloads that
 /// make it up in order, and the directories to create, parents first.
 struct Tree<'a> {
@@ -156,7 +163,7 @@ struct Tree<'a> {
 }
 
 impl<'a> Tree<'a> {
-    fn plan(files: &'a [crate::message::File], overwrite: bool) -> Result<Self, String> {
+    fn plan(files: &'a [CommitFile], overwrite: bool) -> Result<Self, NotATree> {
         let mut position: HashMap<&str, usize> = HashMap::new();
         let mut merged: Vec<(&str, Vec<&Payload>)> = Vec::new();
         for file in files {
@@ -177,7 +184,7 @@ impl<'a> Tree<'a> {
             for (slash, _) in name.match_indices('/') {
                 let dir = &name[..slash];
                 if position.contains_key(dir) {
-                    return Err(format!("{dir:?} is both a file and the directory of {name:?}"));
+                    return Err(NotATree::FileAndDirectory { dir: dir.to_owned(), file: name.to_string() });
                 }
                 if seen.insert(dir) {
                     dirs.push(dir);
@@ -188,7 +195,7 @@ impl<'a> Tree<'a> {
     }
 
     /// Writes the tree under `temp` (which must not exist), everything durable.
-    fn write(&self, temp: &Path) -> Result<(), Failure> {
+    fn write(&self, temp: &Path) -> Result<(), FsStepError> {
         fs::create_dir(temp).doing("creating", temp)?;
         // Opened before anything is written, so `syncfs` on it reports any writeback
         // error of what follows.
@@ -227,51 +234,50 @@ impl<'a> Tree<'a> {
 /// Flushes the whole file system `dir` is on (Linux `syncfs`, which reports writeback
 /// errors since 5.8).
 fn syncfs(dir: &File) -> io::Result<()> {
-    // SAFETY: a plain system call on a descriptor we own for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(rustix::fs::syncfs(dir)?)
 }
 
-fn sync_dir(path: &Path) -> Result<(), Failure> {
+fn sync_dir(path: &Path) -> Result<(), FsStepError> {
     File::open(path).and_then(|dir| dir.sync_all()).doing("syncing", path)
 }
 
+/// Why a batch's files cannot be laid out as a directory tree.
+#[derive(Debug, thiserror::Error)]
+enum NotATree {
+    #[error(transparent)]
+    BadName(#[from] file_name::BadFileName),
+    #[error("{dir:?} is both a file and the directory of {file:?}")]
+    FileAndDirectory { dir: String, file: String },
+}
+
 /// A failed file-system step: what was done, on which path, and why it failed.
-#[derive(Debug)]
-struct Failure {
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {}: {error}", path.display())]
+struct FsStepError {
     step: &'static str,
     path: PathBuf,
     error: io::Error,
 }
 
-impl Failure {
+impl FsStepError {
     /// The `kind` label of `spout_sink_errors_total`.
     fn kind(&self) -> &'static str {
-        match self.error.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT) => "no_space",
-            Some(libc::EROFS) => "read_only",
-            Some(libc::EACCES | libc::EPERM) => "permission",
+        match Errno::from_io_error(&self.error) {
+            Some(Errno::NOSPC | Errno::DQUOT) => "no_space",
+            Some(Errno::ROFS) => "read_only",
+            Some(Errno::ACCESS | Errno::PERM) => "permission",
             _ => "io",
         }
     }
 }
 
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.step, self.path.display(), self.error)
-    }
-}
-
 trait Doing<T> {
-    fn doing(self, step: &'static str, path: &Path) -> Result<T, Failure>;
+    fn doing(self, step: &'static str, path: &Path) -> Result<T, FsStepError>;
 }
 
 impl<T> Doing<T> for io::Result<T> {
-    fn doing(self, step: &'static str, path: &Path) -> Result<T, Failure> {
-        self.map_err(|error| Failure { step, path: path.to_owned(), error })
+    fn doing(self, step: &'static str, path: &Path) -> Result<T, FsStepError> {
+        self.map_err(|error| FsStepError { step, path: path.to_owned(), error })
     }
 }
 
@@ -281,16 +287,17 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::ack::{BatchAck, Ledger, SealReason, VerdictReceiver};
+    use crate::ack::{BatchAck, Ledger, VerdictReceiver};
+    use crate::batch::SealReason;
     use crate::buffer::Budget;
-    use crate::message::File as BatchFile;
-    use crate::sink::{Health, Layout};
+    use crate::encode::Layout;
+    use crate::sink::Health;
 
     /// A commit of `files` (name, chunks) and the receiver of its verdict.
     fn commit(files: &[(&str, &[&[u8]])]) -> (Commit, VerdictReceiver) {
-        let files: Vec<BatchFile> = files
+        let files: Vec<CommitFile> = files
             .iter()
-            .map(|(name, chunks)| BatchFile {
+            .map(|(name, chunks)| CommitFile {
                 name: name.to_string(),
                 data: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>().into(),
             })
@@ -458,7 +465,7 @@ mod tests {
     fn giving_up_fails_the_batch() {
         let (_parent, _root, mut sink) = sink_with_broken_root();
         let ctx = context(false);
-        ctx.give_up.store(true, std::sync::atomic::Ordering::Relaxed);
+        ctx.give_up.cancel();
         let (commit, mut verdict) = commit(&[("lost", &[b"x"])]);
         sink.submit(commit, &ctx);
         let error = verdict.try_recv().unwrap().unwrap_err();

@@ -41,13 +41,32 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
 use super::backoff::Backoff;
+use super::commit_id::CommitIds;
+use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
-use super::{next_commit_id, Commit, Sink, SinkContext, SinkState};
+use super::{Commit, Sink, SinkContext, SinkState};
 use crate::ack::{BatchAck, Receipt};
-use crate::message::Sequencer;
+use crate::encode::tar::{self, Archive};
 use crate::metrics::METRICS;
-use crate::tar::{self, Archive};
+
+pub const SCHEME: Scheme = Scheme { prefix: "fifo:", form: "fifo:PATH", parse };
+
+fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
+    PathSink::parse(uri, "fifo", open)
+}
+
+/// `fifo:PATH`.
+pub fn spec(path: PathBuf) -> SinkSpec {
+    PathSink::spec("fifo", path, open)
+}
+
+fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
+    Ok(Box::new(FifoSink::new(path)))
+}
 
 /// The longest the sink sleeps between looks at the pipe while waiting.
 const STEP: Duration = Duration::from_millis(5);
@@ -56,7 +75,7 @@ const ABSENCE_GRACE: Duration = Duration::from_secs(1);
 
 pub struct FifoSink {
     path: PathBuf,
-    ids: Sequencer,
+    ids: CommitIds,
     /// Archives not yet consumed, oldest first: written, being written or waiting.
     queue: VecDeque<InFlight>,
     pipe: Option<Pipe>,
@@ -121,7 +140,7 @@ impl FifoSink {
     pub fn new(path: PathBuf) -> Self {
         Self {
             path,
-            ids: Sequencer::starting_now(),
+            ids: CommitIds::starting_now(),
             queue: VecDeque::new(),
             pipe: None,
             backoff: Backoff::default(),
@@ -158,7 +177,7 @@ impl FifoSink {
         }
         vectored::block_sigpipe_on_this_thread();
         // Non-blocking, so an absent reader is ENXIO instead of a thread stuck in open().
-        let opened = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+        let opened = OpenOptions::new().write(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(&self.path);
         let failure = match opened {
             Ok(file) => match file.metadata() {
                 Ok(meta) if meta.file_type().is_fifo() => {
@@ -170,7 +189,7 @@ impl FifoSink {
                 Ok(_) => ("not_a_fifo", format!("{} is not a named pipe", self.path.display())),
                 Err(err) => ("open", err.to_string()),
             },
-            Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
+            Err(err) if Errno::from_io_error(&err) == Some(Errno::NXIO) => {
                 ("no_reader", format!("nothing has {} open for reading", self.path.display()))
             }
             Err(err) => ("open", format!("{}: {err}", self.path.display())),
@@ -280,7 +299,7 @@ impl Sink for FifoSink {
 
     fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
         let archive = tar::encode_now(&commit.files);
-        let receipt = ctx.receipt(next_commit_id(&mut self.ids), &commit.files);
+        let receipt = ctx.receipt(self.ids.next_id(), &commit.files);
         self.queue.push_back(InFlight { archive, receipt, ack: commit.ack, end: None });
         self.progress(Duration::ZERO, ctx);
     }

@@ -11,13 +11,43 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 
-use super::{next_commit_id, vectored, Commit, Sink, SinkContext, SinkState};
-use crate::message::Sequencer;
-use crate::tar;
+use super::commit_id::CommitIds;
+use super::spec::{BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
+use super::{vectored, Commit, Sink, SinkContext, SinkState};
+use crate::encode::tar;
+
+pub const SCHEME: Scheme = Scheme { prefix: "stdout", form: "stdout:", parse };
+
+fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
+    match uri {
+        "stdout:" | "stdout" => Ok(SinkSpec::new(StdoutUri)),
+        _ => Err(BadSinkUri(format!("unknown sink `{uri}`: the standard output sink is `stdout:`"))),
+    }
+}
+
+/// `stdout:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StdoutUri;
+
+impl std::fmt::Display for StdoutUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout:")
+    }
+}
+
+impl OpenSink for StdoutUri {
+    fn open(&self, _: &SinkSettings) -> io::Result<Box<dyn Sink>> {
+        Ok(Box::new(StdoutSink::new()?))
+    }
+
+    fn writes_stdout(&self) -> bool {
+        true
+    }
+}
 
 pub struct StdoutSink {
     out: File,
-    ids: Sequencer,
+    ids: CommitIds,
     /// Why the stream is unusable, once a write has failed.
     broken: Option<String>,
 }
@@ -30,7 +60,7 @@ impl StdoutSink {
 
     /// A sink writing its tar stream to `out` instead of standard output.
     pub fn writing_to(out: File) -> Self {
-        Self { out, ids: Sequencer::starting_now(), broken: None }
+        Self { out, ids: CommitIds::starting_now(), broken: None }
     }
 }
 
@@ -49,7 +79,7 @@ impl Sink for StdoutSink {
         match vectored::write_all(&mut self.out, &archive.chunks, || !ctx.giving_up()) {
             Ok(()) => {
                 ctx.health.up();
-                let receipt = ctx.receipt(next_commit_id(&mut self.ids), &commit.files);
+                let receipt = ctx.receipt(self.ids.next_id(), &commit.files);
                 commit.ack.committed(receipt);
             }
             Err(err) => {
@@ -68,8 +98,10 @@ mod tests {
     use crate::ack::Ledger;
     use crate::batch::{Batch, Batcher, Policy};
     use crate::buffer::Budget;
+    use crate::encode::Layout;
+    use crate::message::Sequencer;
     use crate::message::{Incoming, Payload};
-    use crate::sink::{layout, Health, Layout};
+    use crate::sink::Health;
     use bytes::Bytes;
     use std::io::Read;
     use std::sync::Arc;
@@ -106,8 +138,8 @@ mod tests {
         let ctx = context();
         let (first, first_verdict) = batch(&[("a", &[b"one"]), ("b", &[b"tw", b"o"])]);
         let (second, second_verdict) = batch(&[(&"x".repeat(150), &[b"three"])]);
-        sink.submit(layout(first, Layout::Message), &ctx);
-        sink.submit(layout(second, Layout::Message), &ctx);
+        sink.submit(Layout::Message.apply(first), &ctx);
+        sink.submit(Layout::Message.apply(second), &ctx);
 
         let ids = [first_verdict, second_verdict].map(|v| v.blocking_recv().unwrap().unwrap().commit.clone());
         assert!(ids.iter().all(|id| id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit())));
@@ -140,8 +172,8 @@ mod tests {
         let ctx = context();
         let (first, first_verdict) = batch(&[("a", &[b"one"])]);
         let (second, second_verdict) = batch(&[("b", &[b"two"])]);
-        sink.submit(layout(first, Layout::Message), &ctx);
-        sink.submit(layout(second, Layout::Message), &ctx);
+        sink.submit(Layout::Message.apply(first), &ctx);
+        sink.submit(Layout::Message.apply(second), &ctx);
         assert!(first_verdict.blocking_recv().unwrap().unwrap_err().0.contains("Broken pipe"));
         assert!(second_verdict.blocking_recv().unwrap().unwrap_err().0.contains("unusable"));
         assert_eq!(ctx.health.state(), SinkState::Down);

@@ -15,13 +15,15 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use rustix::pipe::{splice, SpliceFlags};
+use rustix::process::Signal;
 
 use crate::support::client::{self, Connection};
 use crate::support::ndjson_lines::{assert_lines_exactly_once, post_lines};
@@ -40,27 +42,13 @@ const LEAVE_AFTER_VAR: &str = "SPOUT_CHAOS_READER_LEAVE_AFTER";
 struct Recorder {
     pipe: File,
     record: File,
-    recorded: libc::loff_t,
+    recorded: u64,
 }
 
 impl Read for Recorder {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let start = self.recorded as u64;
-        // SAFETY: two fds we own, and an offset the call updates.
-        let moved = unsafe {
-            libc::splice(
-                self.pipe.as_raw_fd(),
-                std::ptr::null_mut(),
-                self.record.as_raw_fd(),
-                &mut self.recorded,
-                buf.len(),
-                0,
-            )
-        };
-        if moved < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let moved = moved as usize;
+        let start = self.recorded;
+        let moved = splice(&self.pipe, None, &self.record, Some(&mut self.recorded), buf.len(), SpliceFlags::empty())?;
         self.record.read_exact_at(&mut buf[..moved], start)?;
         Ok(moved)
     }
@@ -129,7 +117,7 @@ impl Session {
     fn kill(mut self) -> PathBuf {
         self.child.kill().unwrap();
         let status = self.child.wait().unwrap();
-        assert!(status.success() || status.signal() == Some(libc::SIGKILL), "reader: {status}");
+        assert!(status.success() || status.signal() == Some(Signal::KILL.as_raw()), "reader: {status}");
         self.record
     }
 

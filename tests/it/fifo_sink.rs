@@ -1,26 +1,25 @@
 //! The `fifo:` sink against a real named pipe and a reader that behaves as
 //! Pachyderm's: batches made by the real Intake, Batcher, Ledger and Budget, the
-//! real sink thread (`sink::run`), readers that keep the pipe open, reopen it per
+//! real sink thread (`sink::runner`), readers that keep the pipe open, reopen it per
 //! archive, die inside an archive, stall, or turn up late. Every message must be
 //! committed exactly once with its bytes unchanged.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustix::fs::{mkfifoat, CWD};
 use spout_sidecar::ack::Ledger;
 use spout_sidecar::batch::{Batcher, Policy};
 use spout_sidecar::buffer::Budget;
-use spout_sidecar::ingest::{Intake, Refused, Transport, WhenFull};
+use spout_sidecar::cancel::Cancel;
+use spout_sidecar::ingest::{AdmitOptions, Answer, FullBudget, Intake, Refused, Transport, WhenFull};
 use spout_sidecar::message::{Incoming, Payload, Sequencer};
 use spout_sidecar::sink::fifo::FifoSink;
-use spout_sidecar::sink::{self, Health, Layout, SinkContext, SinkState};
+use spout_sidecar::sink::{runner, Health, SinkContext, SinkState};
 
 use crate::support::pachyderm_reader::{is_full, Commit, Mode, PachydermReader};
 
@@ -30,7 +29,7 @@ struct Spout {
     path: PathBuf,
     intake: Intake,
     health: Arc<Health>,
-    give_up: Arc<AtomicBool>,
+    give_up: Cancel,
     runtime: tokio::runtime::Runtime,
     sink_thread: Option<JoinHandle<()>>,
 }
@@ -50,21 +49,25 @@ impl Spout {
         let ctx = SinkContext::new(health.clone(), false);
         let give_up = ctx.give_up.clone();
         let sink = Box::new(FifoSink::new(path.clone()));
-        let sink_thread = std::thread::spawn(move || sink::run(sink, batches, Layout::Message, ctx));
-        let intake = Intake::new(batcher, WhenFull::Reject, Duration::ZERO);
+        let intake = Intake::new(batcher, WhenFull::Reject, Duration::ZERO, Cancel::new(), health.clone());
+        let sink_thread = runner::start(sink, batches, ctx).expect("the sink thread");
         Self { _dir: dir, path, intake, health, give_up, runtime, sink_thread: Some(sink_thread) }
     }
 
     /// Admits one request, waiting for room in the budget while the reader makes some.
     fn send(&self, messages: Vec<Incoming>) {
-        let admit = self.intake.admit(messages, Transport::Http, false, true);
+        let how =
+            AdmitOptions { transport: Transport::Http, answer: Answer::Accepted, when_full: FullBudget::WaitForRoom };
+        let admit = self.intake.admit(messages, how);
         let admitted = self.runtime.block_on(async { tokio::time::timeout(PATIENCE, admit).await });
         admitted.expect("the budget stayed full: nothing consumes the pipe").unwrap();
     }
 
     /// Admits one request or says why not, without waiting.
     fn try_send(&self, messages: Vec<Incoming>) -> Result<(), Refused> {
-        self.runtime.block_on(self.intake.admit(messages, Transport::Http, false, false)).map(drop)
+        let how =
+            AdmitOptions { transport: Transport::Http, answer: Answer::Accepted, when_full: FullBudget::AsConfigured };
+        self.runtime.block_on(self.intake.admit(messages, how)).map(drop)
     }
 
     fn budget(&self) -> &Budget {
@@ -84,7 +87,7 @@ impl Spout {
         while !sink_thread.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        self.give_up.store(true, Ordering::Relaxed);
+        self.give_up.cancel();
         sink_thread.join().unwrap();
         let failed: Vec<_> = self.intake.batcher().ledger().recent().into_iter().filter_map(|c| c.error).collect();
         assert!(failed.is_empty(), "failed commits: {failed:?}");
@@ -97,9 +100,8 @@ impl Spout {
 }
 
 fn mkfifo(path: &Path) {
-    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+    mkfifoat(CWD, path, rustix::fs::Mode::from_raw_mode(0o600))
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
 }
 
 /// How long a test waits for progress before it calls the sink stuck.

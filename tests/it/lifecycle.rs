@@ -4,6 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::fs::{mkfifoat, Mode, OFlags, CWD};
+use rustix::process::Signal;
+
 use crate::support::client::{self, Connection};
 use crate::support::python;
 use crate::support::sidecar::{dir_commits, eventually, Sidecar, BIN};
@@ -30,13 +33,12 @@ fn sigterm_commits_everything_accepted_and_exits_0() {
 fn draining_sidecar_answers_503() {
     let tmp = tempfile::tempdir().unwrap();
     let fifo = tmp.path().join("pipe");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o600)).unwrap();
     // Nobody reads the pipe, so the drain cannot finish and the window stays open.
     let sink = format!("fifo:{}", fifo.display());
     let sidecar = Sidecar::start(&["--sink", &sink, "--shutdown-timeout", "2s"]);
     assert_eq!(client::post(&sidecar.addr, "/messages", "text/plain", b"stuck").status, 202);
-    sidecar.signal(libc::SIGTERM);
+    sidecar.signal(Signal::TERM);
     let response = eventually(Duration::from_secs(5), "a 503 while draining", || {
         let r = client::post(&sidecar.addr, "/messages", "text/plain", b"late");
         (r.status == 503).then_some(r)
@@ -80,9 +82,9 @@ fn supervisor_forwards_sigterm_to_the_producer() {
     // Once ready, the sidecar has its signal handlers; it starts the producer right
     // after, and forwards a signal that came first as soon as the producer runs.
     let mut sidecar = Sidecar::start(&["--sink", &sink, "--", "sleep", "60"]);
-    sidecar.signal(libc::SIGTERM);
+    sidecar.signal(Signal::TERM);
     let status = sidecar.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "exit code of a child killed by SIGTERM");
+    assert_eq!(status.code(), Some(128 + Signal::TERM.as_raw()), "exit code of a child killed by SIGTERM");
 }
 
 #[test]
@@ -90,8 +92,7 @@ fn full_buffer_rejects_with_retry_after_and_recovers() {
     use std::io::Read;
     let tmp = tempfile::tempdir().unwrap();
     let fifo = tmp.path().join("pipe");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o600)).unwrap();
     // A reader that holds the pipe open but does not read: a stalled Pachyderm.
     let mut reader = open_reader_nonblocking(&fifo);
     let sink = format!("fifo:{}", fifo.display());
@@ -141,8 +142,8 @@ fn full_buffer_rejects_with_retry_after_and_recovers() {
             total
         })
     };
-    // The request refused above, again: a smaller one could fit in what the full
-    // buffer had left, and be accepted before the reader has read anything.
+    // As large as the refused one: a small request could fit in what the budget
+    // had left, and pass without the reader making room.
     eventually(Duration::from_secs(10), "room in the buffer", || {
         (conn.request("POST", "/messages", &[], &payload).status == 202).then_some(())
     });
@@ -159,5 +160,5 @@ fn rss_kib(pid: u32) -> usize {
 /// Opens a FIFO for reading without waiting for a writer.
 fn open_reader_nonblocking(path: &std::path::Path) -> std::fs::File {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).unwrap()
+    std::fs::OpenOptions::new().read(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(path).unwrap()
 }

@@ -14,6 +14,7 @@
 mod clients;
 mod crash;
 mod deploy;
+mod docs_pages;
 mod fifo_chaos;
 mod fifo_sink;
 mod fuzz_checks;
@@ -30,3 +31,4 @@ mod schemathesis;
 mod shutdown;
 mod sink_outages;
 mod support;
+mod thread_death;

@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 
+use rustix::fs::{mkfifoat, Mode, CWD};
+use rustix::process::Signal;
 use serde_json::{json, Value};
 
 use crate::support::client::{self, Connection, Response};
@@ -107,8 +109,7 @@ impl Conformance {
 }
 
 fn mkfifo(path: &std::path::Path) {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifoat(CWD, path, Mode::from_raw_mode(0o600)).unwrap();
 }
 
 #[test]
@@ -191,7 +192,7 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
     eventually(Duration::from_secs(10), "the wait=commit request to be taken in", || {
         (client::get(&addr, "/status").json()["buffer"]["used_bytes"] == held).then_some(())
     });
-    sidecar.signal(libc::SIGTERM);
+    sidecar.signal(Signal::TERM);
     conf.record(
         "POST",
         "/messages",
@@ -201,6 +202,18 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
         }),
     );
     conf.record("POST", "/messages", &waiter.join().unwrap());
+    drop(sidecar);
+
+    // A sink thread that panics on its first batch: dead, so not alive either, and
+    // new messages are refused.
+    let sink = format!("dir:{}", tmp.path().join("dead").display());
+    let sidecar = Sidecar::start_with(&["--sink", &sink], |command| {
+        command.env("SPOUT_TEST_PANIC", "sink:1");
+    });
+    let addr = sidecar.addr.clone();
+    assert_eq!(client::post(&addr, "/messages?wait=commit", "text/plain", b"dies").status, 502);
+    conf.record("GET", "/healthz", &client::get(&addr, "/healthz"));
+    conf.record("POST", "/messages", &client::post(&addr, "/messages", "text/plain", b"refused"));
 
     let missing: Vec<_> = conf.documented().difference(&conf.seen).cloned().collect();
     assert!(missing.is_empty(), "documented but never produced: {missing:?}");

@@ -3,14 +3,17 @@
 //! and the sink thread. Needs `pip install -r tests/it/pfs/requirements.txt`.
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustix::net::{bind, getsockname, socket_with, AddressFamily, SocketFlags, SocketType};
 use serde_json::json;
 use spout_sidecar::batch::Policy;
-use spout_sidecar::message::{default_file_name, Incoming, Payload};
-use spout_sidecar::sink::{Layout, SinkState};
+use spout_sidecar::encode::Layout;
+use spout_sidecar::message::{file_name, Incoming, Payload};
+use spout_sidecar::sink::SinkState;
 
 use crate::pfs::fake::FakePachd;
 use crate::pfs::pipeline::{logs, message, wait_until, Pipeline, Setup};
@@ -57,8 +60,8 @@ fn a_hundred_thousand_messages_through_faults_land_once_each_in_order() {
         let seqs = admitted.seqs;
         let receipt = pipeline.verdict(admitted).unwrap_or_else(|e| panic!("request {r}: {e}\n{}", logs()));
         for (k, seq) in (seqs.first..=seqs.last).enumerate() {
-            expected.insert(default_file_name(seq), body(r * PER_REQUEST + k));
-            by_commit.entry(receipt.commit.clone()).or_default().push(default_file_name(seq));
+            expected.insert(file_name::default_name(seq), body(r * PER_REQUEST + k));
+            by_commit.entry(receipt.commit.clone()).or_default().push(file_name::default_name(seq));
         }
     }
     pipeline.close();
@@ -197,25 +200,10 @@ struct ReservedPort {
 }
 
 fn reserve_port() -> ReservedPort {
-    let (len, family) = (std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t, libc::AF_INET as u16);
-    // SAFETY: socket(2), bind(2) and getsockname(2) on a socket this function owns,
-    // with a sockaddr_in and its true size.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let socket = OwnedFd::from_raw_fd(fd);
-        let mut addr = libc::sockaddr_in {
-            sin_family: family,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
-            sin_zero: [0; 8],
-        };
-        let bound = libc::bind(fd, (&raw const addr).cast(), len);
-        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
-        let mut got = len;
-        assert_eq!(libc::getsockname(fd, (&raw mut addr).cast(), &mut got), 0);
-        ReservedPort { socket, port: u16::from_be(addr.sin_port) }
-    }
+    let socket = socket_with(AddressFamily::INET, SocketType::STREAM, SocketFlags::CLOEXEC, None).expect("a socket");
+    bind(&socket, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind a free port of 127.0.0.1");
+    let bound = SocketAddrV4::try_from(getsockname(&socket).expect("getsockname")).expect("an IPv4 address");
+    ReservedPort { socket, port: bound.port() }
 }
 
 #[test]

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
+
 use crate::support::client::{self, Connection};
 use crate::support::pachyderm_reader::{fifo_in, Mode, PachydermReader};
 use crate::support::sidecar::{dir_commits, eventually, Sidecar};
@@ -131,7 +133,7 @@ fn sigterm_mid_request_and_mid_commit_commits_all_accepted_and_answers_it() {
     std::thread::sleep(Duration::from_millis(300 + fastrand::u64(..700)));
     let mut sidecar = sidecar;
     let term = Instant::now();
-    sidecar.signal(libc::SIGTERM);
+    sidecar.signal(Signal::TERM);
     let status = sidecar.wait_exit(Duration::from_secs(25));
     let took = term.elapsed();
     let sent: Vec<Sent> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
@@ -189,7 +191,7 @@ fn past_the_shutdown_timeout_exits_non_zero_naming_what_was_left() {
         (status["buffer"]["used_bytes"].as_u64() == Some(charged)).then_some(())
     });
     let term = Instant::now();
-    sidecar.signal(libc::SIGTERM);
+    sidecar.signal(Signal::TERM);
     let status = sidecar.wait_exit(Duration::from_secs(20));
     let took = term.elapsed();
     let log = sidecar.log();

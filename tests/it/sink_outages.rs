@@ -6,19 +6,20 @@
 //! not ready on `/readyz`, and log one line per state change rather than one per
 //! retry. Once the sink is back, every message must be committed exactly once.
 //!
-//! The issue speaks of outages of minutes; a few seconds take the backoff to its
+//! Real outages last minutes; a few seconds take the backoff to its
 //! cap (2 s) and through several retries at it, which is what minutes would repeat.
 //!
 //! The `dir:` outages are real file-system errors, not permissions (root ignores
 //! those): the sink writes into a small tmpfs that the test fills up, or remounts
 //! read-only. Mounting needs root (CAP_SYS_ADMIN), as CI runs.
 
-use std::ffi::CString;
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+
+use rustix::io::Errno;
+use rustix::mount::{mount, mount_remount, unmount, MountFlags, UnmountFlags};
 
 use crate::support::client::{self, Connection};
 use crate::support::ndjson_lines::{assert_lines_exactly_once, line, post_lines};
@@ -226,32 +227,20 @@ struct Tmpfs {
 impl Tmpfs {
     fn mount(path: &Path) -> Self {
         std::fs::create_dir(path).unwrap();
-        let (c_path, options) = (c_path(path), CString::new("size=32m").unwrap());
-        // SAFETY: valid NUL-terminated strings for the duration of the call.
-        let mounted =
-            unsafe { libc::mount(c"tmpfs".as_ptr(), c_path.as_ptr(), c"tmpfs".as_ptr(), 0, options.as_ptr().cast()) };
-        assert_eq!(
-            mounted,
-            0,
-            "mounting a tmpfs at {} needs root (CAP_SYS_ADMIN): {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
+        if let Err(error) = mount("tmpfs", path, "tmpfs", MountFlags::empty(), c"size=32m") {
+            panic!("mounting a tmpfs at {} needs root (CAP_SYS_ADMIN): {error}", path.display());
+        }
         Self { path: path.to_owned() }
     }
 
     /// Remounts read-only or read-write. Read-only fails with EBUSY while a file is
     /// open for writing (a commit being written), so it is tried again until it takes.
     fn remount(&self, read_only: bool) {
-        let flags = libc::MS_REMOUNT | if read_only { libc::MS_RDONLY } else { 0 };
-        let c_path = c_path(&self.path);
-        eventually(Duration::from_secs(10), "the remount", || {
-            let null = std::ptr::null();
-            // SAFETY: a valid path; remounting takes no source, type or data.
-            let done = unsafe { libc::mount(null, c_path.as_ptr(), null, flags, null.cast()) };
-            let error = std::io::Error::last_os_error();
-            assert!(done == 0 || error.raw_os_error() == Some(libc::EBUSY), "remount: {error}");
-            (done == 0).then_some(())
+        let flags = if read_only { MountFlags::RDONLY } else { MountFlags::empty() };
+        eventually(Duration::from_secs(10), "the remount", || match mount_remount(&self.path, flags, "") {
+            Ok(()) => Some(()),
+            Err(Errno::BUSY) => None,
+            Err(error) => panic!("remount: {error}"),
         });
     }
 
@@ -268,13 +257,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        // SAFETY: a valid path; a lazy unmount cannot fail on a busy file system.
-        unsafe { libc::umount2(c_path(&self.path).as_ptr(), libc::MNT_DETACH) };
+        // A lazy unmount cannot fail on a busy file system.
+        let _ = unmount(&self.path, UnmountFlags::DETACH);
     }
-}
-
-fn c_path(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).unwrap()
 }
 
 /// Starts a sidecar writing into a fresh tmpfs and commits line 0 through it.

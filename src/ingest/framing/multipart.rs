@@ -11,7 +11,8 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 
-use super::{file_name, DecodeError};
+use super::DecodeError;
+use crate::message::file_name;
 use crate::message::{Incoming, Payload};
 
 /// The boundary of a `multipart/form-data` Content-Type.

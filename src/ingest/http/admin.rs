@@ -10,9 +10,14 @@ use super::Api;
 use crate::metrics::METRICS;
 use crate::sink::SinkState;
 
-/// Alive: the process answers. Nothing else is checked, so a slow sink never gets
-/// the sidecar restarted (and its buffer lost) by a liveness probe.
-pub fn healthz() -> Reply {
+/// Alive: the process answers and its sink's threads live. A slow or unreachable
+/// sink is not checked, so it never gets the sidecar restarted (and its buffer
+/// lost) by a liveness probe; a dead sink thread is, since only a restart mends it.
+pub fn healthz(api: &Api) -> Reply {
+    if api.health.is_dead() {
+        let error = api.health.last_error().unwrap_or_default();
+        return reply::json(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "dead", "problems": [error]}));
+    }
     reply::json(StatusCode::OK, &json!({"status": "ok"}))
 }
 
@@ -41,7 +46,7 @@ pub fn readyz(api: &Api) -> Reply {
 pub async fn flush(api: &Api, query: Option<&str>) -> Reply {
     let wait = match RequestOptions::parse(query, &Default::default()) {
         Ok(options) => options.wait_commit,
-        Err(message) => return reply::error(StatusCode::BAD_REQUEST, "bad_request", message),
+        Err(bad) => return reply::error(StatusCode::BAD_REQUEST, "bad_request", bad.to_string()),
     };
     let batcher = api.intake.batcher();
     let batch = batcher.flush();

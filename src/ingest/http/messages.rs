@@ -21,12 +21,12 @@ use super::query::RequestOptions;
 use super::reply::{self, Reply};
 use super::Api;
 use crate::ack::{CommitError, Verdict};
+use crate::encode::Layout;
 use crate::ingest::framing::{self, DecodeError, DecodeErrorKind, Framing};
-use crate::ingest::idempotency::{fingerprint, Admission, Begin, Progress};
-use crate::ingest::{file_name, Refused, Transport};
-use crate::message::default_file_name;
+use crate::ingest::idempotency::{fingerprint, Admission, Begin, FirstRequest};
+use crate::ingest::{AdmitOptions, Answer, FullBudget, Refused, Transport};
+use crate::message::file_name;
 use crate::metrics::METRICS;
-use crate::sink::Layout;
 
 #[derive(Serialize)]
 struct Accepted {
@@ -122,7 +122,9 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
     let count = messages.len() as u64;
     let names = messages.iter().map(|m| m.name.clone()).collect();
     let wants_verdict = options.wait_commit || ticket.is_some();
-    let admitted = api.intake.admit(messages, transport, wants_verdict, false).await.map_err(refused)?;
+    let answer = if wants_verdict { Answer::Committed } else { Answer::Accepted };
+    let how = AdmitOptions { transport, answer, when_full: FullBudget::AsConfigured };
+    let admitted = api.intake.admit(messages, how).await.map_err(refused)?;
     let admission = Arc::new(Admission { count, seqs: admitted.seqs, names });
     if let Some(ticket) = &ticket {
         ticket.accepted(admission.clone());
@@ -163,10 +165,10 @@ async fn receive(api: &Api, request: Request<Body>) -> Result<Received, Rejectio
         return Err(draining());
     }
     let options = RequestOptions::parse(request.uri().query(), request.headers())
-        .map_err(|message| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
+        .map_err(|bad| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", bad.to_string()))?;
     if let Some(name) = &options.file {
         file_name::validate(name)
-            .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why))?;
+            .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why.to_string()))?;
     }
     let headers = request.headers().clone();
     let content_type = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
@@ -195,21 +197,21 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
 
 /// Answers a retry from the first request's progress; `None` if the first request
 /// was refused, so the retry must be processed as new.
-async fn replay(api: &Api, mut progress: watch::Receiver<Progress>, wait_commit: bool) -> Option<Reply> {
-    let settled_enough = |p: &Progress| match p {
-        Progress::Pending => false,
-        Progress::Accepted(_) => !wait_commit,
-        Progress::Settled(..) | Progress::Abandoned => true,
+async fn replay(api: &Api, mut progress: watch::Receiver<FirstRequest>, wait_commit: bool) -> Option<Reply> {
+    let settled_enough = |p: &FirstRequest| match p {
+        FirstRequest::Pending => false,
+        FirstRequest::Accepted(_) => !wait_commit,
+        FirstRequest::Settled(..) | FirstRequest::Abandoned => true,
     };
     let progress = match progress.wait_for(settled_enough).await {
         Ok(progress) => progress.clone(),
         Err(_) => return None,
     };
     match progress {
-        Progress::Pending | Progress::Abandoned => None,
-        Progress::Accepted(admission) => Some(accepted_reply(&admission)),
-        Progress::Settled(admission, _) if !wait_commit => Some(accepted_reply(&admission)),
-        Progress::Settled(admission, verdict) => Some(settled_reply(api, &admission, &verdict)),
+        FirstRequest::Pending | FirstRequest::Abandoned => None,
+        FirstRequest::Accepted(admission) => Some(accepted_reply(&admission)),
+        FirstRequest::Settled(admission, _) if !wait_commit => Some(accepted_reply(&admission)),
+        FirstRequest::Settled(admission, verdict) => Some(settled_reply(api, &admission, &verdict)),
     }
 }
 
@@ -242,7 +244,7 @@ fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict) -> Reply {
             .names
             .iter()
             .zip(admission.seqs.first..)
-            .map(|(name, seq)| name.clone().unwrap_or_else(|| default_file_name(seq)))
+            .map(|(name, seq)| name.clone().unwrap_or_else(|| file_name::default_name(seq)))
             .fold(Vec::new(), |mut files: Vec<String>, file| {
                 // Messages appended to one file name it once.
                 if files.last() != Some(&file) {
@@ -329,6 +331,11 @@ fn refused(why: Refused) -> Rejection {
             1,
         ),
         Refused::Draining => reply::unavailable("overloaded", DRAINING, 5),
+        Refused::SinkDead => reply::unavailable(
+            "sink_down",
+            "a thread of the sink has died and nothing would commit these messages; the sidecar must be restarted",
+            5,
+        ),
         Refused::LargerThanBudget => reply::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",

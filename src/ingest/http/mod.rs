@@ -24,11 +24,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{Intake, Transport};
+use crate::cancel::Cancel;
+use crate::encode::Layout;
 use crate::metrics::METRICS;
-use crate::sink::{Health, Layout};
+use crate::sink::Health;
 use reply::Reply;
 
 /// Everything the handlers share.
@@ -71,12 +73,12 @@ impl Listener for tokio::net::UnixListener {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, serving each on its own task;
+/// Accepts connections until `stop` is cancelled, serving each on its own task;
 /// then closes the listener and returns once every connection has answered the
 /// request it was serving and closed. A reply whose commit has just settled (a
 /// `wait=commit` answer) thus still goes out before the process exits: a client
 /// that never gets it would send again what is already committed.
-pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener, stop: Cancel) {
     let connections = Arc::new(Semaphore::new(api.max_connections));
     let graceful = GracefulShutdown::new();
     loop {
@@ -84,11 +86,11 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
         // backlog instead of accepting connections we would not serve.
         let slot = tokio::select! {
             slot = connections.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = shutdown.wait_for(|&stop| stop) => break,
+            () = stop.cancelled() => break,
         };
         let stream = tokio::select! {
             accepted = listener.accept_stream() => accepted,
-            _ = shutdown.wait_for(|&stop| stop) => break,
+            () = stop.cancelled() => break,
         };
         let stream = match stream {
             Ok(stream) => stream,
@@ -166,7 +168,7 @@ async fn route_request(api: &Api, transport: Transport, request: Request<Body>) 
         return response;
     }
     match path {
-        "/healthz" => return admin::healthz(),
+        "/healthz" => return admin::healthz(api),
         "/readyz" => return admin::readyz(api),
         _ => {}
     }

@@ -16,7 +16,7 @@ use super::proto::pfs_v2::{
     InspectBranchRequest, InspectCommitRequest, InspectRepoRequest, ModifyFileRequest, Project, Repo,
     StartCommitRequest,
 };
-use super::target::{Target, TokenSource};
+use super::target::{Target, TokenError, TokenSource};
 
 /// How long a call that moves no file data may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
@@ -29,6 +29,24 @@ const STREAM_BASE_DEADLINE: Duration = Duration::from_secs(60);
 /// ones let multi-MiB files flow at the link's speed.
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// A pachd address that cannot become a gRPC endpoint.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("`{address}` is not a usable pachd address: {reason}")]
+pub struct BadAddress {
+    address: String,
+    reason: String,
+}
+
+/// Why no token could be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum BadToken {
+    /// Its source could not be read.
+    #[error(transparent)]
+    Unloadable(#[from] TokenError),
+    #[error("{0} is not a valid token (non-ASCII characters)")]
+    NotAscii(String),
+}
 
 /// The `authn-token` header pachd checks, shared with the channel's interceptor so
 /// a reloaded token applies to the next call.
@@ -57,9 +75,9 @@ impl Pachd {
     /// Prepares a channel that connects on first use and reconnects after pachd
     /// restarts; the token is loaded by [`Pachd::reload_token`]. Must run inside a
     /// tokio runtime.
-    pub fn new(target: &Target) -> Result<Self, String> {
+    pub fn new(target: &Target) -> Result<Self, BadAddress> {
         let endpoint = Endpoint::from_shared(format!("http://{}", target.address))
-            .map_err(|e| format!("`{}` is not a usable pachd address: {e}", target.address))?
+            .map_err(|e| BadAddress { address: target.address.clone(), reason: e.to_string() })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -79,13 +97,11 @@ impl Pachd {
     }
 
     /// Reads the token from its source again (a fixed token file takes effect).
-    pub fn reload_token(&mut self) -> Result<(), String> {
+    pub fn reload_token(&mut self) -> Result<(), BadToken> {
         let token = match self.token_source.load(&self.address)? {
-            Some(token) => Some(
-                token
-                    .parse::<AsciiMetadataValue>()
-                    .map_err(|_| format!("{} is not a valid token (non-ASCII characters)", self.token_origin()))?,
-            ),
+            Some(token) => {
+                Some(token.parse::<AsciiMetadataValue>().map_err(|_| BadToken::NotAscii(self.token_origin()))?)
+            }
             None => None,
         };
         *self.token.0.write().unwrap() = token;

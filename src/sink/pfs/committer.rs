@@ -19,16 +19,16 @@
 //! Once a ModifyFile stream has succeeded the commit is never cleared again, so a
 //! slow FinishCommit that lands late cannot finish a half-cleared commit.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Code, Status};
 
-use super::client::Pachd;
+use super::client::{BadAddress, BadToken, Pachd};
 use super::proto::pfs_v2::Commit;
 use super::requests::modify_file_requests;
-use crate::message::File;
+use crate::cancel::Cancel;
+use crate::encode::CommitFile;
 use crate::metrics::METRICS;
 use crate::sink::backoff::Backoff;
 use crate::sink::{SinkContext, SinkState};
@@ -42,7 +42,7 @@ const ABANDON_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How far a batch's commit has got: where the next attempt resumes.
 #[derive(Debug)]
-enum Progress {
+enum CommitStep {
     /// No commit yet.
     Start,
     /// The commit is open; `dirty` when a ModifyFile stream may have left part of
@@ -53,17 +53,57 @@ enum Progress {
     Finish { commit: Commit, tried: bool },
 }
 
-/// A failed attempt, as `Health` and the log see it.
-#[derive(Debug)]
-struct Failure {
-    kind: &'static str,
-    state: SinkState,
-    message: String,
+/// Why one attempt at a commit failed, as `Health` and the log see it.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Address(#[from] BadAddress),
+    #[error(transparent)]
+    Token(#[from] BadToken),
+    #[error(
+        "{step}: pachd refused the token from {origin} ({code:?}: {message}); fix it there, the sidecar \
+         reads it again before each retry"
+    )]
+    Refused { step: &'static str, origin: String, code: Code, message: String },
+    #[error("{step}: {code:?}: {message}")]
+    Unreachable { step: &'static str, code: Code, message: String },
+    #[error("{step}: {code:?}: {message}")]
+    Rpc { step: &'static str, code: Code, message: String },
+    #[error(
+        "the branch head {0} is an open commit that spout-sidecar did not start; finish or delete it \
+         (pachctl finish commit / squash commit)"
+    )]
+    ForeignOpenCommit(String),
 }
 
+impl AttemptError {
+    /// The `kind` label of `spout_sink_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AttemptError::Address(_) => "config",
+            AttemptError::Token(_) | AttemptError::Refused { .. } => "auth",
+            AttemptError::Unreachable { .. } => "unavailable",
+            AttemptError::Rpc { .. } => "rpc",
+            AttemptError::ForeignOpenCommit(_) => "open_commit",
+        }
+    }
+
+    pub fn state(&self) -> SinkState {
+        match self {
+            AttemptError::Address(_) | AttemptError::Unreachable { .. } => SinkState::Down,
+            _ => SinkState::Retrying,
+        }
+    }
+}
+
+/// A batch given up: its last attempt's error, or why giving up was the end.
+#[derive(Debug, thiserror::Error)]
+#[error("gave up at shutdown; {0}")]
+pub struct GaveUp(String);
+
 /// One batch for [`Committer::commit`].
-pub struct Batch<'a> {
-    pub files: &'a Arc<[File]>,
+pub struct BatchFiles<'a> {
+    pub files: &'a Arc<[CommitFile]>,
     pub bytes: u64,
     pub description: String,
 }
@@ -85,27 +125,27 @@ impl Committer {
     pub async fn probe(&mut self) {
         match self.ensure_repo().await {
             Ok(()) => self.ctx.health.up(),
-            Err(failure) => self.report(&failure),
+            Err(error) => self.report(&error),
         }
     }
 
     /// Commits the batch; on success its commit id, else why it was given up.
-    pub async fn commit(&mut self, batch: Batch<'_>) -> Result<String, String> {
+    pub async fn commit(&mut self, batch: BatchFiles<'_>) -> Result<String, GaveUp> {
         let give_up = self.ctx.give_up.clone();
-        let mut progress = Progress::Start;
+        let mut step = CommitStep::Start;
         let mut last_error = String::from("the sidecar was already giving up");
         let mut attempt = 0u64;
         loop {
-            if give_up.load(Ordering::Relaxed) {
-                return self.abandon(progress, &last_error).await;
+            if give_up.is_cancelled() {
+                return self.abandon(step, last_error).await;
             }
             attempt += 1;
             if attempt > 1 {
                 METRICS.sink_retries.inc();
             }
             let result = tokio::select! {
-                result = self.attempt(&mut progress, &batch) => result,
-                () = given_up(&give_up) => continue,
+                result = self.attempt(&mut step, &batch) => result,
+                () = give_up.cancelled() => continue,
             };
             match result {
                 Ok(id) => {
@@ -113,111 +153,103 @@ impl Committer {
                     self.backoff.reset();
                     return Ok(id);
                 }
-                Err(failure) => {
-                    self.report(&failure);
+                Err(error) => {
+                    self.report(&error);
                     self.repo_ready = false;
-                    last_error = format!("attempt {attempt}: {}", failure.message);
+                    last_error = format!("attempt {attempt}: {error}");
                 }
             }
             pause(&give_up, self.backoff.next_delay()).await;
         }
     }
 
-    async fn attempt(&mut self, progress: &mut Progress, batch: &Batch<'_>) -> Result<String, Failure> {
-        self.pachd.reload_token().map_err(|message| Failure { kind: "auth", state: SinkState::Retrying, message })?;
+    async fn attempt(&mut self, step: &mut CommitStep, batch: &BatchFiles<'_>) -> Result<String, AttemptError> {
+        self.pachd.reload_token()?;
         if !self.repo_ready {
             self.ensure_repo().await?;
         }
         loop {
-            match progress {
-                Progress::Start => *progress = self.open_commit(&batch.description).await?,
-                Progress::Write { commit, dirty } => {
+            match step {
+                CommitStep::Start => *step = self.open_commit(&batch.description).await?,
+                CommitStep::Write { commit, dirty } => {
                     if *dirty {
-                        self.pachd.clear_commit(commit).await.map_err(|s| self.failure("ClearCommit", s))?;
+                        self.pachd.clear_commit(commit).await.map_err(|s| self.rpc_error("ClearCommit", s))?;
                     }
                     *dirty = true;
                     let requests = modify_file_requests(commit.clone(), batch.files.clone(), self.ctx.overwrite);
-                    self.pachd.modify_file(requests, batch.bytes).await.map_err(|s| self.failure("ModifyFile", s))?;
-                    *progress = Progress::Finish { commit: commit.clone(), tried: false };
+                    self.pachd.modify_file(requests, batch.bytes).await.map_err(|s| self.rpc_error("ModifyFile", s))?;
+                    *step = CommitStep::Finish { commit: commit.clone(), tried: false };
                 }
-                Progress::Finish { commit, tried } => {
+                CommitStep::Finish { commit, tried } => {
                     if *tried && self.is_finishing(commit).await? {
                         return Ok(commit.id.clone());
                     }
                     *tried = true;
-                    self.pachd.finish_commit(commit, "").await.map_err(|s| self.failure("FinishCommit", s))?;
+                    self.pachd.finish_commit(commit, "").await.map_err(|s| self.rpc_error("FinishCommit", s))?;
                     return Ok(commit.id.clone());
                 }
             }
         }
     }
 
-    async fn ensure_repo(&mut self) -> Result<(), Failure> {
-        self.pachd.reload_token().map_err(|message| Failure { kind: "auth", state: SinkState::Retrying, message })?;
-        self.pachd.ensure_repo().await.map_err(|s| self.failure("InspectRepo/CreateRepo", s))?;
+    async fn ensure_repo(&mut self) -> Result<(), AttemptError> {
+        self.pachd.reload_token()?;
+        self.pachd.ensure_repo().await.map_err(|s| self.rpc_error("InspectRepo/CreateRepo", s))?;
         self.repo_ready = true;
         Ok(())
     }
 
     /// Starts the batch's commit, or takes over our own open commit at the branch's
     /// head (a StartCommit whose answer was lost, or a previous run that died).
-    async fn open_commit(&mut self, description: &str) -> Result<Progress, Failure> {
+    async fn open_commit(&mut self, description: &str) -> Result<CommitStep, AttemptError> {
         let status = match self.pachd.start_commit(description).await {
-            Ok(commit) => return Ok(Progress::Write { commit, dirty: false }),
+            Ok(commit) => return Ok(CommitStep::Write { commit, dirty: false }),
             Err(status) => status,
         };
-        let failure = self.failure("StartCommit", status);
-        if failure.kind != "rpc" {
-            return Err(failure);
+        let error = self.rpc_error("StartCommit", status);
+        if !matches!(error, AttemptError::Rpc { .. }) {
+            return Err(error);
         }
         match self.our_open_head().await? {
             Some(commit) => {
                 tracing::info!(commit = %commit.id, "resuming the sidecar's open commit at the branch head");
-                Ok(Progress::Write { commit, dirty: true })
+                Ok(CommitStep::Write { commit, dirty: true })
             }
-            None => Err(failure),
+            None => Err(error),
         }
     }
 
     /// The branch head if it is an open commit the sidecar started; an error if it is
     /// someone else's open commit, which the sidecar must not touch.
-    async fn our_open_head(&mut self) -> Result<Option<Commit>, Failure> {
-        let Some(head) = self.pachd.branch_head().await.map_err(|s| self.failure("InspectBranch", s))? else {
+    async fn our_open_head(&mut self) -> Result<Option<Commit>, AttemptError> {
+        let Some(head) = self.pachd.branch_head().await.map_err(|s| self.rpc_error("InspectBranch", s))? else {
             return Ok(None);
         };
-        let info = self.pachd.inspect_commit(&head).await.map_err(|s| self.failure("InspectCommit", s))?;
+        let info = self.pachd.inspect_commit(&head).await.map_err(|s| self.rpc_error("InspectCommit", s))?;
         if info.finishing.is_some() {
             return Ok(None);
         }
         if !info.description.starts_with(MARKER) {
-            return Err(Failure {
-                kind: "open_commit",
-                state: SinkState::Retrying,
-                message: format!(
-                    "the branch head {} is an open commit that spout-sidecar did not start; \
-                     finish or delete it (pachctl finish commit / squash commit)",
-                    head.id
-                ),
-            });
+            return Err(AttemptError::ForeignOpenCommit(head.id));
         }
         Ok(Some(info.commit.unwrap_or(head)))
     }
 
-    async fn is_finishing(&mut self, commit: &Commit) -> Result<bool, Failure> {
-        let info = self.pachd.inspect_commit(commit).await.map_err(|s| self.failure("InspectCommit", s))?;
+    async fn is_finishing(&mut self, commit: &Commit) -> Result<bool, AttemptError> {
+        let info = self.pachd.inspect_commit(commit).await.map_err(|s| self.rpc_error("InspectCommit", s))?;
         Ok(info.finishing.is_some())
     }
 
     /// Gives the batch up. Its commit, if one is open, is cleared and finished with
     /// `error`, so the branch is not left blocked and no part of the batch shows. A
     /// FinishCommit that went through after all makes it a success.
-    async fn abandon(&mut self, progress: Progress, last_error: &str) -> Result<String, String> {
-        let reason = format!("gave up at shutdown; {last_error}");
+    async fn abandon(&mut self, step: CommitStep, last_error: String) -> Result<String, GaveUp> {
+        let reason = GaveUp(last_error);
         let cleanup = async {
-            let commit = match progress {
-                Progress::Start => self.our_open_head().await.ok().flatten(),
-                Progress::Write { commit, .. } => Some(commit),
-                Progress::Finish { commit, .. } => {
+            let commit = match step {
+                CommitStep::Start => self.our_open_head().await.ok().flatten(),
+                CommitStep::Write { commit, .. } => Some(commit),
+                CommitStep::Finish { commit, .. } => {
                     if self.is_finishing(&commit).await.unwrap_or(false) {
                         return Ok(commit.id);
                     }
@@ -238,49 +270,37 @@ impl Committer {
                     );
                 }
             }
-            Err(reason.clone())
+            Err(())
         };
         match tokio::time::timeout(ABANDON_TIMEOUT, cleanup).await {
-            Ok(result) => result,
-            Err(_) => Err(reason),
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(())) | Err(_) => Err(reason),
         }
     }
 
-    fn failure(&self, step: &str, status: Status) -> Failure {
-        let (kind, state) = match status.code() {
-            Code::Unauthenticated | Code::PermissionDenied => ("auth", SinkState::Retrying),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ("unavailable", SinkState::Down),
-            _ => ("rpc", SinkState::Retrying),
-        };
-        let detail = format!("{:?}: {}", status.code(), status.message());
-        let message = match kind {
-            "auth" => format!(
-                "{step}: pachd refused the token from {} ({detail}); fix it there, the sidecar \
-                 reads it again before each retry",
-                self.pachd.token_origin()
-            ),
-            _ => format!("{step}: {detail}"),
-        };
-        Failure { kind, state, message }
+    fn rpc_error(&self, step: &'static str, status: Status) -> AttemptError {
+        let (code, message) = (status.code(), status.message().to_owned());
+        match code {
+            Code::Unauthenticated | Code::PermissionDenied => {
+                AttemptError::Refused { step, origin: self.pachd.token_origin(), code, message }
+            }
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                AttemptError::Unreachable { step, code, message }
+            }
+            _ => AttemptError::Rpc { step, code, message },
+        }
     }
 
-    fn report(&self, failure: &Failure) {
-        self.ctx.health.failing(failure.state, failure.kind, &failure.message);
-        tracing::debug!(kind = failure.kind, "pfs attempt failed: {}", failure.message);
+    fn report(&self, error: &AttemptError) {
+        self.ctx.health.failing(error.state(), error.kind(), error);
+        tracing::debug!(kind = error.kind(), "pfs attempt failed: {error}");
     }
 }
 
-/// Sleeps `delay` unless giving up meanwhile; false if giving up.
-async fn pause(give_up: &AtomicBool, delay: Duration) -> bool {
+/// Sleeps `delay` unless giving up meanwhile.
+async fn pause(give_up: &Cancel, delay: Duration) {
     tokio::select! {
-        () = tokio::time::sleep(delay) => !give_up.load(Ordering::Relaxed),
-        () = given_up(give_up) => false,
-    }
-}
-
-/// Resolves once the sidecar gives up.
-async fn given_up(give_up: &AtomicBool) {
-    while !give_up.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        () = tokio::time::sleep(delay) => {}
+        () = give_up.cancelled() => {}
     }
 }

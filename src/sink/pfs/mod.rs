@@ -7,7 +7,7 @@
 //! back to taking and laying out the next batch while the previous one commits,
 //! and `settle` counts the batches the committer has settled. (A runtime driven
 //! from the sink thread itself would only make progress inside `settle`, while
-//! `sink::run` spends its time waiting on the batch channel.) Commits on a branch
+//! the sink thread (`runner`) spends its time waiting on the batch channel.) Commits on a branch
 //! cannot overlap (pachd refuses to start a commit whose parent is open), so one
 //! committer is all the concurrency there is to have. While idle, `probe` has the
 //! committer check pachd and the repo now and then, for `/readyz`.
@@ -26,14 +26,34 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::mpsc;
 
 use self::client::Pachd;
-use self::committer::{Batch, Committer, MARKER};
+use self::committer::{AttemptError, BatchFiles, Committer, MARKER};
 pub use self::target::{detect_worker, Target, TokenSource};
-use super::{Commit, Sink, SinkContext, SinkState};
-use crate::message::File;
+use super::runner::{spawn_watched, InjectedPanic};
+use super::spec::{BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
+use super::{Commit, Sink, SinkContext};
+use crate::encode::CommitFile;
+
+pub const SCHEME: Scheme = Scheme { prefix: "pfs:", form: "pfs://HOST:PORT/REPO@BRANCH", parse };
+
+fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
+    uri.parse::<Target>().map(SinkSpec::new).map_err(|e| BadSinkUri(e.to_string()))
+}
+
+impl OpenSink for Target {
+    /// A URI that names no token takes `--pachd-token-file` / `SPOUT_PACHD_TOKEN`;
+    /// without them, the pachctl config's.
+    fn open(&self, settings: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
+        let mut target = self.clone();
+        if target.token == TokenSource::Unset {
+            target.token = TokenSource::from_options(settings.pachd_token_file.clone(), settings.pachd_token.clone());
+        }
+        Ok(Box::new(PfsSink::new(target)))
+    }
+}
 
 /// How often an idle sink asks pachd whether it is there.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -72,9 +92,8 @@ impl PfsSink {
             let (done, settled) = crossbeam_channel::unbounded();
             let probing = Arc::new(AtomicBool::new(false));
             let (target, ctx, probed) = (target.clone(), ctx.clone(), probing.clone());
-            let thread = std::thread::Builder::new()
-                .name("pfs-commit".into())
-                .spawn(move || commit_in_order(target, ctx, queue, done, probed))
+            let health = ctx.health.clone();
+            let thread = spawn_watched("pfs-commit", health, move || commit_in_order(target, ctx, queue, done, probed))
                 .expect("spawning the pfs committer thread");
             Worker { jobs, settled, probing, last_probe: None, thread }
         })
@@ -110,8 +129,13 @@ impl Sink for PfsSink {
 
     fn settle(&mut self, wait: Duration, _ctx: &SinkContext) -> usize {
         if let Some(worker) = &self.worker {
-            if self.in_flight > 0 && worker.settled.recv_timeout(wait).is_ok() {
-                self.in_flight -= 1;
+            if self.in_flight > 0 {
+                match worker.settled.recv_timeout(wait) {
+                    Ok(()) => self.in_flight -= 1,
+                    // The committer died: what it held failed as it unwound.
+                    Err(RecvTimeoutError::Disconnected) => self.in_flight = 0,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
             }
             while self.in_flight > 0 && worker.settled.try_recv().is_ok() {
                 self.in_flight -= 1;
@@ -146,8 +170,10 @@ fn commit_in_order(
     runtime.block_on(async {
         let mut committer = Pachd::new(&target).map(|pachd| Committer::new(pachd, ctx.clone()));
         if let Err(error) = &committer {
-            ctx.health.failing(SinkState::Down, "config", error);
+            let error = AttemptError::from(error.clone());
+            ctx.health.failing(error.state(), error.kind(), &error);
         }
+        let mut fault = InjectedPanic::for_thread("pfs-commit");
         while let Some(job) = queue.recv().await {
             let Job::Commit(Commit { files, ack }) = job else {
                 if let Ok(committer) = committer.as_mut() {
@@ -156,16 +182,16 @@ fn commit_in_order(
                 probing.store(false, Ordering::Relaxed);
                 continue;
             };
-            let files: Arc<[File]> = files.into();
-            let verdict = match committer.as_mut() {
+            fault.count_batch();
+            let files: Arc<[CommitFile]> = files.into();
+            match committer.as_mut() {
                 Ok(committer) => {
                     let description = format!("{MARKER}: batch {} of {} messages", ack.no, ack.messages);
-                    committer.commit(Batch { files: &files, bytes: ack.bytes, description }).await
+                    match committer.commit(BatchFiles { files: &files, bytes: ack.bytes, description }).await {
+                        Ok(id) => ack.committed(ctx.receipt(id, &files)),
+                        Err(gave_up) => ack.failed(gave_up),
+                    }
                 }
-                Err(error) => Err(error.clone()),
-            };
-            match verdict {
-                Ok(id) => ack.committed(ctx.receipt(id, &files)),
                 Err(error) => ack.failed(error),
             }
             // The sink thread may be gone already at shutdown; the ack is settled anyway.

@@ -14,7 +14,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::proto::google::protobuf::BytesValue;
 use super::proto::pfs_v2::{add_file, modify_file_request::Body, AddFile, Commit, DeleteFile, ModifyFileRequest};
-use crate::message::{File, Payload};
+use crate::encode::CommitFile;
+use crate::message::Payload;
 
 /// The largest piece of a file in one request: well under pachd's 20 MiB limit.
 pub const MAX_PIECE: usize = 3 << 20;
@@ -24,14 +25,14 @@ const SMALL_CHUNK: usize = 64 << 10;
 /// The requests for one batch, made lazily file by file.
 pub fn modify_file_requests(
     commit: Commit,
-    files: Arc<[File]>,
+    files: Arc<[CommitFile]>,
     overwrite: bool,
 ) -> impl Iterator<Item = ModifyFileRequest> + Send + 'static {
     let set_commit = request(Body::SetCommit(commit));
     std::iter::once(set_commit).chain((0..files.len()).flat_map(move |i| file_requests(&files[i], overwrite)))
 }
 
-fn file_requests(file: &File, overwrite: bool) -> Vec<ModifyFileRequest> {
+fn file_requests(file: &CommitFile, overwrite: bool) -> Vec<ModifyFileRequest> {
     let delete =
         overwrite.then(|| request(Body::DeleteFile(DeleteFile { path: file.name.clone(), datum: String::new() })));
     let adds = pieces(&file.data).into_iter().map(|piece| {
@@ -144,9 +145,9 @@ mod tests {
 
     #[test]
     fn overwrite_deletes_before_adding() {
-        let files: Arc<[File]> = vec![
-            File { name: "a".into(), data: payload(&[MAX_PIECE + 1]) },
-            File { name: "b".into(), data: payload(&[1]) },
+        let files: Arc<[CommitFile]> = vec![
+            CommitFile { name: "a".into(), data: payload(&[MAX_PIECE + 1]) },
+            CommitFile { name: "b".into(), data: payload(&[1]) },
         ]
         .into();
         let kinds = |overwrite| {

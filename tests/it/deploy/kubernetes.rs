@@ -7,7 +7,6 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 use spout_sidecar::config::Options;
-use spout_sidecar::sink::SinkSpec;
 
 use super::files::{self, shown};
 use super::sidecar;
@@ -17,7 +16,7 @@ use super::sidecar;
 const PACHYDERM_VOLUMES: [&str; 2] = ["pachyderm-worker", "pachyderm-pachctl-secret"];
 const PACHYDERM_SECRET_VOLUMES: [&str; 1] = ["pachyderm-pachctl-secret"];
 
-/// What the sidecar needs beyond its buffer (issue 6 bounds peak RSS by
+/// What the sidecar needs beyond its buffer (the memory target bounds peak RSS by
 /// --max-buffer-bytes + 64 MiB).
 const OVERHEAD_BYTES: u64 = 64 << 20;
 
@@ -236,7 +235,7 @@ fn assert_mounts(pod: &Pod, container: &Value, options: &Options) {
             mount_of(token).unwrap_or_else(|| panic!("{context}: token file {} is not mounted", token.display()));
         assert!(is_secret(mount["name"].as_str().unwrap()), "{context}: the token must come from a Secret");
     }
-    if let SinkSpec::Dir(dir) = &options.sink {
+    if let Some(dir) = options.sink.to_string().strip_prefix("dir:").map(Path::new) {
         let mount = mount_of(dir).unwrap_or_else(|| panic!("{context}: dir sink {} is on no volume", dir.display()));
         assert_ne!(mount["readOnly"], true, "{context}: dir sink {} is read-only", dir.display());
     }

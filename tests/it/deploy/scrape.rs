@@ -1,4 +1,4 @@
-//! The metrics test of issue 5: the real binary takes traffic over TCP, the Unix socket
+//! The metrics test: the real binary takes traffic over TCP, the Unix socket
 //! and the raw socket, its /metrics is parsed with a Prometheus text-format parser, and
 //! - every counter agrees with what was sent and with what the `dir:` sink holds;
 //! - every family has a HELP line, and promtool's linter finds nothing to fix;

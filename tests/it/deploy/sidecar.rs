@@ -51,8 +51,8 @@ pub fn port(options: &Options, context: &str) -> u16 {
     }
 }
 
-/// Listening beyond loopback opens the API to the cluster: issue 4 makes the sidecar
-/// refuse that without a token, and the manifests always mean to set one.
+/// Listening beyond loopback opens the API to the cluster: the sidecar refuses that
+/// without a token (or --allow-unauthenticated), and the manifests always mean to set one.
 pub fn assert_authenticated_if_exposed(options: &Options, context: &str) {
     let Listen::Tcp(addr) = &options.listen else {
         return;

@@ -1,9 +1,8 @@
 //! A sidecar pipeline assembled from the library, as the binary assembles it:
-//! intake → batcher (with its age timer) → the sink thread (`sink::run`) → a
+//! intake → batcher (with its age timer) → the sink thread (`sink::runner`) → a
 //! `pfs://` sink; requests are admitted with `wait=commit` to read their verdicts.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,9 +11,11 @@ use bytes::Bytes;
 use spout_sidecar::ack::{Ledger, Verdict};
 use spout_sidecar::batch::{Batcher, Policy};
 use spout_sidecar::buffer::Budget;
-use spout_sidecar::ingest::{Admitted, Intake, Transport, WhenFull};
+use spout_sidecar::cancel::Cancel;
+use spout_sidecar::encode::Layout;
+use spout_sidecar::ingest::{AdmitOptions, Admitted, Answer, FullBudget, Intake, Transport, WhenFull};
 use spout_sidecar::message::{Incoming, Sequencer};
-use spout_sidecar::sink::{self, Health, Layout, SinkContext, SinkSpec};
+use spout_sidecar::sink::{runner, Health, SinkContext, SinkSettings, SinkSpec};
 
 pub struct Setup {
     pub uri: String,
@@ -42,6 +43,7 @@ pub struct Pipeline {
     pub intake: Arc<Intake>,
     pub health: Arc<Health>,
     pub ctx: SinkContext,
+    draining: Cancel,
     pub rt: tokio::runtime::Runtime,
     sink_thread: Option<JoinHandle<()>>,
 }
@@ -54,21 +56,23 @@ impl Pipeline {
         let ledger = Ledger::new(Arc::new(Budget::new(setup.budget)));
         let batcher = Batcher::new(setup.policy, Sequencer::starting_at(1), ledger, batches_tx);
         rt.spawn(batcher.clone().run_age_timer());
-        let intake = Arc::new(Intake::new(batcher, WhenFull::Block, Duration::from_secs(60)));
         let spec: SinkSpec = setup.uri.parse().expect("a valid sink URI");
-        let spec = spec.with_pachd_token(setup.token_file, None);
-        let sink = sink::open(&spec).expect("opening the sink");
+        let settings = SinkSettings { pachd_token_file: setup.token_file, pachd_token: None };
+        let sink = spec.open(&settings).expect("opening the sink");
         let health = Arc::new(Health::new(sink.describe()));
-        let ctx = SinkContext::new(health.clone(), setup.overwrite);
-        let sink_ctx = ctx.clone();
-        let layout = setup.layout;
-        let sink_thread = std::thread::spawn(move || sink::run(sink, batches, layout, sink_ctx));
-        Self { intake, health, ctx, rt, sink_thread: Some(sink_thread) }
+        let draining = Cancel::new();
+        let intake =
+            Arc::new(Intake::new(batcher, WhenFull::Block, Duration::from_secs(60), draining.clone(), health.clone()));
+        let ctx = SinkContext { layout: setup.layout, ..SinkContext::new(health.clone(), setup.overwrite) };
+        let sink_thread = runner::start(sink, batches, ctx.clone()).expect("the sink thread");
+        Self { intake, health, ctx, draining, rt, sink_thread: Some(sink_thread) }
     }
 
     /// Admits one request's messages, to wait for their commit later.
     pub fn send(&self, messages: Vec<Incoming>) -> Admitted {
-        self.rt.block_on(self.intake.admit(messages, Transport::Http, true, true)).expect("admitted")
+        let how =
+            AdmitOptions { transport: Transport::Http, answer: Answer::Committed, when_full: FullBudget::WaitForRoom };
+        self.rt.block_on(self.intake.admit(messages, how)).expect("admitted")
     }
 
     /// The commit's verdict; a batch unsettled after two minutes is a hung sink.
@@ -82,12 +86,12 @@ impl Pipeline {
 
     /// What the shutdown timeout does: the sink stops retrying and fails what is left.
     pub fn give_up(&self) {
-        self.ctx.give_up.store(true, Ordering::Relaxed);
+        self.ctx.give_up.cancel();
     }
 
     /// Drains: commits what is accepted, then ends the sink thread.
     pub fn close(mut self) {
-        self.intake.start_draining();
+        self.draining.cancel();
         self.intake.batcher().close();
         self.sink_thread.take().unwrap().join().expect("the sink thread");
     }

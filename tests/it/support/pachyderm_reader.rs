@@ -15,13 +15,16 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::fs::{mkfifoat, OFlags, CWD};
+use rustix::io::ioctl_fionread;
 
 const BLOCK: usize = 512;
 
@@ -136,7 +139,7 @@ impl PachydermReader {
         self.control.stop.store(true, Ordering::SeqCst);
         self.resume();
         while !self.thread.is_finished() {
-            let poke = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+            let poke = OpenOptions::new().write(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(&self.path);
             drop(poke);
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -147,9 +150,8 @@ impl PachydermReader {
 /// Makes the named pipe `dir/out`.
 pub fn fifo_in(dir: &Path) -> PathBuf {
     let path = dir.join("out");
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+    mkfifoat(CWD, &path, rustix::fs::Mode::from_raw_mode(0o600))
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
     path
 }
 
@@ -159,11 +161,9 @@ pub fn fifo_in(dir: &Path) -> PathBuf {
 pub fn unread_bytes(fifo: &Path) -> usize {
     // A second read end of the same pipe, never read from; O_NONBLOCK so that
     // opening it does not wait for a writer.
-    let pipe = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(fifo).expect("open the FIFO");
-    let mut unread: libc::c_int = 0;
-    // SAFETY: FIONREAD stores one int through the pointer.
-    let done = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut unread) };
-    assert_eq!(done, 0, "FIONREAD on {}: {}", fifo.display(), std::io::Error::last_os_error());
+    let pipe =
+        OpenOptions::new().read(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(fifo).expect("open the FIFO");
+    let unread = ioctl_fionread(&pipe).unwrap_or_else(|e| panic!("FIONREAD on {}: {e}", fifo.display()));
     unread as usize
 }
 
@@ -172,12 +172,12 @@ pub fn unread_bytes(fifo: &Path) -> usize {
 pub fn is_full(fifo: &Path) -> bool {
     // A second write end, to ask poll(2) whether a write would block; it writes
     // nothing, and closing it ends no reader's stream while another writer is open.
-    let pipe = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo).expect("open the FIFO");
-    let mut poll = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-    // SAFETY: one valid pollfd, no waiting.
-    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-    assert!(ready >= 0, "poll on {}: {}", fifo.display(), std::io::Error::last_os_error());
-    poll.revents & libc::POLLOUT == 0
+    let pipe =
+        OpenOptions::new().write(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(fifo).expect("open the FIFO");
+    let mut fds = [PollFd::new(&pipe, PollFlags::OUT)];
+    let no_wait = Timespec { tv_sec: 0, tv_nsec: 0 };
+    poll(&mut fds, Some(&no_wait)).unwrap_or_else(|e| panic!("poll on {}: {e}", fifo.display()));
+    !fds[0].revents().contains(PollFlags::OUT)
 }
 
 fn read_commits(path: &Path, mode: Mode, control: &Control) -> Vec<Commit> {

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rustix::process::{kill_process, Pid, Signal};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_spout-sidecar");
 
 pub struct Sidecar {
@@ -81,14 +83,14 @@ impl Sidecar {
         text.lines().find_map(value).unwrap_or(0.0) as u64
     }
 
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    pub fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(self.child.id() as i32).expect("a child's pid is positive");
+        kill_process(pid, signal).expect("signal the sidecar");
     }
 
     /// Sends SIGTERM and waits for the exit, and for the whole log.
     pub fn stop(mut self) -> ExitStatus {
-        self.signal(libc::SIGTERM);
+        self.signal(Signal::TERM);
         self.wait_exit(Duration::from_secs(40))
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Each file is a 512-byte header, its payload slices exactly as they arrived, and
 //! zero padding up to the next 512-byte boundary; the archive ends with two zero
-//! blocks. Names over 100 bytes (up to the contract's 255) get a GNU long-name
+//! blocks. Names over 100 bytes (up to the 255 a file name may have) get a GNU long-name
 //! entry (`././@LongLink`, type `L`) before their header, which Go's `archive/tar`
 //! (Pachyderm), GNU tar, bsdtar and the `tar` crate all read.
 //!
@@ -16,7 +16,7 @@
 use bytes::{Bytes, BytesMut};
 use tar::{EntryType, Header};
 
-use crate::message::File;
+use super::CommitFile;
 
 const BLOCK: usize = 512;
 /// The longest name a header's own name field holds.
@@ -48,12 +48,12 @@ impl Archive {
 }
 
 /// Encodes one commit's files as one archive stamped with the current time.
-pub fn encode_now(files: &[File]) -> Archive {
+pub fn encode_now(files: &[CommitFile]) -> Archive {
     encode(files, crate::message::unix_nanos() / 1_000_000_000)
 }
 
 /// Encodes one commit's files as one archive; `mtime` in seconds since the epoch.
-pub fn encode(files: &[File], mtime: u64) -> Archive {
+pub fn encode(files: &[CommitFile], mtime: u64) -> Archive {
     let mut headers = BytesMut::with_capacity(files.iter().map(|f| header_len(&f.name)).sum());
     for file in files {
         write_headers(&mut headers, file, mtime);
@@ -82,7 +82,7 @@ fn header_len(name: &str) -> usize {
     }
 }
 
-fn write_headers(out: &mut BytesMut, file: &File, mtime: u64) {
+fn write_headers(out: &mut BytesMut, file: &CommitFile, mtime: u64) {
     let name = file.name.as_bytes();
     if name.len() > NAME_FIELD {
         // GNU tar counts the terminating NUL in the long name's size.
@@ -118,8 +118,11 @@ mod tests {
     use proptest::prelude::*;
     use std::io::Read;
 
-    fn file(name: &str, chunks: &[&[u8]]) -> File {
-        File { name: name.into(), data: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>().into() }
+    fn file(name: &str, chunks: &[&[u8]]) -> CommitFile {
+        CommitFile {
+            name: name.into(),
+            data: chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>().into(),
+        }
     }
 
     fn flatten(archive: &Archive) -> Vec<u8> {
@@ -149,7 +152,7 @@ mod tests {
     #[test]
     fn payload_slices_are_shared_not_copied() {
         let payload = Bytes::from_static(b"hello, pipe");
-        let files = [File { name: "a".into(), data: Payload::from(payload.clone()) }];
+        let files = [CommitFile { name: "a".into(), data: Payload::from(payload.clone()) }];
         let archive = encode(&files, 0);
         assert!(archive.chunks.iter().any(|c| c.as_ptr() == payload.as_ptr()));
         assert_eq!(archive.len, 512 + 512 + 1024);
@@ -199,7 +202,7 @@ mod tests {
             files in prop::collection::vec((name(), chunks()), 0..6),
             mtime in 0u64..(1 << 33),
         ) {
-            let files: Vec<File> = files
+            let files: Vec<CommitFile> = files
                 .iter()
                 .map(|(n, cs)| file(n, &cs.iter().map(Vec::as_slice).collect::<Vec<_>>()))
                 .collect();

@@ -1,7 +1,10 @@
-//! A message and the files a batch becomes.
+//! A message: its payload, the name it asks for, and the sequence number that
+//! orders it. `file_name` holds the rules for the names messages become in a commit.
 //!
 //! Payloads are `Bytes` slices of the buffers the bytes arrived in: a message that
 //! straddles two reads of a body is a list of two slices, never a fresh copy.
+
+pub mod file_name;
 
 use bytes::Bytes;
 
@@ -95,26 +98,9 @@ impl Message {
     pub fn file_name(&self) -> String {
         match &self.name {
             Some(name) => name.clone(),
-            None => default_file_name(self.seq),
+            None => file_name::default_name(self.seq),
         }
     }
-}
-
-/// The name of a message sent without one: zero-padded so names sort in arrival order.
-pub fn default_file_name(seq: u64) -> String {
-    format!("msg-{seq:020}")
-}
-
-/// The name of the one file a batch becomes with `--layout batch`.
-pub fn batch_file_name(first_seq: u64) -> String {
-    format!("batch-{first_seq:020}")
-}
-
-/// One file of a commit: the unit every sink writes.
-#[derive(Clone, Debug)]
-pub struct File {
-    pub name: String,
-    pub data: Payload,
 }
 
 /// Hands out numbers that increase in arrival order and across restarts.

@@ -1,6 +1,7 @@
-//! The file names clients may give (`Spout-File`, `?file=`, a multipart `filename`).
+//! The names of the files in a commit: the ones clients may give (`Spout-File`,
+//! `?file=`, a multipart `filename`) and the ones the sidecar gives when they don't.
 //!
-//! A name is a relative path whose segments use only `[A-Za-z0-9._-]`, at most 255
+//! A client's name is a relative path whose segments use only `[A-Za-z0-9._-]`, at most 255
 //! bytes in all. That keeps every name safe to join under a commit directory or to
 //! put in a tar header: nothing can climb out (`..`), hide as `.`, start at the root,
 //! or mean different things on different file systems (empty segments, NUL, spaces,
@@ -11,9 +12,28 @@
 /// and comfortably inside a PAX tar header.
 pub const MAX_NAME_BYTES: usize = 255;
 
-/// Checks a client-given file name against the contract's rules.
-pub fn validate(name: &str) -> Result<(), String> {
-    problem(name).map_err(|why| format!("file name {} is not allowed: {why}", shown(name)))
+/// The name of a message sent without one: zero-padded so names sort in arrival order.
+pub fn default_name(seq: u64) -> String {
+    format!("msg-{seq:020}")
+}
+
+/// The name of the one file a batch becomes with `--layout batch`.
+pub fn batch_name(first_seq: u64) -> String {
+    format!("batch-{first_seq:020}")
+}
+
+/// A client-given name that breaks the rules, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("file name {shown} is not allowed: {why}")]
+pub struct BadFileName {
+    /// The name, escaped and cut short.
+    shown: String,
+    why: String,
+}
+
+/// Checks a client-given file name against the rules above.
+pub fn validate(name: &str) -> Result<(), BadFileName> {
+    problem(name).map_err(|why| BadFileName { shown: shown(name), why })
 }
 
 fn problem(name: &str) -> Result<(), String> {
@@ -63,7 +83,7 @@ mod tests {
     use super::*;
 
     fn refused(name: &str) -> String {
-        validate(name).expect_err(name)
+        validate(name).expect_err(name).to_string()
     }
 
     #[test]

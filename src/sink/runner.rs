@@ -1,0 +1,107 @@
+//! The sink thread: takes sealed batches in order, lays each out as files, hands it
+//! to the sink and settles what is in flight, probing the sink while idle. Blocking
+//! writes happen here, never on the async runtime.
+//!
+//! The sink's threads are watched ([`spawn_watched`]): a panic marks the sink dead
+//! (`/readyz` and `/healthz` 503, `spout_thread_panics_total`, one error line), the
+//! batches the thread held fail as their acknowledgements are dropped, so
+//! `wait=commit` callers hear, and ingest refuses new messages rather than accept
+//! what nothing will commit.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+
+use super::{Health, Sink, SinkContext};
+use crate::batch::Batch;
+
+/// Starts the sink thread; it ends once the batcher closes and every batch settled
+/// (or the context gives up).
+pub fn start(sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext) -> std::io::Result<JoinHandle<()>> {
+    let health = ctx.health.clone();
+    spawn_watched("sink", health, move || run(sink, batches, ctx))
+}
+
+fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext) {
+    const POLL: Duration = Duration::from_millis(2);
+    const PROBE_EVERY: Duration = Duration::from_millis(250);
+    let mut fault = InjectedPanic::for_thread("sink");
+    let mut in_flight = 0;
+    sink.probe(&ctx);
+    loop {
+        let next = if in_flight > 0 {
+            batches.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            })
+        } else {
+            batches.recv_timeout(PROBE_EVERY)
+        };
+        // With nothing new to submit, the sink does the waiting: it can wake as soon
+        // as its pipe has room instead of when a fixed sleep ends.
+        let wait = match next {
+            Ok(batch) => {
+                fault.count_batch();
+                sink.submit(ctx.layout.apply(batch), &ctx);
+                Duration::ZERO
+            }
+            Err(RecvTimeoutError::Timeout) if in_flight == 0 => {
+                sink.probe(&ctx);
+                Duration::ZERO
+            }
+            Err(RecvTimeoutError::Timeout) => POLL,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        in_flight = sink.settle(wait, &ctx);
+    }
+    while sink.settle(Duration::from_millis(50), &ctx) > 0 && !ctx.giving_up() {}
+}
+
+/// Spawns a thread named `name` whose panic is caught and reported through
+/// `health` (see the module comment) instead of passing unnoticed.
+pub fn spawn_watched(
+    name: &'static str,
+    health: Arc<Health>,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        // Whatever the thread owned (the sink, queued batches) is dropped while
+        // unwinding, which fails the batches, before health says the thread died.
+        if let Err(panic) = panic::catch_unwind(AssertUnwindSafe(body)) {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            health.died(name, &why);
+        }
+    })
+}
+
+/// A fault for tests: `SPOUT_TEST_PANIC=THREAD:N` makes the thread named THREAD
+/// panic as it takes its Nth batch, so a test can check from outside what a dead
+/// thread looks like. Unset, it costs one comparison per batch.
+pub struct InjectedPanic {
+    batches_left: Option<u64>,
+}
+
+impl InjectedPanic {
+    pub fn for_thread(thread: &str) -> Self {
+        let setting = std::env::var("SPOUT_TEST_PANIC").unwrap_or_default();
+        let batches_left =
+            setting.split_once(':').filter(|(name, _)| *name == thread).and_then(|(_, n)| n.parse::<u64>().ok());
+        Self { batches_left }
+    }
+
+    pub fn count_batch(&mut self) {
+        if let Some(left) = &mut self.batches_left {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                panic!("SPOUT_TEST_PANIC asked this thread to panic");
+            }
+        }
+    }
+}

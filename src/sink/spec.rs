@@ -1,0 +1,188 @@
+//! `--sink`: the URI that names a sink, the table of the kinds there are, and how
+//! `auto` picks one.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use super::{dir, fifo, pfs, stdout, Sink};
+
+/// One kind of sink as `--sink` names it.
+pub struct Scheme {
+    /// What its URIs start with, e.g. `fifo:`.
+    pub prefix: &'static str,
+    /// Its form in errors and help, e.g. `fifo:PATH`.
+    pub form: &'static str,
+    /// Parses a whole URI that starts with `prefix`.
+    pub parse: fn(uri: &str) -> Result<SinkSpec, BadSinkUri>,
+}
+
+/// Every kind of sink, in the order errors list them.
+pub const SCHEMES: &[Scheme] = &[fifo::SCHEME, dir::SCHEME, stdout::SCHEME, pfs::SCHEME];
+
+/// A sink a URI described, ready to be opened.
+pub trait OpenSink: fmt::Debug + fmt::Display + Send + Sync {
+    fn open(&self, settings: &SinkSettings) -> std::io::Result<Box<dyn Sink>>;
+
+    /// Whether the sink writes to standard output, which a supervised producer
+    /// then must not share.
+    fn writes_stdout(&self) -> bool {
+        false
+    }
+}
+
+/// What reaches a sink from options other than its URI.
+#[derive(Debug, Clone, Default)]
+pub struct SinkSettings {
+    /// `--pachd-token-file`, for a `pfs://` URI that names no token.
+    pub pachd_token_file: Option<PathBuf>,
+    /// `SPOUT_PACHD_TOKEN`, likewise.
+    pub pachd_token: Option<String>,
+}
+
+/// A parsed `--sink`.
+#[derive(Debug, Clone)]
+pub enum SinkSpec {
+    Auto,
+    Uri(Arc<dyn OpenSink>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSinkUri(pub String);
+
+impl SinkSpec {
+    pub fn new(sink: impl OpenSink + 'static) -> Self {
+        SinkSpec::Uri(Arc::new(sink))
+    }
+
+    /// Opens the sink this names (`auto` resolved here).
+    pub fn open(&self, settings: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
+        self.resolve().open(settings)
+    }
+
+    /// The sink to open: this one, or the one `auto` resolves to here.
+    pub fn resolve(&self) -> Arc<dyn OpenSink> {
+        match self {
+            SinkSpec::Uri(sink) => sink.clone(),
+            // Never `auto` again, so this recursion ends at once.
+            SinkSpec::Auto => resolve_auto().resolve(),
+        }
+    }
+}
+
+impl FromStr for SinkSpec {
+    type Err = BadSinkUri;
+
+    fn from_str(uri: &str) -> Result<Self, Self::Err> {
+        if uri == "auto" {
+            return Ok(SinkSpec::Auto);
+        }
+        match SCHEMES.iter().find(|scheme| uri.starts_with(scheme.prefix)) {
+            Some(scheme) => (scheme.parse)(uri),
+            None => {
+                let forms: Vec<&str> = SCHEMES.iter().map(|s| s.form).collect();
+                Err(BadSinkUri(format!("unknown sink `{uri}`: expected {} or auto", forms.join(", "))))
+            }
+        }
+    }
+}
+
+impl fmt::Display for SinkSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkSpec::Auto => f.write_str("auto"),
+            SinkSpec::Uri(sink) => sink.fmt(f),
+        }
+    }
+}
+
+/// A sink named by a file system path: `SCHEME:PATH`.
+#[derive(Debug, Clone)]
+pub struct PathSink {
+    scheme: &'static str,
+    path: PathBuf,
+    open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
+}
+
+impl PathSink {
+    pub fn spec(scheme: &'static str, path: PathBuf, open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>) -> SinkSpec {
+        SinkSpec::new(PathSink { scheme, path, open })
+    }
+
+    /// Parses `SCHEME:PATH`, refusing an empty path.
+    pub fn parse(
+        uri: &str,
+        scheme: &'static str,
+        open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
+    ) -> Result<SinkSpec, BadSinkUri> {
+        match uri.strip_prefix(scheme).and_then(|rest| rest.strip_prefix(':')) {
+            Some(path) if !path.is_empty() => Ok(Self::spec(scheme, path.into(), open)),
+            _ => Err(BadSinkUri(format!("`{scheme}:` needs a path, e.g. `{scheme}:/pfs/out`"))),
+        }
+    }
+}
+
+impl fmt::Display for PathSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.scheme, self.path.display())
+    }
+}
+
+impl OpenSink for PathSink {
+    fn open(&self, _: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
+        (self.open)(self.path.clone())
+    }
+}
+
+/// The path Pachyderm 1.x spouts write to.
+pub const PFS_OUT: &str = "/pfs/out";
+
+/// Resolves `auto`: the spout pipe when it is one, else pachd inside a Pachyderm
+/// 2.x worker, else a local directory.
+fn resolve_auto() -> SinkSpec {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(PFS_OUT) {
+        Ok(meta) if meta.file_type().is_fifo() => fifo::spec(PFS_OUT.into()),
+        _ => match pfs::detect_worker(|name| std::env::var(name).ok()) {
+            Some(target) => SinkSpec::new(target),
+            None => dir::spec("./spout-out".into()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(uri: &str) -> String {
+        uri.parse::<SinkSpec>().unwrap().to_string()
+    }
+
+    fn refused(uri: &str) -> String {
+        uri.parse::<SinkSpec>().unwrap_err().0
+    }
+
+    #[test]
+    fn parses_sink_uris() {
+        assert_eq!(parsed("fifo:/pfs/out"), "fifo:/pfs/out");
+        assert_eq!(parsed("dir:out"), "dir:out");
+        assert_eq!(parsed("stdout:"), "stdout:");
+        assert_eq!(parsed("stdout"), "stdout:");
+        assert_eq!(parsed("auto"), "auto");
+        assert_eq!(parsed("pfs://pachd:1650/out@master"), "pfs://pachd:1650/out@master");
+        assert!("stdout:".parse::<SinkSpec>().unwrap().resolve().writes_stdout());
+        assert!(!"dir:x".parse::<SinkSpec>().unwrap().resolve().writes_stdout());
+    }
+
+    #[test]
+    fn refuses_what_names_no_sink() {
+        assert_eq!(refused("fifo:"), "`fifo:` needs a path, e.g. `fifo:/pfs/out`");
+        assert_eq!(
+            refused("kafka://x"),
+            "unknown sink `kafka://x`: expected fifo:PATH, dir:PATH, stdout:, pfs://HOST:PORT/REPO@BRANCH or auto"
+        );
+        assert!(refused("pfs:/pachd/out").contains("does not start with pfs://"));
+    }
+}
