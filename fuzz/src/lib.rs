@@ -12,7 +12,7 @@ mod knobs;
 mod multipart;
 mod tar;
 
-pub use self::file_name::{contract_allows, file_name};
+pub use self::file_name::{documented_rule_allows, file_name};
 pub use self::framing::{length_frames, ndjson_lines, raw_splitter, whole_body};
 pub use self::multipart::multipart;
 pub use self::tar::tar_encoder;

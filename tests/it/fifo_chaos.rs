@@ -182,7 +182,7 @@ fn one_reader(sidecar: &Sidecar, fifo: &Path, record: PathBuf, fate: Fate, tally
     let (_, mid_archive) = read_record(&record);
     if mid_archive {
         tally.killed_mid_archive += 1;
-        // The one race the contract leaves to the reader: a new reader must not
+        // The one race the documented guarantees leave to the reader: a new reader must not
         // open the pipe before the sink has closed it on the dead one.
         eventually(Duration::from_secs(30), "the sink to notice the reader died", || {
             (readers_lost_mid_archive(sidecar) > lost_before).then_some(())

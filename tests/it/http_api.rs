@@ -47,7 +47,7 @@ fn raw_body_is_one_message_and_wait_commit_names_its_commit() {
 }
 
 #[test]
-fn each_framing_cuts_messages_as_the_contract_says() {
+fn each_framing_cuts_messages_as_documented() {
     let tmp = tempfile::tempdir().unwrap();
     let sidecar = start(tmp.path(), &[]);
     let ndjson =

@@ -142,8 +142,8 @@ fn full_buffer_rejects_with_retry_after_and_recovers() {
             total
         })
     };
-    // As large as the refused one: a small request could fit in what the budget
-    // had left, and pass without the reader making room.
+    // The request refused above, again: a smaller one could fit in what the full
+    // buffer had left, and be accepted before the reader has read anything.
     eventually(Duration::from_secs(10), "room in the buffer", || {
         (conn.request("POST", "/messages", &[], &payload).status == 202).then_some(())
     });

@@ -3,12 +3,9 @@
 //! and the sink thread. Needs `pip install -r tests/it/pfs/requirements.txt`.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rustix::net::{bind, getsockname, socket_with, AddressFamily, SocketFlags, SocketType};
 use serde_json::json;
 use spout_sidecar::batch::Policy;
 use spout_sidecar::encode::Layout;
@@ -195,15 +192,16 @@ fn a_wrong_token_is_reported_and_nothing_is_lost_once_it_is_fixed() {
 /// refused, as to a pachd that is down, and no other socket can take the port (the
 /// other tests of this process and their children open many) until it is dropped.
 struct ReservedPort {
-    socket: OwnedFd,
+    socket: socket2::Socket,
     port: u16,
 }
 
 fn reserve_port() -> ReservedPort {
-    let socket = socket_with(AddressFamily::INET, SocketType::STREAM, SocketFlags::CLOEXEC, None).expect("a socket");
-    bind(&socket, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind a free port of 127.0.0.1");
-    let bound = SocketAddrV4::try_from(getsockname(&socket).expect("getsockname")).expect("an IPv4 address");
-    ReservedPort { socket, port: bound.port() }
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let loopback = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+    socket.bind(&loopback.into()).expect("bind");
+    let port = socket.local_addr().expect("getsockname").as_socket().expect("an IPv4 address").port();
+    ReservedPort { socket, port }
 }
 
 #[test]

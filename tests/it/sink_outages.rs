@@ -51,7 +51,7 @@ fn start(sink: &str) -> Sidecar {
     ])
 }
 
-/// Sends `lines` in NDJSON requests, retrying each 503 (which must be the contract's:
+/// Sends `lines` in NDJSON requests, retrying each 503 (which must be the documented one:
 /// `overloaded` with `Retry-After`) until it is accepted; counts the 503s.
 fn produce(addr: &str, lines: std::ops::Range<usize>, refused: &AtomicU64) {
     let mut conn = Connection::tcp(addr);

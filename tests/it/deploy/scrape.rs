@@ -175,7 +175,7 @@ fn counters_match_the_traffic_and_the_sink() {
         .iter()
         .map(|reason| m.value("spout_batches_committed_total", &[("reason", reason)]))
         .sum();
-    assert_eq!(by_reason, commits, "every commit has a reason of the contract");
+    assert_eq!(by_reason, commits, "every commit has a documented reason");
     assert!(m.value("spout_ack_wait_seconds_count", &[]) >= 1.0, "the wait=commit request");
     assert_eq!(m.value("spout_requests_total", &[("code", "202")]), ACCEPTED_REQUESTS);
     for (code, reason) in [("413", "too_large"), ("422", "bad_file_name"), ("400", "bad_framing")] {

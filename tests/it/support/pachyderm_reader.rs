@@ -22,9 +22,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{mkfifoat, OFlags, CWD};
-use rustix::io::ioctl_fionread;
 
 const BLOCK: usize = 512;
 
@@ -161,9 +160,9 @@ pub fn fifo_in(dir: &Path) -> PathBuf {
 pub fn unread_bytes(fifo: &Path) -> usize {
     // A second read end of the same pipe, never read from; O_NONBLOCK so that
     // opening it does not wait for a writer.
-    let pipe =
-        OpenOptions::new().read(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(fifo).expect("open the FIFO");
-    let unread = ioctl_fionread(&pipe).unwrap_or_else(|e| panic!("FIONREAD on {}: {e}", fifo.display()));
+    let nonblocking = OFlags::NONBLOCK.bits() as i32;
+    let pipe = OpenOptions::new().read(true).custom_flags(nonblocking).open(fifo).expect("open the FIFO");
+    let unread = rustix::io::ioctl_fionread(&pipe).unwrap_or_else(|e| panic!("FIONREAD on {}: {e}", fifo.display()));
     unread as usize
 }
 
@@ -172,11 +171,11 @@ pub fn unread_bytes(fifo: &Path) -> usize {
 pub fn is_full(fifo: &Path) -> bool {
     // A second write end, to ask poll(2) whether a write would block; it writes
     // nothing, and closing it ends no reader's stream while another writer is open.
-    let pipe =
-        OpenOptions::new().write(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(fifo).expect("open the FIFO");
+    let nonblocking = OFlags::NONBLOCK.bits() as i32;
+    let pipe = OpenOptions::new().write(true).custom_flags(nonblocking).open(fifo).expect("open the FIFO");
     let mut fds = [PollFd::new(&pipe, PollFlags::OUT)];
     let no_wait = Timespec { tv_sec: 0, tv_nsec: 0 };
-    poll(&mut fds, Some(&no_wait)).unwrap_or_else(|e| panic!("poll on {}: {e}", fifo.display()));
+    rustix::event::poll(&mut fds, Some(&no_wait)).unwrap_or_else(|e| panic!("poll on {}: {e}", fifo.display()));
     !fds[0].revents().contains(PollFlags::OUT)
 }
 
