@@ -42,8 +42,10 @@ fn check_dead(sidecar: Sidecar, thread: &str) {
     assert_eq!(refused.json()["error"], "sink_down", "{}", refused.text());
     assert_eq!(sidecar.metric("spout_messages_rejected_total{reason=\"sink_down\"}"), 1);
 
-    let log = sidecar.log();
     let reported = format!("the {thread} thread panicked");
+    // The log reaches the test through a pipe and a thread: the line may be on its way.
+    eventually(Duration::from_secs(10), "the death in the log", || sidecar.log().contains(&reported).then_some(()));
+    let log = sidecar.log();
     assert_eq!(log.matches(&reported).count(), 1, "one error line for the death:\n{log}");
 
     let status = sidecar.stop();
