@@ -49,7 +49,7 @@ async fn run(options: Options) -> Result<ExitCode, String> {
     let settings =
         SinkSettings { pachd_token_file: options.pachd_token_file.clone(), pachd_token: options.pachd_token.clone() };
     let sink = spec.open(&settings).map_err(|e| format!("cannot open sink {spec}: {e}"))?;
-    let pipeline = Pipeline::start(&options, sink).map_err(|e| format!("cannot start the sink thread: {e}"))?;
+    let pipeline = Pipeline::start(&options, sink).map_err(|e| e.to_string())?;
     let api = Arc::new(pipeline.api(&options, token));
     let Pipeline { intake, health, shutdown: stop, sink_name, sink_thread } = pipeline;
     let mut listeners = Listeners::bind(&options, api).await?;

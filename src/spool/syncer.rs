@@ -1,0 +1,75 @@
+//! The group-commit syncer: one thread that makes what was written durable.
+//!
+//! With `--spool-sync always` it syncs as soon as something is written and the
+//! previous sync has ended, so every request that arrived during one `fdatasync`
+//! shares the next: under load a sync covers many requests, and when idle a single
+//! request waits for one sync only. With a duration, it syncs that often instead.
+
+use std::fs::File;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::{Spool, SpoolSync, Synced};
+use crate::metrics::METRICS;
+
+/// How long the thread waits for writes before checking whether the spool is gone.
+const IDLE: Duration = Duration::from_millis(500);
+/// After a failed sync, a pause so that a broken disk does not spin the thread.
+const AFTER_FAILURE: Duration = Duration::from_millis(100);
+
+pub fn start(spool: &Arc<Spool>) -> std::io::Result<()> {
+    let spool = Arc::downgrade(spool);
+    std::thread::Builder::new().name("spool-sync".into()).spawn(move || run(spool))?;
+    Ok(())
+}
+
+fn run(spool: Weak<Spool>) {
+    while let Some(spool) = spool.upgrade() {
+        if let SpoolSync::Every(every) = spool.sync {
+            std::thread::sleep(every);
+        }
+        sync_once(&spool);
+    }
+}
+
+/// Waits (up to `IDLE`) for unsynced writes and syncs them.
+fn sync_once(spool: &Spool) {
+    let (target, appended, files, dir) = {
+        let state = spool.state.lock().unwrap();
+        let (mut state, _) = spool.wrote.wait_timeout_while(state, IDLE, |s| s.appended <= s.synced_appended).unwrap();
+        if state.appended <= state.synced_appended {
+            return;
+        }
+        let mut files: Vec<Arc<File>> = std::mem::take(&mut state.to_sync);
+        files.extend(state.active.clone());
+        (state.written_seq, state.appended, files, std::mem::take(&mut state.dir_dirty))
+    };
+    let started = Instant::now();
+    let result = files.iter().try_for_each(|f| f.sync_data()).and_then(|()| match dir {
+        true => File::open(&spool.dir).and_then(|d| d.sync_all()),
+        false => Ok(()),
+    });
+    METRICS.spool_sync_duration.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            let mut state = spool.state.lock().unwrap();
+            (state.synced_appended, state.sync_failing) = (appended, false);
+            drop(state);
+            spool.sync_done.notify_all();
+            spool.synced.send_modify(|s| *s = Synced { seq: target, failed: None });
+        }
+        Err(error) => {
+            tracing::error!("syncing the spool {} failed: {error}", spool.dir.display());
+            // The writes stay unsynced: the next round tries again, waiters up to
+            // `target` hear now (503), since the kernel may have dropped their pages.
+            let mut state = spool.state.lock().unwrap();
+            state.dir_dirty |= dir;
+            state.to_sync.extend(files);
+            state.sync_failing = true;
+            drop(state);
+            spool.sync_done.notify_all();
+            spool.synced.send_modify(|s| s.failed = Some((target, error.to_string().into())));
+            std::thread::sleep(AFTER_FAILURE);
+        }
+    }
+}
