@@ -149,6 +149,8 @@ struct State {
     sync_failing: bool,
     committed: u64,
     next_number: u64,
+    /// The spool is being dropped: the syncer ends.
+    closing: bool,
     /// Why the last write failed, while it keeps failing (one log line per change).
     failure: Option<String>,
 }
@@ -158,14 +160,24 @@ pub struct Spool {
     dir: PathBuf,
     sync: SpoolSync,
     segment_bytes: u64,
+    shared: Arc<Shared>,
+    budget: Budget,
+    /// Joined on drop, so the lock is let go only once nothing touches the files.
+    syncer: Option<std::thread::JoinHandle<()>>,
+    _lock: SpoolLock,
+}
+
+/// What the syncer thread shares with the spool.
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    sync: SpoolSync,
     state: Mutex<State>,
-    /// Tells the syncer something was written.
+    /// Tells the syncer something was written (or that the spool is closing).
     wrote: Condvar,
     /// Tells [`Spool::wait_synced`] the syncer has made progress.
     sync_done: Condvar,
     synced: watch::Sender<Synced>,
-    budget: Budget,
-    _lock: SpoolLock,
 }
 
 /// The spool's line of `/status`.
@@ -231,10 +243,9 @@ impl Spool {
         }
         let recovered = replay::recover(records);
         let budget = Budget::with_gauges(config.max_bytes, &METRICS.spool_bytes, &METRICS.spool_limit_bytes);
-        let spool = Arc::new(Self {
-            dir,
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
             sync: config.sync,
-            segment_bytes: config.segment_bytes(),
             state: Mutex::new(State {
                 segments: VecDeque::new(),
                 active: None,
@@ -246,19 +257,31 @@ impl Spool {
                 sync_failing: false,
                 committed: recovered.committed,
                 next_number: numbered.last().map_or(1, |(n, _)| n + 1),
+                closing: false,
                 failure: None,
             }),
             wrote: Condvar::new(),
             sync_done: Condvar::new(),
             synced: watch::Sender::new(Synced { seq: recovered.max_seq, failed: None }),
+        });
+        let syncer = match config.sync {
+            SpoolSync::Never => None,
+            _ => Some(syncer::start(shared.clone()).map_err(io_error("starting the syncer thread for", &dir))?),
+        };
+        let spool = Arc::new(Self {
+            dir,
+            sync: config.sync,
+            segment_bytes: config.segment_bytes(),
+            shared,
             budget,
+            syncer,
             _lock: lock,
         });
         for segment in &segments {
             spool.budget.force(segment.charged);
         }
-        spool.state.lock().unwrap().segments = segments;
-        spool.delete_committed(spool.state.lock().unwrap());
+        spool.shared.state.lock().unwrap().segments = segments;
+        spool.delete_committed(spool.shared.state.lock().unwrap());
         METRICS.spool_replayed_messages.inc_by(recovered.messages());
         if recovered.messages() > 0 {
             tracing::info!(
@@ -266,9 +289,6 @@ impl Spool {
                 messages = recovered.messages(),
                 "the spool holds messages a previous run accepted and did not commit: committing them first"
             );
-        }
-        if spool.sync != SpoolSync::Never {
-            syncer::start(&spool).map_err(io_error("starting the syncer thread for", &spool.dir))?;
         }
         Ok((spool, recovered))
     }
@@ -288,7 +308,7 @@ impl Spool {
         if self.sync != SpoolSync::Always {
             return Ok(());
         }
-        let mut synced = self.synced.subscribe();
+        let mut synced = self.shared.synced.subscribe();
         let covered = |s: &Synced| s.seq >= seq || s.failed.as_ref().is_some_and(|(through, _)| *through >= seq);
         // The sender lives in `self`, so waiting cannot fail while we borrow it.
         let state = synced.wait_for(covered).await.expect("the spool outlives its waiters").clone();
@@ -305,20 +325,20 @@ impl Spool {
         if self.sync == SpoolSync::Never {
             return;
         }
-        let state = self.state.lock().unwrap();
+        let state = self.shared.state.lock().unwrap();
         let target = state.appended;
         // A failing sync does not hold commits back: the batch is in memory and the
         // failure is logged; only rebuilding it exactly after a power cut is at stake.
-        drop(self.sync_done.wait_while(state, |s| s.synced_appended < target && !s.sync_failing));
+        drop(self.shared.sync_done.wait_while(state, |s| s.synced_appended < target && !s.sync_failing));
     }
 
     /// The spool cannot be written at the moment (disk full, read-only, I/O errors).
     pub fn failure(&self) -> Option<String> {
-        self.state.lock().unwrap().failure.clone()
+        self.shared.state.lock().unwrap().failure.clone()
     }
 
     pub fn status(&self) -> SpoolStatus {
-        let state = self.state.lock().unwrap();
+        let state = self.shared.state.lock().unwrap();
         SpoolStatus {
             dir: self.dir.clone(),
             sync: self.sync.to_string(),
@@ -326,7 +346,7 @@ impl Spool {
             limit_bytes: self.budget.limit(),
             segments: state.segments.len(),
             written_seq: state.written_seq,
-            synced_seq: self.synced.borrow().seq,
+            synced_seq: self.shared.synced.borrow().seq,
             committed_seq: state.committed,
             error: state.failure.clone(),
         }
@@ -335,7 +355,7 @@ impl Spool {
     /// Every message up to `seq` is committed: marks it, and deletes the segments
     /// that hold nothing past it. Called by the ledger as each batch commits.
     pub fn committed(&self, seq: u64) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.shared.state.lock().unwrap();
         if seq <= state.committed {
             return;
         }
@@ -404,7 +424,7 @@ impl Spool {
         if state.failure.take().is_some() {
             tracing::info!("the spool {} is writable again", self.dir.display());
         }
-        self.wrote.notify_one();
+        self.shared.wrote.notify_one();
         Ok(())
     }
 
@@ -444,6 +464,16 @@ impl Spool {
     }
 }
 
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap().closing = true;
+        self.shared.wrote.notify_all();
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
+    }
+}
+
 impl Journal for Spool {
     fn append(&self, messages: &[Message]) -> Result<(), JournalError> {
         let mut headers = BytesMut::with_capacity(messages.len() * HEADER_LEN);
@@ -472,7 +502,7 @@ impl Journal for Spool {
             charged += (HEADER_LEN + m.name.as_ref().map_or(0, String::len)) as u64 + m.payload.len();
         }
         let max_seq = messages.last().map_or(0, |m| m.seq);
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.shared.state.lock().unwrap();
         self.write(&mut state, &chunks, charged, max_seq).map_err(|e| JournalError(e.to_string()))
     }
 
@@ -480,7 +510,7 @@ impl Journal for Spool {
         let body = last.to_le_bytes();
         let header = Header { kind: Kind::Sealed, line: false, body_len: 8, name_len: 0, seq: first };
         let chunks = [Bytes::copy_from_slice(&header.encode([&body[..]])), Bytes::copy_from_slice(&body)];
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.shared.state.lock().unwrap();
         // Lost, the seal only means a restart batches these messages afresh; the
         // failure is logged and shows in /status.
         let _ = self.write(&mut state, &chunks, 0, last);
@@ -511,4 +541,86 @@ fn quarantine(dir: &Path, segment: &Path, damage: &salvage::Damage) -> Result<()
         path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Payload;
+
+    fn config(dir: &Path, max_bytes: u64) -> SpoolConfig {
+        SpoolConfig { dir: dir.to_owned(), sync: SpoolSync::Always, max_bytes }
+    }
+
+    fn messages(seqs: std::ops::RangeInclusive<u64>, size: usize) -> Vec<Message> {
+        seqs.map(|seq| Message {
+            seq,
+            name: (seq % 2 == 0).then(|| format!("f/{seq}")),
+            payload: Payload::from(vec![Bytes::from(vec![b'a'; size / 2]), Bytes::from(vec![b'b'; size - size / 2])]),
+            line: seq % 3 == 0,
+        })
+        .collect()
+    }
+
+    fn seqs(batch: &[Message]) -> Vec<u64> {
+        batch.iter().map(|m| m.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn what_was_written_comes_back_as_it_was_batched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, recovered) = Spool::open(&config(dir.path(), 1 << 20)).unwrap();
+        assert_eq!(recovered.messages(), 0);
+        spool.append(&messages(1..=3, 10)).unwrap();
+        spool.sealed(1, 3);
+        spool.append(&messages(4..=5, 10)).unwrap();
+        spool.sealed(4, 5);
+        spool.append(&messages(6..=6, 10)).unwrap();
+        spool.durable(6).await.unwrap();
+        spool.committed(3);
+        assert_eq!(spool.status().synced_seq, 6);
+        drop(spool);
+        let (spool, recovered) = Spool::open(&config(dir.path(), 1 << 20)).unwrap();
+        assert_eq!(recovered.sealed.iter().map(|b| seqs(b)).collect::<Vec<_>>(), [vec![4, 5]]);
+        assert_eq!(seqs(&recovered.open), [6]);
+        let four = &recovered.sealed[0][0];
+        assert_eq!(
+            (four.name.as_deref(), four.line, four.payload.to_vec()),
+            (Some("f/4"), false, b"aaaaabbbbb".to_vec())
+        );
+        assert!(recovered.open[0].line);
+        assert_eq!(recovered.max_seq, 6);
+        assert_eq!(spool.status().committed_seq, 3);
+    }
+
+    #[test]
+    fn committed_segments_are_deleted_and_their_room_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments of 64 KiB: 1,000-byte messages fill one in about 64.
+        let (spool, _) = Spool::open(&config(dir.path(), 512 << 10)).unwrap();
+        for first in (1..=400).step_by(10) {
+            let batch = messages(first..=first + 9, 1000);
+            let incoming: Vec<Incoming> = batch
+                .iter()
+                .map(|m| Incoming { name: m.name.clone(), payload: m.payload.clone(), line: m.line })
+                .collect();
+            spool.budget().force(Spool::record_bytes(&incoming));
+            spool.append(&batch).unwrap();
+            spool.sealed(first, first + 9);
+        }
+        let segments = spool.status().segments;
+        assert!(segments >= 6, "{segments} segments");
+        spool.committed(200);
+        let half = spool.status();
+        assert!(half.segments < segments && half.segments > 1, "{} of {segments} left", half.segments);
+        assert!(half.used_bytes < 300 * 1100 && half.used_bytes > 190 * 1000, "{} bytes left", half.used_bytes);
+        spool.committed(400);
+        let status = spool.status();
+        assert_eq!((status.segments, status.used_bytes), (0, 0));
+        let files: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files, ["lock"]);
+        drop(spool);
+        let (_, recovered) = Spool::open(&config(dir.path(), 512 << 10)).unwrap();
+        assert_eq!(recovered.messages(), 0);
+    }
 }

@@ -6,39 +6,41 @@
 //! request waits for one sync only. With a duration, it syncs that often instead.
 
 use std::fs::File;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Spool, SpoolSync, Synced};
+use super::{Shared, SpoolSync, Synced};
 use crate::metrics::METRICS;
 
-/// How long the thread waits for writes before checking whether the spool is gone.
-const IDLE: Duration = Duration::from_millis(500);
 /// After a failed sync, a pause so that a broken disk does not spin the thread.
 const AFTER_FAILURE: Duration = Duration::from_millis(100);
 
-pub fn start(spool: &Arc<Spool>) -> std::io::Result<()> {
-    let spool = Arc::downgrade(spool);
-    std::thread::Builder::new().name("spool-sync".into()).spawn(move || run(spool))?;
-    Ok(())
+/// Starts the thread; it ends once the spool is closing.
+pub fn start(spool: Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("spool-sync".into()).spawn(move || run(&spool))
 }
 
-fn run(spool: Weak<Spool>) {
-    while let Some(spool) = spool.upgrade() {
+fn run(spool: &Shared) {
+    loop {
         if let SpoolSync::Every(every) = spool.sync {
-            std::thread::sleep(every);
+            let state = spool.state.lock().unwrap();
+            // Sleeps `every`, waking early only to close.
+            drop(spool.wrote.wait_timeout_while(state, every, |s| !s.closing).unwrap());
         }
-        sync_once(&spool);
+        if !sync_once(spool) {
+            return;
+        }
     }
 }
 
-/// Waits (up to `IDLE`) for unsynced writes and syncs them.
-fn sync_once(spool: &Spool) {
+/// Waits for unsynced writes and syncs them; false once the spool is closing.
+fn sync_once(spool: &Shared) -> bool {
     let (target, appended, files, dir) = {
         let state = spool.state.lock().unwrap();
-        let (mut state, _) = spool.wrote.wait_timeout_while(state, IDLE, |s| s.appended <= s.synced_appended).unwrap();
-        if state.appended <= state.synced_appended {
-            return;
+        let mut state = spool.wrote.wait_while(state, |s| s.appended <= s.synced_appended && !s.closing).unwrap();
+        if state.closing {
+            return false;
         }
         let mut files: Vec<Arc<File>> = std::mem::take(&mut state.to_sync);
         files.extend(state.active.clone());
@@ -72,4 +74,5 @@ fn sync_once(spool: &Spool) {
             std::thread::sleep(AFTER_FAILURE);
         }
     }
+    true
 }
