@@ -20,9 +20,13 @@ fn pseudo_random(bound: u64) -> u64 {
     nanos.wrapping_mul(6364136223846793005).rotate_right(17) % bound
 }
 
+/// Ids from here on are big messages (16 KB), to fill a small disk.
+const BIG: u64 = 1 << 20;
+
 /// Message `id`: unique, of a length that varies with it.
 fn message(id: u64) -> String {
-    format!("{{\"id\":{id},\"pad\":\"{}\"}}", "p".repeat((id % 97) as usize))
+    let pad = if id >= BIG { 16_000 } else { (id % 97) as usize };
+    format!("{{\"id\":{id},\"pad\":\"{}\"}}", "p".repeat(pad))
 }
 
 /// Sends NDJSON requests of 1 to 5 messages without waiting for commits, recording
@@ -274,4 +278,106 @@ fn a_second_sidecar_on_the_same_spool_refuses_to_start() {
     send_each(&first, 0..3);
     drain(first);
     assert_eq!(committed_ids(&tmp.path().join("a")).len(), 3, "the first one carries on");
+}
+
+/// A tmpfs of `size` mounted for one test, unmounted however the test ends.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&at).unwrap();
+        Self::run(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", at.to_str().unwrap()]);
+        Tmpfs(at)
+    }
+
+    /// Remounts `ro` or `rw`. Read-only waits until no file is open for writing there
+    /// (the spool closes a segment once everything in it is committed).
+    fn remount(&self, mode: &str) {
+        let args = ["-o", &format!("remount,{mode}"), self.0.to_str().unwrap()];
+        eventually(Duration::from_secs(10), "remounting", || Self::try_run(&args).then_some(()));
+    }
+
+    fn run(args: &[&str]) {
+        assert!(Self::try_run(args), "mount {args:?} failed: this test needs root (CAP_SYS_ADMIN) for a small tmpfs");
+    }
+
+    fn try_run(args: &[&str]) -> bool {
+        Command::new("mount").args(args).stderr(Stdio::null()).status().expect("run mount").success()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Posts message `id` once: its status and error kind.
+fn post_once(conn: &mut Connection, id: u64) -> (u16, String) {
+    let answer = conn.request("POST", "/messages", &[("Content-Type", "application/x-ndjson")], message(id).as_bytes());
+    let kind = if answer.status == 202 { String::new() } else { answer.json()["error"].as_str().unwrap().to_owned() };
+    (answer.status, kind)
+}
+
+#[test]
+fn a_full_or_read_only_spool_answers_503_accepts_nothing_it_refused_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(tmp.path().join("disk"), "1m");
+    let root = tmp.path().join("out");
+    let sink = format!("dir:{}", root.display());
+    let spool = disk.0.join("spool").display().to_string();
+    let mut args = spool_args(&sink, &spool);
+    args.extend(["--max-batch-age", "1h", "--max-batch-bytes", "64MiB"]);
+    let sidecar = Sidecar::start(&args);
+    let mut conn = Connection::tcp(&sidecar.addr);
+    let (mut acked, mut refused) = (BTreeSet::new(), BTreeSet::new());
+    let mut id = BIG;
+    while refused.is_empty() {
+        assert!(id < BIG + 100, "1 MiB never filled");
+        match post_once(&mut conn, id) {
+            (202, _) => acked.insert(id),
+            (503, kind) if kind == "spool_unwritable" => refused.insert(id),
+            other => panic!("{other:?}"),
+        };
+        id += 1;
+    }
+    assert!(acked.len() > 30, "{} messages fit in 1 MiB", acked.len());
+    for _ in 0..5 {
+        assert_eq!(post_once(&mut conn, id), (503, "spool_unwritable".into()));
+        refused.insert(id);
+        id += 1;
+    }
+    let ready = client::get(&sidecar.addr, "/readyz");
+    assert_eq!(ready.status, 503);
+    assert!(ready.text().contains("the disk spool cannot be written"), "{}", ready.text());
+    let status = client::get(&sidecar.addr, "/status").json();
+    assert!(status["spool"]["error"].as_str().unwrap().contains("No space left on device"), "{status}");
+    assert_eq!(sidecar.log().matches("the spool cannot be written").count(), 1, "one line per change");
+
+    // Committing what it holds frees the disk; the next request is accepted.
+    let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
+    assert_eq!(flushed.status, 200, "{}", flushed.text());
+    assert_eq!(post_once(&mut conn, id), (202, String::new()));
+    acked.insert(id);
+    id += 1;
+    assert_eq!(sidecar.log().matches("is writable again").count(), 1);
+    assert_eq!(client::get(&sidecar.addr, "/readyz").status, 200);
+
+    // A file system remounted read-only (once the spool has nothing open to write,
+    // all of it committed), then writable again.
+    let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
+    assert_eq!(flushed.status, 200, "{}", flushed.text());
+    disk.remount("ro");
+    assert_eq!(post_once(&mut conn, id), (503, "spool_unwritable".into()));
+    refused.insert(id);
+    id += 1;
+    disk.remount("rw");
+    assert_eq!(post_once(&mut conn, id), (202, String::new()));
+    acked.insert(id);
+    assert_eq!(sidecar.log().matches("the spool cannot be written").count(), 2);
+    assert_eq!(sidecar.log().matches("is writable again").count(), 2);
+
+    drain(sidecar);
+    let committed = committed_ids(&root);
+    assert_eq!(committed, acked.iter().map(|&id| (id, 1)).collect(), "every 202 once, no 503 committed");
 }

@@ -1,10 +1,11 @@
 //! One sidecar per spool: an exclusive `flock` on `DIR/lock`, held for the process's
 //! life. The kernel drops it when the process dies, however it dies, so a crash never
 //! leaves a stale lock for a human to delete. The file names the holder's pid, for the
-//! message a second sidecar gives.
+//! message a second sidecar gives. The lock is held on a read-only descriptor, so the
+//! spool's file system can be remounted read-only while the sidecar runs.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -19,8 +20,8 @@ impl SpoolLock {
     pub fn acquire(dir: &Path) -> Result<Self, SpoolError> {
         let path = dir.join("lock");
         let io_error = |source| SpoolError::Io { doing: "opening", path: path.clone(), source };
-        let mut file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_error)?;
+        OpenOptions::new().write(true).create(true).truncate(false).open(&path).map_err(io_error)?;
+        let mut file = File::open(&path).map_err(io_error)?;
         // SAFETY: flock on a descriptor we own; it stays open as long as the lock is held.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = io::Error::last_os_error();
@@ -32,7 +33,7 @@ impl SpoolLock {
             return Err(SpoolError::Locked { dir: dir.to_owned(), holder: holder.trim().to_owned() });
         }
         let pid = std::process::id().to_string();
-        file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(pid.as_bytes())).map_err(io_error)?;
+        std::fs::write(&path, pid).map_err(io_error)?;
         Ok(Self { _file: file })
     }
 }
