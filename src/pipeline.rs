@@ -110,6 +110,14 @@ fn replay(batcher: &Batcher, budget: &Budget, recovered: Recovered) {
         charge(messages.iter().map(|m| m.payload.len()).sum(), messages.len() as u64)
     };
     for batch in recovered.sealed {
+        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+            tracing::debug!(
+                first_seq = first.seq,
+                last_seq = last.seq,
+                messages = batch.len(),
+                "replaying a sealed batch"
+            );
+        }
         budget.force(cost(&batch));
         batcher.replay_sealed(batch);
     }

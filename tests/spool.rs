@@ -2,6 +2,8 @@
 //! (replayed at restart, exactly once into `dir:`), damaged spools are salvaged, a
 //! second sidecar is kept out, and a full disk answers 503 and recovers.
 
+#[path = "pfs/fake.rs"]
+mod fake;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fake::FakePachd;
 use support::client::{self, Connection};
 use support::sidecar::{dir_commits, eventually, wait_exit, Sidecar, BIN};
 
@@ -74,19 +77,18 @@ fn drain(sidecar: Sidecar) -> String {
     log
 }
 
-#[test]
-fn kill_9_at_random_moments_commits_every_202_exactly_once_into_dir() {
+/// `ROUNDS` times: starts the sidecar on `sink` and `spool`, has 4 clients send without
+/// waiting for commits, and kills it with SIGKILL 50 to 350 ms in. Then starts it once
+/// more and commits what is left. Returns the ids answered 202, and how many messages
+/// the restarts replayed from the spool.
+fn crash_rounds(sink: &str, spool: &str) -> (BTreeSet<u64>, u64) {
     const ROUNDS: usize = 20;
     const CLIENTS: usize = 4;
-    let tmp = tempfile::tempdir().unwrap();
-    let (root, spool) = (tmp.path().join("out"), tmp.path().join("spool"));
-    let sink = format!("dir:{}", root.display());
-    let spool = spool.display().to_string();
     let next_id = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let mut replayed = 0;
     for _ in 0..ROUNDS {
-        let mut args = spool_args(&sink, &spool);
+        let mut args = spool_args(sink, spool);
         args.extend(["--max-batch-age", "20ms", "--max-batch-messages", "64"]);
         let mut sidecar = Sidecar::start(&args);
         replayed += sidecar.metric("spout_spool_replayed_messages_total");
@@ -103,17 +105,61 @@ fn kill_9_at_random_moments_commits_every_202_exactly_once_into_dir() {
             client.join().unwrap();
         }
     }
-    let last = Sidecar::start(&spool_args(&sink, &spool));
+    let last = Sidecar::start(&spool_args(sink, spool));
     replayed += last.metric("spout_spool_replayed_messages_total");
     drain(last);
-    let committed = committed_ids(&root);
-    let acked = acked.lock().unwrap();
+    let acked = Arc::try_unwrap(acked).unwrap().into_inner().unwrap();
     assert!(acked.len() > 1000, "only {} messages were answered 202", acked.len());
     assert!(replayed > 0, "no round left anything in the spool to replay: the test proved nothing");
+    (acked, replayed)
+}
+
+/// Asserts every id in `acked` is committed once (`committed` counts each id found).
+fn assert_each_once(acked: &BTreeSet<u64>, committed: &BTreeMap<u64, usize>) {
     let doubled: Vec<_> = committed.iter().filter(|(_, &n)| n > 1).collect();
     assert!(doubled.is_empty(), "committed more than once: {doubled:?}");
     let lost: Vec<_> = acked.iter().filter(|id| !committed.contains_key(id)).collect();
     assert!(lost.is_empty(), "{} of {} messages answered 202 are not committed: {lost:?}", lost.len(), acked.len());
+}
+
+#[test]
+fn kill_9_at_random_moments_commits_every_202_exactly_once_into_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("out");
+    let sink = format!("dir:{}", root.display());
+    let (acked, replayed) = crash_rounds(&sink, &tmp.path().join("spool").display().to_string());
+    let committed = committed_ids(&root);
+    assert_each_once(&acked, &committed);
+    eprintln!("{} answered 202, {} committed, {replayed} replayed at restarts", acked.len(), committed.len());
+}
+
+#[test]
+fn kill_9_at_random_moments_commits_every_202_exactly_once_into_pfs() {
+    let mut pachd = FakePachd::start(None, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (acked, replayed) = crash_rounds(&pachd.uri("spooled@master"), &tmp.path().join("spool").display().to_string());
+    let state = pachd.state();
+    assert!(state.commits.iter().all(|c| c.finished && c.error.is_empty()), "no open or failed commit left");
+    let mut identities = BTreeSet::new();
+    for commit in state.commits_of("spooled") {
+        // The batch number is each run's own; the seq range is the batch.
+        let (_, seqs) = commit.description.rsplit_once(", seq ").expect("a batch's identity");
+        assert!(identities.insert(seqs.to_owned()), "one commit per batch: {}", commit.description);
+    }
+    let mut committed = BTreeMap::new();
+    for (_, bytes) in state.files("spooled", "master") {
+        // A batch committed twice would have appended its files to themselves.
+        let values: Vec<serde_json::Value> =
+            serde_json::Deserializer::from_slice(&bytes).into_iter().map(Result::unwrap).collect();
+        for value in values {
+            *committed.entry(value["id"].as_u64().unwrap()).or_insert(0) += 1;
+        }
+        let id = serde_json::from_slice::<serde_json::Value>(&bytes).map(|v| v["id"].as_u64().unwrap());
+        if let Ok(id) = id {
+            assert_eq!(bytes, message(id).into_bytes(), "bytes unchanged");
+        }
+    }
+    assert_each_once(&acked, &committed);
     eprintln!("{} answered 202, {} committed, {replayed} replayed at restarts", acked.len(), committed.len());
 }
 
@@ -380,4 +426,60 @@ fn a_full_or_read_only_spool_answers_503_accepts_nothing_it_refused_and_recovers
     drain(sidecar);
     let committed = committed_ids(&root);
     assert_eq!(committed, acked.iter().map(|&id| (id, 1)).collect(), "every 202 once, no 503 committed");
+}
+
+#[test]
+fn a_replayed_batch_pachd_already_holds_is_not_committed_twice() {
+    let mut pachd = FakePachd::start(None, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, snapshot) = (tmp.path().join("spool"), tmp.path().join("snapshot"));
+    let (sink, spool_arg) = (pachd.uri("held@master"), spool.display().to_string());
+    let mut args = spool_args(&sink, &spool_arg);
+    args.extend(["--max-batch-messages", "10"]);
+    let mut sidecar = Sidecar::start(&args);
+    // A first batch, committed and marked as such in the spool.
+    send_each(&sidecar, 0..10);
+    eventually(Duration::from_secs(20), "the first commit", || {
+        (pachd.state().commits_of("held").iter().filter(|c| c.finished).count() == 1).then_some(())
+    });
+    // The second one's FinishCommit is slow: the spool is copied while it is sealed
+    // and in flight, as a crash between the commit and its mark would leave it.
+    pachd.faults(serde_json::json!({"slow_finish": 2.0}));
+    send_each(&sidecar, 10..20);
+    eventually(Duration::from_secs(20), "the second commit under way", || {
+        (pachd.state().calls("FinishCommit") == 1).then_some(())
+    });
+    std::fs::create_dir(&snapshot).unwrap();
+    for segment in segments(&spool) {
+        std::fs::copy(&segment, snapshot.join(segment.file_name().unwrap())).unwrap();
+    }
+    eventually(Duration::from_secs(20), "the second commit", || {
+        (pachd.state().commits_of("held").iter().filter(|c| c.finished).count() == 2).then_some(())
+    });
+    sidecar.child.kill().unwrap();
+    sidecar.child.wait().unwrap();
+    for segment in segments(&spool) {
+        std::fs::remove_file(segment).unwrap();
+    }
+    for saved in std::fs::read_dir(&snapshot).unwrap() {
+        let saved = saved.unwrap().path();
+        std::fs::copy(&saved, spool.join(saved.file_name().unwrap())).unwrap();
+    }
+    pachd.faults(serde_json::json!({}));
+
+    let sidecar = Sidecar::start(&spool_args(&sink, &spool_arg));
+    assert_eq!(sidecar.metric("spout_spool_replayed_messages_total"), 10, "the second batch only");
+    send_each(&sidecar, 20..25);
+    let log = drain(sidecar);
+    assert!(log.contains("a replayed batch is in the branch already"), "{log}");
+    let state = pachd.state();
+    let commits = state.commits_of("held");
+    assert_eq!(commits.len(), 3, "one commit per batch: {commits:?}");
+    assert!(commits.iter().all(|c| c.finished && c.error.is_empty()));
+    let files = state.files("held", "master");
+    assert_eq!(files.len(), 25);
+    for bytes in files.values() {
+        let id = serde_json::from_slice::<serde_json::Value>(bytes).unwrap()["id"].as_u64().unwrap();
+        assert_eq!(bytes, &message(id).into_bytes(), "written once, bytes unchanged");
+    }
 }

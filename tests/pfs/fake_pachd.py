@@ -257,6 +257,8 @@ class Pachd(pfs_pb2_grpc.APIServicer):
         with self.lock:
             commit = self.commit(request.commit, context)
             info = pfs_pb2.CommitInfo(commit=commit.proto(), description=commit.description, error=commit.error)
+            if commit.parent is not None:
+                info.parent_commit.CopyFrom(commit.parent.proto())
             if commit.finishing is not None:
                 info.finishing.CopyFrom(commit.finishing)
                 info.finished.CopyFrom(commit.finishing)

@@ -16,6 +16,15 @@
 //! open head (our commits carry [`MARKER`] in their description); a ModifyFile
 //! stream that failed anywhere is followed by ClearCommit before the next one; a
 //! FinishCommit that failed is checked with InspectCommit before it is repeated.
+//!
+//! A batch replayed from the disk spool may have landed before the crash: before it is
+//! started, the branch's recent commits are walked back (InspectCommit, parent by
+//! parent) for a commit whose description carries its identity ([`BatchIdentity`]).
+//! A finished one is the batch's commit, and nothing is written. An open one is what
+//! the crash interrupted; the dead run's FinishCommit may still be on its way, so it is
+//! given [`REMNANT_WAIT`] to finish (then it is the batch's commit), and is otherwise
+//! cleared and refilled. A FinishCommit later than that, landing after the clear,
+//! would finish the commit with part of the batch: the one window left.
 //! Once a ModifyFile stream has succeeded the commit is never cleared again, so a
 //! slow FinishCommit that lands late cannot finish a half-cleared commit.
 
@@ -25,6 +34,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 
 use super::client::{BadAddress, Pachd, TokenError};
+use super::identity::BatchIdentity;
 use super::proto::pfs_v2::Commit;
 use super::requests::modify_file_requests;
 use crate::cancel::Cancel;
@@ -36,6 +46,21 @@ use crate::sink::{SinkContext, SinkState};
 /// Starts the description of every commit the sidecar opens, so that after a lost
 /// StartCommit answer or a crash the open commit is recognised as ours.
 pub const MARKER: &str = "spout-sidecar";
+
+/// How many commits back a replayed batch looks for itself, at most: a crash leaves
+/// only the batches in flight unrecorded, and the walk stops at the first older batch.
+const LANDED_LOOKBACK: usize = 256;
+
+/// How long an open commit of a replayed batch, left by a crash, is given to finish
+/// (a FinishCommit the dead run sent, still in pachd) before it is taken over.
+pub const REMNANT_WAIT: Duration = Duration::from_secs(3);
+
+/// Where a replayed batch's commit is, if anywhere.
+enum Found {
+    Finished(String),
+    Open(Commit),
+    Nowhere,
+}
 
 /// How long giving up may spend cleaning up the open commit.
 const ABANDON_TIMEOUT: Duration = Duration::from_secs(3);
@@ -106,6 +131,8 @@ pub struct BatchFiles<'a> {
     pub files: &'a Arc<[CommitFile]>,
     pub bytes: u64,
     pub description: String,
+    /// A batch a previous run sealed, and may have committed: who it is.
+    pub replayed: Option<BatchIdentity>,
 }
 
 pub struct Committer {
@@ -170,8 +197,28 @@ impl Committer {
         }
         loop {
             match step {
-                CommitStep::Start => *step = self.open_commit(&batch.description).await?,
+                CommitStep::Start => {
+                    if let Some(identity) = &batch.replayed {
+                        match self.find(identity).await? {
+                            Found::Finished(id) => return Ok(landed(id)),
+                            Found::Open(commit) => {
+                                if self.finishes_within(&commit, REMNANT_WAIT).await? {
+                                    return Ok(landed(commit.id));
+                                }
+                                tracing::info!(commit = %commit.id, "refilling the replayed batch's commit a crash left open");
+                                *step = CommitStep::Write { commit, dirty: true };
+                                continue;
+                            }
+                            Found::Nowhere => {}
+                        }
+                    }
+                    *step = self.open_commit(&batch.description).await?
+                }
                 CommitStep::Write { commit, dirty } => {
+                    if *dirty && batch.replayed.is_some() && self.is_finishing(commit).await? {
+                        // A dead run's FinishCommit landed after all.
+                        return Ok(landed(commit.id.clone()));
+                    }
                     if *dirty {
                         self.pachd.clear_commit(commit).await.map_err(|s| self.rpc_error("ClearCommit", s))?;
                     }
@@ -235,6 +282,41 @@ impl Committer {
         Ok(Some(info.commit.unwrap_or(head)))
     }
 
+    /// The commit on the branch that holds the batch `identity`, if any: walks back
+    /// from the head until a batch older than it. A commit finished with an error (a
+    /// batch given up) does not count.
+    async fn find(&mut self, identity: &BatchIdentity) -> Result<Found, AttemptError> {
+        let mut next = self.pachd.branch_head().await.map_err(|s| self.rpc_error("InspectBranch", s))?;
+        for _ in 0..LANDED_LOOKBACK {
+            let Some(commit) = next else { break };
+            let info = self.pachd.inspect_commit(&commit).await.map_err(|s| self.rpc_error("InspectCommit", s))?;
+            let commit = info.commit.clone().unwrap_or(commit);
+            match BatchIdentity::parse(&info.description) {
+                Some(found) if found == *identity && info.finishing.is_none() => return Ok(Found::Open(commit)),
+                Some(found) if found == *identity && info.error.is_empty() => return Ok(Found::Finished(commit.id)),
+                Some(found) if found.last_seq < identity.first_seq => break,
+                _ => {}
+            }
+            next = info.parent_commit;
+        }
+        Ok(Found::Nowhere)
+    }
+
+    /// Whether `commit` is finishing now or within `wait`.
+    async fn finishes_within(&mut self, commit: &Commit, wait: Duration) -> Result<bool, AttemptError> {
+        const POLL: Duration = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.is_finishing(commit).await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     async fn is_finishing(&mut self, commit: &Commit) -> Result<bool, AttemptError> {
         let info = self.pachd.inspect_commit(commit).await.map_err(|s| self.rpc_error("InspectCommit", s))?;
         Ok(info.finishing.is_some())
@@ -295,6 +377,12 @@ impl Committer {
         self.ctx.health.failing(error.state(), error.kind(), error);
         tracing::debug!(kind = error.kind(), "pfs attempt failed: {error}");
     }
+}
+
+/// The id of a replayed batch's commit found in the branch, logged.
+fn landed(id: String) -> String {
+    tracing::info!(commit = %id, "a replayed batch is in the branch already: not committed again");
+    id
 }
 
 /// Sleeps `delay` unless giving up meanwhile.

@@ -17,6 +17,7 @@
 
 mod client;
 mod committer;
+mod identity;
 pub mod proto;
 mod requests;
 pub mod target;
@@ -30,11 +31,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::mpsc;
 
 use self::client::Pachd;
-use self::committer::{AttemptError, BatchFiles, Committer, MARKER};
+use self::committer::{AttemptError, BatchFiles, Committer};
+use self::identity::BatchIdentity;
 pub use self::target::{detect_worker, Target, TokenSource};
 use super::runner::{spawn_watched, InjectedPanic};
 use super::spec::{BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
 use super::{Commit, Sink, SinkContext};
+use crate::batch::SealReason;
 use crate::encode::CommitFile;
 
 pub const SCHEME: Scheme = Scheme { prefix: "pfs:", form: "pfs://HOST:PORT/REPO@BRANCH", parse };
@@ -186,8 +189,15 @@ fn commit_in_order(
             let files: Arc<[CommitFile]> = files.into();
             match committer.as_mut() {
                 Ok(committer) => {
-                    let description = format!("{MARKER}: batch {} of {} messages", ack.no, ack.messages);
-                    match committer.commit(BatchFiles { files: &files, bytes: ack.bytes, description }).await {
+                    let identity = BatchIdentity { first_seq: ack.first_seq, last_seq: ack.last_seq };
+                    let description = identity.describe(ack.no, ack.messages);
+                    let batch = BatchFiles {
+                        files: &files,
+                        bytes: ack.bytes,
+                        description,
+                        replayed: (ack.reason == SealReason::Replay).then_some(identity),
+                    };
+                    match committer.commit(batch).await {
                         Ok(id) => ack.committed(ctx.receipt(id, &files)),
                         Err(gave_up) => ack.failed(gave_up),
                     }
