@@ -11,9 +11,12 @@
 //! A commit's id is its batch's first sequence number, 20 digits zero-padded, so ids
 //! sort as text in commit order. Sequence numbers start from the clock and past the
 //! largest id already in `ROOT` ([`Sink::seq_floor`]), so a fresh batch never finds its
-//! id taken: an id already in place is that very batch, committed by a run that
-//! crashed before it could record so (replayed from the disk spool), and is not
-//! written twice. One sidecar per directory: two would number batches independently.
+//! id taken: for a batch replayed from the disk spool, an id already in place is that
+//! very batch, committed by a run that crashed before it could record so, and is not
+//! written twice. Should any other batch find its id taken (a spool whose seal records
+//! were lost, so that batches were formed afresh), it takes the next free id instead:
+//! committed again, never lost. One sidecar per directory: two would number batches
+//! independently.
 //!
 //! Within one commit, files of the same name are appended in arrival order; with
 //! `--overwrite` the last one wins. Failures of the file system (full, read-only,
@@ -35,6 +38,7 @@ use super::commit_id::{self, CommitIds};
 use super::spec::{self, BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
+use crate::batch::SealReason;
 use crate::encode::CommitFile;
 use crate::message::{file_name, Payload};
 use crate::metrics::METRICS;
@@ -108,13 +112,26 @@ impl DirSink {
 
     /// One attempt at `tree` as commit `id`. `placed` remembers a commit already in
     /// place, so a retry after a failed fsync of `ROOT` does not write it a second time.
-    fn attempt(&mut self, id: &str, tree: &Tree<'_>, placed: &mut bool) -> Result<(), FsStepError> {
+    fn attempt(
+        &mut self,
+        id: &mut String,
+        tree: &Tree<'_>,
+        placed: &mut bool,
+        replayed: bool,
+    ) -> Result<(), FsStepError> {
         if !*placed {
-            let target = self.root.join(id);
+            let mut target = self.root.join(&*id);
+            if target.exists() && !replayed {
+                let taken = std::mem::replace(id, self.next_free_id()?);
+                tracing::warn!(
+                    "commit id {taken} is taken by a batch this one was not rebuilt from; committing as {id}"
+                );
+                target = self.root.join(&*id);
+            }
             if target.exists() {
                 tracing::info!("commit {id} is in place already: a previous run committed this batch");
             } else {
-                let temp = self.root.join(format!("{TEMP_PREFIX}{id}"));
+                let temp = self.root.join(format!("{TEMP_PREFIX}{}", id));
                 let written =
                     tree.write(&temp).and_then(|()| fs::rename(&temp, &target).doing("renaming into place", &target));
                 if let Err(failure) = written {
@@ -129,6 +146,14 @@ impl DirSink {
             *placed = true;
         }
         sync_dir(&self.root)
+    }
+
+    /// The id after the largest in `ROOT`.
+    fn next_free_id(&self) -> Result<String, FsStepError> {
+        let entries = fs::read_dir(&self.root).doing("listing", &self.root)?;
+        let largest =
+            entries.filter_map(|e| e.ok()?.file_name().to_str().and_then(CommitIds::parse)).max().unwrap_or(self.floor);
+        Ok(commit_id::id_of(largest + 1))
     }
 }
 
@@ -147,10 +172,11 @@ impl Sink for DirSink {
             Ok(tree) => tree,
             Err(why) => return ack.failed(format_args!("the batch cannot be written as a directory: {why}")),
         };
-        let id = commit_id::id_of(ack.first_seq);
+        let mut id = commit_id::id_of(ack.first_seq);
+        let replayed = ack.reason == SealReason::Replay;
         let mut placed = false;
         loop {
-            match self.attempt(&id, &tree, &mut placed) {
+            match self.attempt(&mut id, &tree, &mut placed, replayed) {
                 Ok(()) => {
                     self.backoff.reset();
                     ctx.health.up();
@@ -316,10 +342,10 @@ mod tests {
     fn commit(files: &[(&str, &[&[u8]])]) -> (Commit, VerdictReceiver) {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000);
         let first = NEXT.fetch_add(1000, std::sync::atomic::Ordering::Relaxed);
-        commit_numbered(first, files)
+        commit_numbered(first, SealReason::Flush, files)
     }
 
-    fn commit_numbered(first: u64, files: &[(&str, &[&[u8]])]) -> (Commit, VerdictReceiver) {
+    fn commit_numbered(first: u64, reason: SealReason, files: &[(&str, &[&[u8]])]) -> (Commit, VerdictReceiver) {
         let files: Vec<CommitFile> = files
             .iter()
             .map(|(name, chunks)| CommitFile {
@@ -331,8 +357,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let ledger = Ledger::new(Arc::new(Budget::new(1 << 20)));
         let seqs = SeqRange { first, last: first + files.len() as u64 - 1 };
-        let ack =
-            BatchAck::new(1, files.len() as u64, bytes, SealReason::Flush, seqs, Instant::now(), vec![tx], ledger);
+        let ack = BatchAck::new(1, files.len() as u64, bytes, reason, seqs, Instant::now(), vec![tx], ledger);
         (Commit { files, ack }, rx)
     }
 
@@ -409,18 +434,23 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let mut first = DirSink::open(root.path().into()).unwrap();
         assert_eq!(first.seq_floor(), 0);
-        let (one, verdict) = commit_numbered(41, &[("f", &[b"1"])]);
+        let (one, verdict) = commit_numbered(41, SealReason::Age, &[("f", &[b"1"])]);
         first.submit(one, &context(false));
         assert_eq!(committed_id(verdict), "00000000000000000041");
         drop(first);
         let mut second = DirSink::open(root.path().into()).unwrap();
         assert_eq!(second.seq_floor(), 41, "new batches are numbered past what is there");
         // The same batch again, as a restart replays it from the spool.
-        let (again, verdict) = commit_numbered(41, &[("f", &[b"1"])]);
+        let (again, verdict) = commit_numbered(41, SealReason::Replay, &[("f", &[b"1"])]);
         second.submit(again, &context(false));
         assert_eq!(committed_id(verdict), "00000000000000000041");
         assert_eq!(entries(root.path()), ["00000000000000000041"]);
         assert_eq!(fs::read(root.path().join("00000000000000000041/f")).unwrap(), b"1");
+        // A batch formed afresh that finds its id taken is committed under the next one.
+        let (other, verdict) = commit_numbered(41, SealReason::Age, &[("g", &[b"2"])]);
+        second.submit(other, &context(false));
+        assert_eq!(committed_id(verdict), "00000000000000000042");
+        assert_eq!(fs::read(root.path().join("00000000000000000042/g")).unwrap(), b"2");
     }
 
     #[test]

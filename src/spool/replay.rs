@@ -2,7 +2,9 @@
 //! the last committed mark, grouped as they were sealed, so that a batch the sink may
 //! already hold is rebuilt exactly (same messages, same first seq, same commit id).
 //! Messages no seal covers were still in the open batch: they were never committed
-//! and are batched afresh.
+//! and are batched afresh. Messages between two seals that no seal covers had theirs
+//! damaged (quarantined): they become a batch of their own, in their place, so that
+//! nothing valid is dropped.
 
 use std::collections::BTreeMap;
 
@@ -55,13 +57,12 @@ pub fn recover(records: impl IntoIterator<Item = Record>) -> Recovered {
     let mut messages = messages.split_off(&(out.committed + 1));
     for (first, last) in seals {
         let rest = messages.split_off(&(last + 1));
-        let batch: Vec<Message> = std::mem::replace(&mut messages, rest)
-            .into_iter()
-            .filter(|&(seq, _)| seq >= first)
-            .map(|(_, record)| message(record))
-            .collect();
-        if !batch.is_empty() {
-            out.sealed.push(batch);
+        let mut batch = std::mem::replace(&mut messages, rest);
+        let sealed = batch.split_off(&first);
+        for group in [batch, sealed] {
+            if !group.is_empty() {
+                out.sealed.push(group.into_values().map(message).collect());
+            }
         }
     }
     out.open = messages.into_values().map(message).collect();
@@ -107,6 +108,16 @@ mod tests {
         assert_eq!(seqs(&recovered.open), [19, 20]);
         assert_eq!((recovered.max_seq, recovered.committed, recovered.messages()), (20, 12, 8));
         assert_eq!(recovered.sealed[0][1].payload.to_vec(), b"x");
+    }
+
+    #[test]
+    fn messages_whose_seal_was_lost_are_kept_as_a_batch_in_their_place() {
+        let mut records: Vec<Record> = (1..=9).map(|s| record(Kind::Message, s, b"x")).collect();
+        // The seal of 1..=3 was quarantined.
+        records.push(record(Kind::Sealed, 4, &6u64.to_le_bytes()));
+        let recovered = recover(records);
+        assert_eq!(recovered.sealed.iter().map(|b| seqs(b)).collect::<Vec<_>>(), [vec![1, 2, 3], vec![4, 5, 6]]);
+        assert_eq!(seqs(&recovered.open), [7, 8, 9]);
     }
 
     #[test]
