@@ -201,7 +201,9 @@ impl Batcher {
         let mut open = self.open.lock().unwrap();
         debug_assert!(open.messages.is_empty(), "replayed batches go first");
         open.seq.skip_past(last);
-        self.extend(&mut open, messages, bytes, None);
+        // Not through `extend`: a batch as large as the limits would be sealed there
+        // for its size, and then not be known as replayed.
+        (open.messages, open.bytes, open.opened) = (messages, bytes, Some(Instant::now()));
         self.seal(&mut open, SealReason::Replay);
     }
 
@@ -361,6 +363,25 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().messages.len(), 2);
         let big = rx.try_recv().unwrap();
         assert_eq!((big.messages.len(), big.ack.bytes), (1, 20));
+    }
+
+    #[test]
+    fn a_replayed_batch_is_sealed_as_it_was_even_at_the_limits() {
+        let (b, rx) = batcher(1 << 20, 3);
+        let numbered = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Message> {
+            seqs.map(|seq| Message { seq, name: None, payload: Bytes::from_static(b"m").into(), line: false }).collect()
+        };
+        b.replay_sealed(numbered(207..=209));
+        b.restore(numbered(210..=211));
+        let replayed = rx.try_recv().unwrap();
+        assert_eq!(
+            (replayed.ack.reason, replayed.ack.first_seq, replayed.ack.last_seq),
+            (SealReason::Replay, 207, 209)
+        );
+        assert!(rx.try_recv().is_err(), "restored messages wait in the open batch");
+        assert_eq!(b.push(msgs(&[1]), None).unwrap(), SeqRange { first: 212, last: 212 }, "numbered past them");
+        let next = rx.try_recv().unwrap();
+        assert_eq!((next.ack.reason, next.messages.len()), (SealReason::Messages, 3));
     }
 
     #[tokio::test]

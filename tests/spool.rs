@@ -144,7 +144,11 @@ fn kill_9_at_random_moments_commits_every_202_exactly_once_into_pfs() {
     for commit in state.commits_of("spooled") {
         // The batch number is each run's own; the seq range is the batch.
         let (_, seqs) = commit.description.rsplit_once(", seq ").expect("a batch's identity");
-        assert!(identities.insert(seqs.to_owned()), "one commit per batch: {}", commit.description);
+        if !identities.insert(seqs.to_owned()) {
+            let same: Vec<_> =
+                state.commits_of("spooled").into_iter().filter(|c| c.description.ends_with(seqs)).collect();
+            panic!("one commit per batch: {same:#?}");
+        }
     }
     let mut committed = BTreeMap::new();
     for (_, bytes) in state.files("spooled", "master") {
