@@ -362,6 +362,14 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Waits for the log to hold `line` exactly `times` (one line per change of state).
+fn logged(sidecar: &Sidecar, line: &str, times: usize) {
+    let count = || sidecar.log().matches(line).count();
+    eventually(Duration::from_secs(5), line, || (count() >= times).then_some(()));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(count(), times, "{line}:\n{}", sidecar.log());
+}
+
 /// Posts message `id` once: its status and error kind.
 fn post_once(conn: &mut Connection, id: u64) -> (u16, String) {
     let answer = conn.request("POST", "/messages", &[("Content-Type", "application/x-ndjson")], message(id).as_bytes());
@@ -402,7 +410,7 @@ fn a_full_or_read_only_spool_answers_503_accepts_nothing_it_refused_and_recovers
     assert!(ready.text().contains("the disk spool cannot be written"), "{}", ready.text());
     let status = client::get(&sidecar.addr, "/status").json();
     assert!(status["spool"]["error"].as_str().unwrap().contains("No space left on device"), "{status}");
-    assert_eq!(sidecar.log().matches("the spool cannot be written").count(), 1, "one line per change");
+    logged(&sidecar, "the spool cannot be written", 1);
 
     // Committing what it holds frees the disk; the next request is accepted.
     let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
@@ -410,7 +418,7 @@ fn a_full_or_read_only_spool_answers_503_accepts_nothing_it_refused_and_recovers
     assert_eq!(post_once(&mut conn, id), (202, String::new()));
     acked.insert(id);
     id += 1;
-    assert_eq!(sidecar.log().matches("is writable again").count(), 1);
+    logged(&sidecar, "is writable again", 1);
     assert_eq!(client::get(&sidecar.addr, "/readyz").status, 200);
 
     // A file system remounted read-only (once the spool has nothing open to write,
@@ -424,8 +432,8 @@ fn a_full_or_read_only_spool_answers_503_accepts_nothing_it_refused_and_recovers
     disk.remount("rw");
     assert_eq!(post_once(&mut conn, id), (202, String::new()));
     acked.insert(id);
-    assert_eq!(sidecar.log().matches("the spool cannot be written").count(), 2);
-    assert_eq!(sidecar.log().matches("is writable again").count(), 2);
+    logged(&sidecar, "the spool cannot be written", 2);
+    logged(&sidecar, "is writable again", 2);
 
     drain(sidecar);
     let committed = committed_ids(&root);
