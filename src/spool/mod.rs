@@ -362,8 +362,9 @@ impl Spool {
         state.committed = seq;
         let mark = Header { kind: Kind::Committed, line: false, body_len: 0, name_len: 0, seq };
         let header = Bytes::copy_from_slice(&mark.encode([]));
-        // A mark lost to a failing disk only means a restart recommits what the
-        // sink can recognise; the failure is logged and shows in /status.
+        // A mark lost to a failing disk means a restart replays batches already
+        // committed (dir: and pfs:// recognise them); the failure is logged and
+        // shows in /status.
         let _ = self.write(&mut state, &[header], 0, 0);
         if state.active.is_some() && state.segments.back().is_some_and(|s| s.max_seq <= seq && s.charged > 0) {
             // Everything in it is committed: close it so it can go now, not when full.
