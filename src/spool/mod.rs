@@ -138,7 +138,9 @@ struct State {
     segments: VecDeque<Segment>,
     active: Option<Arc<File>>,
     /// Segments closed since the last sync, still to be synced.
-    to_sync: Vec<Arc<File>>,
+    /// Dropped with their segment when it is deleted: an open descriptor would keep a
+    /// deleted file's space taken, and a full disk full.
+    to_sync: Vec<(PathBuf, Arc<File>)>,
     /// A segment was created since the last sync: its directory entry needs one too.
     dir_dirty: bool,
     written_seq: u64,
@@ -388,6 +390,7 @@ impl Spool {
             keep
         });
         METRICS.spool_segments.set(state.segments.len() as i64);
+        state.to_sync.retain(|(path, _)| !gone.iter().any(|(deleted, _)| deleted == path));
         drop(state);
         for (path, charged) in gone {
             if let Err(error) = fs::remove_file(&path) {
@@ -459,7 +462,8 @@ impl Spool {
     fn close_active(&self, state: &mut State) {
         if let Some(file) = state.active.take() {
             if self.sync != SpoolSync::Never {
-                state.to_sync.push(file);
+                let path = state.segments.back().expect("the active segment is listed").path.clone();
+                state.to_sync.push((path, file));
             }
         }
     }

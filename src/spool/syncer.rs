@@ -6,6 +6,7 @@
 //! request waits for one sync only. With a duration, it syncs that often instead.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,12 +43,13 @@ fn sync_once(spool: &Shared) -> bool {
         if state.closing {
             return false;
         }
-        let mut files: Vec<Arc<File>> = std::mem::take(&mut state.to_sync);
-        files.extend(state.active.clone());
+        let mut files: Vec<(PathBuf, Arc<File>)> = std::mem::take(&mut state.to_sync);
+        let active = state.segments.back().map(|s| s.path.clone());
+        files.extend(state.active.clone().zip(active).map(|(file, path)| (path, file)));
         (state.written_seq, state.appended, files, std::mem::take(&mut state.dir_dirty))
     };
     let started = Instant::now();
-    let result = files.iter().try_for_each(|f| f.sync_data()).and_then(|()| match dir {
+    let result = files.iter().try_for_each(|(_, f)| f.sync_data()).and_then(|()| match dir {
         true => File::open(&spool.dir).and_then(|d| d.sync_all()),
         false => Ok(()),
     });
