@@ -1,13 +1,26 @@
 //! Commits per second and MB/s of the `pfs://` sink into the fake pachd
-//! (tests/pfs/fake_pachd.py, run with --discard so its memory stays flat), for
+//! (tests/it/pfs/fake_pachd.py, run with --discard so its memory stays flat), for
 //! batches of 1 KiB x 10,000 files and of 8 MiB x 4 files. Batches are submitted
 //! back to back, as the sink thread does under load, so the figure includes the
 //! pipelining. The fake is Python: it, not the sink, is the bottleneck, so read
-//! the figure as a floor. Run: `cargo bench --bench pfs_commit` (needs
-//! `pip install -r tests/pfs/requirements.txt`). Time per iteration is one commit.
+//! the figure as a floor. Run: `cargo bench --bench pfs_commit` with
+//! `SPOUT_TEST_PYTHON` naming a Python that has tests/requirements.txt, such as the
+//! virtualenv `cargo xtask test` makes: `SPOUT_TEST_PYTHON=target/test-venv/bin/python`.
+//! Time per iteration is one commit.
 
-#[path = "../tests/pfs/fake.rs"]
+// The tests' driver of the fake; the bench uses only `start_discarding` and `uri`.
+#[allow(dead_code)]
+#[path = "../tests/it/pfs/fake.rs"]
 mod fake;
+
+// Where the driver finds its Python (`SPOUT_TEST_PYTHON`), as in the tests; the
+// driver names it `crate::support::python`, and uses only its `interpreter`.
+#[allow(dead_code)]
+#[path = "../tests/it/support/python.rs"]
+mod python;
+mod support {
+    pub(crate) use super::python;
+}
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

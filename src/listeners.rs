@@ -2,7 +2,7 @@
 //! each served on its own task, and the order they stop in at shutdown.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,19 @@ use crate::config::{Listen, Options};
 use crate::ingest::http::{self, Api};
 use crate::ingest::{raw_socket, Transport};
 use crate::supervisor::Endpoints;
+
+/// A listener that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr}: {source}")]
+    Tcp { addr: String, source: std::io::Error },
+    #[error("{} exists and is not a socket; not replacing it", .0.display())]
+    NotASocket(PathBuf),
+    #[error("cannot bind {}: {source}", path.display())]
+    Unix { path: PathBuf, source: std::io::Error },
+    #[error("cannot chmod {}: {source}", path.display())]
+    Chmod { path: PathBuf, source: std::io::Error },
+}
 
 pub struct Listeners<'a> {
     /// Where a supervised producer should send.
@@ -29,15 +42,16 @@ pub struct Listeners<'a> {
 
 impl<'a> Listeners<'a> {
     /// Binds every listener `options` asks for and starts serving.
-    pub async fn bind(options: &'a Options, api: Arc<Api>) -> Result<Listeners<'a>, String> {
+    pub async fn bind(options: &'a Options, api: Arc<Api>) -> Result<Listeners<'a>, BindError> {
         let (http_stop, raw_stop) = (Cancel::new(), Cancel::new());
         let mut endpoints = Endpoints { token_file: options.auth_token_file.as_deref(), ..Endpoints::default() };
         let mut socket_files = Vec::new();
         let mut raw_server = None;
         let mut http_servers = Vec::new();
         if let Listen::Tcp(addr) = &options.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            let tcp_error = |source| BindError::Tcp { addr: addr.clone(), source };
+            let listener = TcpListener::bind(addr).await.map_err(tcp_error)?;
+            let local = listener.local_addr().map_err(tcp_error)?;
             tracing::info!("listening on http://{local}");
             let reachable =
                 if local.ip().is_unspecified() { format!("127.0.0.1:{}", local.port()) } else { local.to_string() };
@@ -99,17 +113,17 @@ impl<'a> Listeners<'a> {
 }
 
 /// Binds a Unix socket at `path` with mode 0660, replacing a stale socket file.
-fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), String> {
+fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             let _ = std::fs::remove_file(path);
         } else {
-            return Err(format!("{} exists and is not a socket; not replacing it", path.display()));
+            return Err(BindError::NotASocket(path.to_owned()));
         }
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(|source| BindError::Unix { path: path.to_owned(), source })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+        .map_err(|source| BindError::Chmod { path: path.to_owned(), source })?;
     Ok((listener, SocketFile(path.to_path_buf())))
 }
 

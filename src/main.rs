@@ -1,7 +1,7 @@
 //! Options → wiring: builds the pipeline (intake → batcher → sink thread), starts
 //! the listeners, runs until a signal or the supervised command ends, then drains.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,27 +9,55 @@ use clap::Parser;
 use tokio::time::Instant;
 
 use spout_sidecar::config::{Listen, Options};
-use spout_sidecar::listeners::Listeners;
-use spout_sidecar::pipeline::Pipeline;
+use spout_sidecar::listeners::{BindError, Listeners};
+use spout_sidecar::pipeline::{Pipeline, StartError};
 use spout_sidecar::shutdown::{self, Signals};
 use spout_sidecar::sink::SinkSettings;
 use spout_sidecar::supervisor::{self, Endpoints};
+
+/// Why the sidecar could not start or run: printed as `spout-sidecar: ...`, exit 2.
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot read --auth-token-file {}: {source}", path.display())]
+    TokenFile { path: PathBuf, source: std::io::Error },
+    #[error("--auth-token-file {} is empty", .0.display())]
+    EmptyTokenFile(PathBuf),
+    #[error(
+        "--listen {0} is reachable from other hosts: give --auth-token-file, or --allow-unauthenticated if \
+         anyone who can reach it may write to your repo"
+    )]
+    Exposed(String),
+    #[error("cannot open sink {sink}: {source}")]
+    OpenSink { sink: String, source: std::io::Error },
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("waiting for {program} failed: {source}")]
+    Wait { program: String, source: std::io::Error },
+}
 
 fn main() -> ExitCode {
     let options = Options::parse();
     init_logging(&options.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(error) => return fatal(format!("cannot start the async runtime: {error}")),
+        Err(error) => return fatal(Fatal::Runtime(error)),
     };
     match runtime.block_on(run(options)) {
         Ok(code) => code,
-        Err(message) => fatal(message),
+        Err(error) => fatal(error),
     }
 }
 
-fn fatal(message: String) -> ExitCode {
-    eprintln!("spout-sidecar: {message}");
+fn fatal(error: Fatal) -> ExitCode {
+    eprintln!("spout-sidecar: {error}");
     ExitCode::from(2)
 }
 
@@ -40,16 +68,16 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
 }
 
-async fn run(options: Options) -> Result<ExitCode, String> {
-    let mut signals = Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+async fn run(options: Options) -> Result<ExitCode, Fatal> {
+    let mut signals = Signals::install().map_err(Fatal::Signals)?;
     let token = read_token(options.auth_token_file.as_deref())?;
     check_exposure(&options, token.is_some())?;
 
     let spec = options.sink.resolve();
     let settings =
         SinkSettings { pachd_token_file: options.pachd_token_file.clone(), pachd_token: options.pachd_token.clone() };
-    let sink = spec.open(&settings).map_err(|e| format!("cannot open sink {spec}: {e}"))?;
-    let pipeline = Pipeline::start(&options, sink).map_err(|e| e.to_string())?;
+    let sink = spec.open(&settings).map_err(|source| Fatal::OpenSink { sink: spec.to_string(), source })?;
+    let pipeline = Pipeline::start(&options, sink).map_err(Fatal::Start)?;
     let api = Arc::new(pipeline.api(&options, token));
     let Pipeline { intake, health, shutdown: stop, sink_name, sink_thread } = pipeline;
     let mut listeners = Listeners::bind(&options, api).await?;
@@ -100,13 +128,14 @@ async fn serve_until_done(
     options: &Options,
     signals: &mut Signals,
     endpoints: &Endpoints<'_>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Fatal> {
     let Some(program) = options.command.first() else {
         let signal = signals.recv().await;
         tracing::info!("received {signal:?}");
         return Ok(ExitCode::SUCCESS);
     };
-    let mut child = supervisor::spawn(&options.command, endpoints).map_err(|e| format!("cannot run {program}: {e}"))?;
+    let mut child = supervisor::spawn(&options.command, endpoints)
+        .map_err(|source| Fatal::Spawn { program: program.clone(), source })?;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
@@ -116,13 +145,13 @@ async fn serve_until_done(
             }
         }
     };
-    let status = status.map_err(|e| format!("waiting for {program} failed: {e}"))?;
+    let status = status.map_err(|source| Fatal::Wait { program: program.clone(), source })?;
     tracing::info!("{program} exited: {status}");
     Ok(ExitCode::from(supervisor::exit_code(status)))
 }
 
 /// Refuses to serve an unauthenticated API beyond this host unless told to.
-fn check_exposure(options: &Options, has_token: bool) -> Result<(), String> {
+fn check_exposure(options: &Options, has_token: bool) -> Result<(), Fatal> {
     let Listen::Tcp(addr) = &options.listen else { return Ok(()) };
     if has_token || options.allow_unauthenticated {
         return Ok(());
@@ -135,20 +164,16 @@ fn check_exposure(options: &Options, has_token: bool) -> Result<(), String> {
     if loopback {
         Ok(())
     } else {
-        Err(format!(
-            "--listen {addr} is reachable from other hosts: give --auth-token-file, \
-             or --allow-unauthenticated if anyone who can reach it may write to your repo"
-        ))
+        Err(Fatal::Exposed(addr.clone()))
     }
 }
 
-fn read_token(path: Option<&Path>) -> Result<Option<String>, String> {
+fn read_token(path: Option<&Path>) -> Result<Option<String>, Fatal> {
     let Some(path) = path else { return Ok(None) };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read --auth-token-file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|source| Fatal::TokenFile { path: path.to_owned(), source })?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.is_empty() {
-        return Err(format!("--auth-token-file {} is empty", path.display()));
+        return Err(Fatal::EmptyTokenFile(path.to_owned()));
     }
     Ok(Some(token))
 }

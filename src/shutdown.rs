@@ -34,8 +34,8 @@ pub enum Signal {
 impl Signal {
     pub fn number(self) -> i32 {
         match self {
-            Signal::Term => libc::SIGTERM,
-            Signal::Int => libc::SIGINT,
+            Signal::Term => rustix::process::Signal::TERM.as_raw(),
+            Signal::Int => rustix::process::Signal::INT.as_raw(),
         }
     }
 }

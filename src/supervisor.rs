@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::process::ExitStatus;
 
+use rustix::process::{kill_process, Pid, Signal};
 use tokio::process::{Child, Command};
 
 /// Where the child sends its messages.
@@ -56,9 +57,10 @@ pub fn spawn(command: &[String], endpoints: &Endpoints<'_>) -> std::io::Result<C
 }
 
 pub fn forward(child: &Child, signal: i32) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) on our own child's pid with a valid signal number.
-        unsafe { libc::kill(pid as libc::pid_t, signal) };
+    let pid = child.id().and_then(|pid| Pid::from_raw(pid as i32));
+    if let (Some(pid), Some(signal)) = (pid, Signal::from_named_raw(signal)) {
+        // A child that has just exited (ESRCH) is no error: its exit is handled elsewhere.
+        let _ = kill_process(pid, signal);
     }
 }
 

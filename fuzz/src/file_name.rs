@@ -13,7 +13,7 @@ const MAX_REASON_BYTES: usize = 1024;
 /// The rule of docs/http-api.md ("File names"): a relative path of `/`-separated
 /// segments of `[A-Za-z0-9._-]`, at most 255 bytes; no empty segment (so no leading,
 /// trailing or doubled `/`), and no `.` or `..` segment.
-pub fn contract_allows(name: &str) -> bool {
+pub fn documented_rule_allows(name: &str) -> bool {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || b"._-/".contains(&b);
     // Bracketed in `/`, every segment is found between two slashes.
     let bracketed = format!("/{name}/");
@@ -27,10 +27,10 @@ pub fn contract_allows(name: &str) -> bool {
 pub fn file_name(data: &[u8]) {
     let name = String::from_utf8_lossy(data);
     match validate(&name) {
-        Ok(()) => assert!(contract_allows(&name), "accepted {name:?}, which the rule refuses"),
+        Ok(()) => assert!(documented_rule_allows(&name), "accepted {name:?}, which the rule refuses"),
         Err(reason) => {
             let reason = reason.to_string();
-            assert!(!contract_allows(&name), "refused {name:?}, which the rule allows: {reason}");
+            assert!(!documented_rule_allows(&name), "refused {name:?}, which the rule allows: {reason}");
             assert!(reason.starts_with("file name "), "{reason}");
             assert!(reason.len() <= MAX_REASON_BYTES, "a {}-byte reason", reason.len());
         }

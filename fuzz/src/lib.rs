@@ -1,5 +1,5 @@
 //! The checks the fuzz targets run, one function per target, each taking the raw fuzz
-//! input. `tests/fuzz_checks.rs` in the main crate includes this same file to replay the
+//! input. `tests/it/fuzz_checks.rs` in the main crate includes this same file to replay the
 //! inputs kept in `tests/fuzz-regressions/<target>/` and to drive the checks from
 //! proptest, so a finding stays a test without a second copy of its oracle.
 //!
@@ -12,7 +12,7 @@ mod knobs;
 mod multipart;
 mod tar;
 
-pub use self::file_name::{contract_allows, file_name};
+pub use self::file_name::{documented_rule_allows, file_name};
 pub use self::framing::{length_frames, ndjson_lines, raw_splitter, whole_body};
 pub use self::multipart::multipart;
 pub use self::tar::tar_encoder;

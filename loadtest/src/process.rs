@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hyper::Method;
+use rustix::process::{kill_process, Pid, Signal};
 
 use crate::client::{call, Endpoint};
 
@@ -123,8 +124,10 @@ impl Server {
 
     /// SIGTERM, then waits for the exit (SIGKILL after `grace`).
     pub fn stop(mut self, grace: Duration) -> anyhow::Result<Stopped> {
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            // One that has exited already is waited for below all the same.
+            let _ = kill_process(pid, Signal::TERM);
+        }
         let deadline = Instant::now() + grace;
         loop {
             let peak_rss = self.rss.peak_bytes();

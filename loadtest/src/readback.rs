@@ -12,6 +12,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::fs::{mkfifoat, Mode, OFlags, CWD};
+use rustix::io::Errno;
 
 use crate::verify::{Separator, Tally};
 
@@ -127,7 +130,8 @@ impl<T: Send + 'static> PipeReader<T> {
         while !self.thread.is_finished() {
             // Opening for write without blocking fails (ENXIO) while no reader has the
             // pipe open; the reader is then between two opens, so try again.
-            let poke = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+            let poke =
+                std::fs::OpenOptions::new().write(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(&self.path);
             drop(poke);
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -149,21 +153,15 @@ struct Counted<'a> {
 
 impl Read for Counted<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::fd::AsRawFd;
+        let wait = Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
         loop {
-            let mut pollfd = libc::pollfd { fd: self.inner.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd for the duration of the call.
-            match unsafe { libc::poll(&mut pollfd, 1, 100) } {
+            let mut fds = [PollFd::new(&self.inner, PollFlags::IN)];
+            match poll(&mut fds, Some(&wait)) {
                 // Readable, or every writer gone: read() says which.
-                1.. => break,
-                0 if self.stop.load(Ordering::Acquire) => return Ok(0),
-                0 => {}
-                _ => {
-                    let err = io::Error::last_os_error();
-                    if err.kind() != io::ErrorKind::Interrupted {
-                        return Err(err);
-                    }
-                }
+                Ok(1..) => break,
+                Ok(0) if self.stop.load(Ordering::Acquire) => return Ok(0),
+                Ok(0) | Err(Errno::INTR) => {}
+                Err(err) => return Err(err.into()),
             }
         }
         let n = self.inner.read(buf)?;
@@ -252,13 +250,9 @@ fn next_header_block(reader: &mut dyn BufRead) -> io::Result<Option<[u8; BLOCK]>
 
 /// Creates a named pipe at `path`.
 pub fn make_fifo(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: a valid NUL-terminated path; mkfifo does not keep the pointer.
-    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("mkfifo {}", path.display()));
-    }
-    Ok(())
+    mkfifoat(CWD, path, Mode::from_raw_mode(0o600))
+        .map_err(io::Error::from)
+        .with_context(|| format!("mkfifo {}", path.display()))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod split;
 use std::fmt;
 
 use bytes::Bytes;
+use mime::Mime;
 
 use self::split::{Chunks, Splitter, Unit};
 use crate::message::file_name;
@@ -88,17 +89,26 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Framing {
-    /// The framing `Content-Type` asks for.
+    /// The framing `Content-Type` asks for: its media type decides; one that is
+    /// not a media type at all is "anything else".
     pub fn from_content_type(content_type: Option<&str>) -> Result<Framing, DecodeError> {
         let Some(content_type) = content_type else { return Ok(Framing::Whole) };
-        let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        Ok(match essence.as_str() {
+        let Some(media_type) = media_type(content_type) else { return Ok(Framing::Whole) };
+        Ok(match media_type.essence_str() {
             NDJSON => Framing::Lines,
             FRAMES => Framing::Frames,
             MULTIPART => Framing::Multipart { boundary: multipart::boundary(content_type)? },
             _ => Framing::Whole,
         })
     }
+}
+
+/// The media type of a `Content-Type` (`type/subtype`, lower-cased by `mime`),
+/// parsed without its parameters: `mime` refuses whitespace before a `;`, which
+/// RFC 9110 allows, and a parameter it cannot read must not turn an NDJSON body
+/// into one message. The multipart boundary is read from the whole header.
+fn media_type(content_type: &str) -> Option<Mime> {
+    content_type.split(';').next()?.trim().parse().ok()
 }
 
 /// Decodes a whole body, given as the chunks it arrived in. `name` (from
@@ -166,6 +176,10 @@ mod tests {
         assert_eq!(framing("text/plain; charset=utf-8"), Framing::Whole);
         assert_eq!(framing("application/ndjsonish"), Framing::Whole);
         assert_eq!(framing(""), Framing::Whole);
+        assert_eq!(framing("application/x-ndjson ; charset=utf-8"), Framing::Lines, "RFC 9110 allows the space");
+        assert_eq!(framing("application/x-ndjson; charset"), Framing::Lines, "a bad parameter is ignored");
+        assert_eq!(framing("application/x-ndjson junk"), Framing::Whole);
+        assert_eq!(framing("\u{0}"), Framing::Whole);
         assert_eq!(
             framing("Multipart/Form-Data; charset=utf-8; boundary=\"a b\""),
             Framing::Multipart { boundary: "a b".into() }

@@ -7,12 +7,14 @@
 //! first request that was refused (503, 413, ...) leaves no trace, so its retry is
 //! processed afresh.
 
-use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 use tokio::sync::watch;
 
 use crate::ack::Verdict;
@@ -21,7 +23,7 @@ use crate::metrics::METRICS;
 
 /// What the first request with a key achieved, as its retries see it.
 #[derive(Debug, Clone)]
-pub enum Progress {
+pub enum FirstRequest {
     /// The first request is still being read, decoded or admitted.
     Pending,
     /// Admitted; the commit is not known yet.
@@ -46,63 +48,63 @@ pub enum Begin {
     /// The key is new: process the request and report through the ticket.
     First(Ticket),
     /// The key was seen with this body: answer from the first request's progress.
-    Replay(watch::Receiver<Progress>),
+    Replay(watch::Receiver<FirstRequest>),
     /// The key was seen with a different body.
     Conflict,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     fingerprint: u64,
-    progress: watch::Receiver<Progress>,
+    progress: watch::Receiver<FirstRequest>,
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    by_key: HashMap<String, Entry>,
-    order: VecDeque<(Instant, String)>,
-}
-
-#[derive(Debug)]
 pub struct Idempotency {
-    entries: Arc<Mutex<Entries>>,
-    capacity: usize,
-    window: Duration,
+    entries: Cache<String, Entry>,
 }
 
 impl Idempotency {
     pub fn new(capacity: usize, window: Duration) -> Self {
-        Self { entries: Arc::default(), capacity, window }
+        let entries = Cache::builder()
+            .max_capacity(capacity as u64)
+            .time_to_live(window)
+            // Every new key is admitted and the least recently seen one goes: moka's
+            // default (TinyLFU) may refuse a new key instead, and a key used once
+            // would then not be remembered at all.
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
+        Self { entries }
     }
 
     pub fn begin(&self, key: &str, fingerprint: u64) -> Begin {
-        let mut entries = self.entries.lock().unwrap();
-        self.expire(&mut entries);
-        if let Some(entry) = entries.by_key.get(key) {
-            let abandoned = matches!(*entry.progress.borrow(), Progress::Abandoned);
-            if !abandoned {
-                METRICS.idempotency_hits.inc();
-                return if entry.fingerprint == fingerprint {
-                    Begin::Replay(entry.progress.clone())
-                } else {
-                    Begin::Conflict
-                };
+        // moka evicts in batches; catching up first holds the bound at `capacity`
+        // plus the one key a request may add, as before.
+        self.entries.run_pending_tasks();
+        let mut begin = None;
+        // Atomic per key: of two requests with a new key, one is first.
+        self.entries.entry_by_ref(key).and_compute_with(|seen| {
+            if let Some(entry) = seen.map(|seen| seen.into_value()) {
+                if !matches!(*entry.progress.borrow(), FirstRequest::Abandoned) {
+                    METRICS.idempotency_hits.inc();
+                    begin = Some(if entry.fingerprint == fingerprint {
+                        Begin::Replay(entry.progress.clone())
+                    } else {
+                        Begin::Conflict
+                    });
+                    return Op::Nop;
+                }
             }
-        }
-        let (tx, rx) = watch::channel(Progress::Pending);
-        entries.by_key.insert(key.to_owned(), Entry { fingerprint, progress: rx });
-        entries.order.push_back((Instant::now(), key.to_owned()));
-        Begin::First(Ticket { progress: tx })
+            let (tx, rx) = watch::channel(FirstRequest::Pending);
+            begin = Some(Begin::First(Ticket { progress: tx }));
+            Op::Put(Entry { fingerprint, progress: rx })
+        });
+        begin.expect("the closure always decides")
     }
+}
 
-    fn expire(&self, entries: &mut Entries) {
-        while let Some((created, _)) = entries.order.front() {
-            if entries.order.len() <= self.capacity && created.elapsed() < self.window {
-                break;
-            }
-            let (_, key) = entries.order.pop_front().expect("front exists");
-            entries.by_key.remove(&key);
-        }
+impl std::fmt::Debug for Idempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency").field("keys", &self.entries.entry_count()).finish()
     }
 }
 
@@ -110,18 +112,18 @@ impl Idempotency {
 /// abandoned and a retry is processed afresh.
 #[derive(Debug)]
 pub struct Ticket {
-    progress: watch::Sender<Progress>,
+    progress: watch::Sender<FirstRequest>,
 }
 
 impl Ticket {
     pub fn accepted(&self, admission: Arc<Admission>) {
-        self.progress.send_replace(Progress::Accepted(admission));
+        self.progress.send_replace(FirstRequest::Accepted(admission));
     }
 
     pub fn settled(self, verdict: Verdict) {
         self.progress.send_modify(|progress| {
-            if let Progress::Accepted(admission) = progress {
-                *progress = Progress::Settled(admission.clone(), verdict);
+            if let FirstRequest::Accepted(admission) = progress {
+                *progress = FirstRequest::Settled(admission.clone(), verdict);
             }
         });
     }
@@ -130,9 +132,9 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.progress.send_if_modified(|progress| {
-            let pending = matches!(progress, Progress::Pending);
+            let pending = matches!(progress, FirstRequest::Pending);
             if pending {
-                *progress = Progress::Abandoned;
+                *progress = FirstRequest::Abandoned;
             }
             pending
         });
@@ -165,9 +167,9 @@ mod tests {
         assert!(matches!(idem.begin("k", 2), Begin::Conflict));
         let Begin::Replay(progress) = idem.begin("k", 1) else { panic!("same body replays") };
         ticket.accepted(admission());
-        assert!(matches!(*progress.borrow(), Progress::Accepted(_)));
+        assert!(matches!(*progress.borrow(), FirstRequest::Accepted(_)));
         drop(ticket);
-        assert!(matches!(*progress.borrow(), Progress::Accepted(_)), "accepted stays accepted");
+        assert!(matches!(*progress.borrow(), FirstRequest::Accepted(_)), "accepted stays accepted");
 
         let Begin::First(refused) = idem.begin("r", 1) else { panic!("new key") };
         drop(refused);
@@ -186,5 +188,52 @@ mod tests {
         let Begin::First(ticket) = idem.begin("a", 0) else { panic!() };
         ticket.accepted(admission());
         assert!(matches!(idem.begin("a", 0), Begin::First(_)), "the window passed");
+    }
+
+    #[test]
+    fn remembers_exactly_the_newest_keys() {
+        let idem = Idempotency::new(100, Duration::from_secs(60));
+        for key in 0..1000 {
+            let Begin::First(ticket) = idem.begin(&key.to_string(), 0) else { panic!("{key} is new") };
+            ticket.accepted(admission());
+        }
+        for key in (900..1000).rev() {
+            assert!(matches!(idem.begin(&key.to_string(), 0), Begin::Replay(_)), "{key} is among the newest 100");
+        }
+        assert!(matches!(idem.begin("899", 0), Begin::First(_)), "899 is not");
+    }
+
+    #[test]
+    fn a_key_begun_again_after_a_refusal_is_remembered_for_its_own_window() {
+        let idem = Idempotency::new(2, Duration::from_secs(60));
+        let Begin::First(refused) = idem.begin("r", 0) else { panic!() };
+        drop(refused);
+        let Begin::First(ticket) = idem.begin("r", 0) else { panic!("a refused first request leaves no trace") };
+        ticket.accepted(admission());
+        let Begin::First(other) = idem.begin("o", 0) else { panic!() };
+        other.accepted(admission());
+        assert!(matches!(idem.begin("r", 0), Begin::Replay(_)), "two keys fit");
+    }
+
+    #[test]
+    fn one_of_two_racing_requests_is_first() {
+        let idem = Arc::new(Idempotency::new(1000, Duration::from_secs(60)));
+        for round in 0..200 {
+            let key = format!("k{round}");
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (idem, key) = (idem.clone(), key.clone());
+                    std::thread::spawn(move || match idem.begin(&key, 0) {
+                        Begin::First(ticket) => {
+                            ticket.accepted(admission());
+                            1
+                        }
+                        _ => 0,
+                    })
+                })
+                .collect();
+            let firsts: u32 = racers.into_iter().map(|r| r.join().unwrap()).sum();
+            assert_eq!(firsts, 1, "{key}");
+        }
     }
 }

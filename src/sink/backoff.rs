@@ -1,30 +1,36 @@
-//! Capped exponential backoff with jitter, for every sink's retries.
+//! Capped exponential backoff with jitter, for every sink's retries: `backon`'s
+//! exponential iterator, restarted by `reset` once an attempt succeeds.
 
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+#[derive(Debug)]
 pub struct Backoff {
-    first: Duration,
-    cap: Duration,
-    next: Duration,
+    builder: ExponentialBuilder,
+    delays: ExponentialBackoff,
 }
 
 impl Backoff {
+    /// Delays that double from `first` up to `cap`, each drawn from [d/2, d) so
+    /// that several sidecars retrying one server do not move in lockstep.
     pub fn new(first: Duration, cap: Duration) -> Self {
-        Self { first, cap, next: first }
+        // backon adds a jitter of up to the current delay on top of it: from half
+        // the delays, that is [d/2, d).
+        let builder = ExponentialBuilder::new()
+            .with_min_delay(first / 2)
+            .with_max_delay(cap / 2)
+            .with_jitter()
+            .without_max_times();
+        Self { builder, delays: builder.build() }
     }
 
-    /// The next delay: doubling up to the cap, each drawn from [d/2, d] so that
-    /// several sidecars retrying one server do not move in lockstep.
     pub fn next_delay(&mut self) -> Duration {
-        let full = self.next;
-        self.next = (self.next * 2).min(self.cap);
-        let half = full / 2;
-        half + half.mul_f64(jitter())
+        self.delays.next().expect("built without a limit on retries")
     }
 
     pub fn reset(&mut self) {
-        self.next = self.first;
+        self.delays = self.builder.build();
     }
 }
 
@@ -32,15 +38,6 @@ impl Default for Backoff {
     fn default() -> Self {
         Self::new(Duration::from_millis(10), Duration::from_secs(2))
     }
-}
-
-/// A number in [0, 1) that differs between calls and processes; randomness quality
-/// does not matter here, so no RNG crate.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(crate::message::unix_nanos());
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -25,17 +25,16 @@
 //! as a tree (a name that is both a file and a directory) fails at once.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use rustix::io::Errno;
 
 use super::backoff::Backoff;
 use super::commit_id::{self, CommitIds};
-use super::spec::{self, BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
+use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::batch::SealReason;
@@ -46,23 +45,16 @@ use crate::metrics::METRICS;
 pub const SCHEME: Scheme = Scheme { prefix: "dir:", form: "dir:PATH", parse };
 
 fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
-    spec::path_after(uri, "dir").map(|path| SinkSpec::new(DirUri(path)))
+    PathSink::parse(uri, "dir", open)
 }
 
 /// `dir:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirUri(pub PathBuf);
-
-impl fmt::Display for DirUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "dir:{}", self.0.display())
-    }
+pub fn spec(path: PathBuf) -> SinkSpec {
+    PathSink::spec("dir", path, open)
 }
 
-impl OpenSink for DirUri {
-    fn open(&self, _: &SinkSettings) -> io::Result<Box<dyn Sink>> {
-        Ok(Box::new(DirSink::open(self.0.clone())?))
-    }
+fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
+    Ok(Box::new(DirSink::open(path)?))
 }
 
 /// Directories in `ROOT` with this prefix are commits not yet renamed into place.
@@ -273,12 +265,7 @@ impl<'a> Tree<'a> {
 /// Flushes the whole file system `dir` is on (Linux `syncfs`, which reports writeback
 /// errors since 5.8).
 fn syncfs(dir: &File) -> io::Result<()> {
-    // SAFETY: a plain system call on a descriptor we own for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(rustix::fs::syncfs(dir)?)
 }
 
 fn sync_dir(path: &Path) -> Result<(), FsStepError> {
@@ -306,10 +293,10 @@ struct FsStepError {
 impl FsStepError {
     /// The `kind` label of `spout_sink_errors_total`.
     fn kind(&self) -> &'static str {
-        match self.error.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT) => "no_space",
-            Some(libc::EROFS) => "read_only",
-            Some(libc::EACCES | libc::EPERM) => "permission",
+        match Errno::from_io_error(&self.error) {
+            Some(Errno::NOSPC | Errno::DQUOT) => "no_space",
+            Some(Errno::ROFS) => "read_only",
+            Some(Errno::ACCESS | Errno::PERM) => "permission",
             _ => "io",
         }
     }

@@ -34,7 +34,6 @@
 //! the budget does not count but headers. Everything here runs on the sink thread.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
@@ -42,9 +41,12 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
 use super::backoff::Backoff;
 use super::commit_id::CommitIds;
-use super::spec::{self, BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
+use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::ack::{BatchAck, Receipt};
@@ -54,23 +56,16 @@ use crate::metrics::METRICS;
 pub const SCHEME: Scheme = Scheme { prefix: "fifo:", form: "fifo:PATH", parse };
 
 fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
-    spec::path_after(uri, "fifo").map(|path| SinkSpec::new(FifoUri(path)))
+    PathSink::parse(uri, "fifo", open)
 }
 
 /// `fifo:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FifoUri(pub PathBuf);
-
-impl fmt::Display for FifoUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "fifo:{}", self.0.display())
-    }
+pub fn spec(path: PathBuf) -> SinkSpec {
+    PathSink::spec("fifo", path, open)
 }
 
-impl OpenSink for FifoUri {
-    fn open(&self, _: &SinkSettings) -> io::Result<Box<dyn Sink>> {
-        Ok(Box::new(FifoSink::new(self.0.clone())))
-    }
+fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
+    Ok(Box::new(FifoSink::new(path)))
 }
 
 /// The longest the sink sleeps between looks at the pipe while waiting.
@@ -182,7 +177,7 @@ impl FifoSink {
         }
         vectored::block_sigpipe_on_this_thread();
         // Non-blocking, so an absent reader is ENXIO instead of a thread stuck in open().
-        let opened = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&self.path);
+        let opened = OpenOptions::new().write(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(&self.path);
         let failure = match opened {
             Ok(file) => match file.metadata() {
                 Ok(meta) if meta.file_type().is_fifo() => {
@@ -194,7 +189,7 @@ impl FifoSink {
                 Ok(_) => ("not_a_fifo", format!("{} is not a named pipe", self.path.display())),
                 Err(err) => ("open", err.to_string()),
             },
-            Err(err) if err.raw_os_error() == Some(libc::ENXIO) => {
+            Err(err) if Errno::from_io_error(&err) == Some(Errno::NXIO) => {
                 ("no_reader", format!("nothing has {} open for reading", self.path.display()))
             }
             Err(err) => ("open", format!("{}: {err}", self.path.display())),

@@ -66,10 +66,8 @@ impl SinkSpec {
     pub fn resolve(&self) -> Arc<dyn OpenSink> {
         match self {
             SinkSpec::Uri(sink) => sink.clone(),
-            SinkSpec::Auto => match resolve_auto() {
-                SinkSpec::Uri(sink) => sink,
-                SinkSpec::Auto => unreachable!("auto resolves to a URI"),
-            },
+            // Never `auto` again, so this recursion ends at once.
+            SinkSpec::Auto => resolve_auto().resolve(),
         }
     }
 }
@@ -100,13 +98,41 @@ impl fmt::Display for SinkSpec {
     }
 }
 
-/// The path after `scheme:` of a URI that names a file system path.
-pub fn path_after(uri: &str, scheme: &str) -> Result<PathBuf, BadSinkUri> {
-    let rest = uri.strip_prefix(scheme).and_then(|rest| rest.strip_prefix(':')).unwrap_or("");
-    if rest.is_empty() {
-        Err(BadSinkUri(format!("`{scheme}:` needs a path, e.g. `{scheme}:/pfs/out`")))
-    } else {
-        Ok(PathBuf::from(rest))
+/// A sink named by a file system path: `SCHEME:PATH`.
+#[derive(Debug, Clone)]
+pub struct PathSink {
+    scheme: &'static str,
+    path: PathBuf,
+    open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
+}
+
+impl PathSink {
+    pub fn spec(scheme: &'static str, path: PathBuf, open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>) -> SinkSpec {
+        SinkSpec::new(PathSink { scheme, path, open })
+    }
+
+    /// Parses `SCHEME:PATH`, refusing an empty path.
+    pub fn parse(
+        uri: &str,
+        scheme: &'static str,
+        open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
+    ) -> Result<SinkSpec, BadSinkUri> {
+        match uri.strip_prefix(scheme).and_then(|rest| rest.strip_prefix(':')) {
+            Some(path) if !path.is_empty() => Ok(Self::spec(scheme, path.into(), open)),
+            _ => Err(BadSinkUri(format!("`{scheme}:` needs a path, e.g. `{scheme}:/pfs/out`"))),
+        }
+    }
+}
+
+impl fmt::Display for PathSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.scheme, self.path.display())
+    }
+}
+
+impl OpenSink for PathSink {
+    fn open(&self, _: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
+        (self.open)(self.path.clone())
     }
 }
 
@@ -118,10 +144,10 @@ pub const PFS_OUT: &str = "/pfs/out";
 fn resolve_auto() -> SinkSpec {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::metadata(PFS_OUT) {
-        Ok(meta) if meta.file_type().is_fifo() => SinkSpec::new(fifo::FifoUri(PFS_OUT.into())),
+        Ok(meta) if meta.file_type().is_fifo() => fifo::spec(PFS_OUT.into()),
         _ => match pfs::detect_worker(|name| std::env::var(name).ok()) {
             Some(target) => SinkSpec::new(target),
-            None => SinkSpec::new(dir::DirUri("./spout-out".into())),
+            None => dir::spec("./spout-out".into()),
         },
     }
 }

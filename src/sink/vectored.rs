@@ -9,10 +9,12 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 
 /// The most slices one `writev` accepts on Linux (`IOV_MAX`).
 pub const IOV_MAX: usize = 1024;
@@ -93,6 +95,9 @@ pub fn write_all(out: &mut File, chunks: &[Bytes], keep_going: impl Fn() -> bool
     }
 }
 
+/// The longest single wait of [`poll_writable`].
+const MAX_POLL: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// What `poll` says about the write end of a pipe.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Readiness {
@@ -104,18 +109,19 @@ pub struct Readiness {
 /// Waits up to `timeout` for room to write (if `want_write`) or for the reader to
 /// go away, whichever comes first. An `EINTR` counts as "nothing happened yet".
 pub fn poll_writable(fd: BorrowedFd<'_>, want_write: bool, timeout: Duration) -> io::Result<Readiness> {
-    let events = if want_write { libc::POLLOUT } else { 0 };
-    let mut pollfd = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
-    let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd, borrowed for the duration of the call.
-    let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
-    if ready < 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::Interrupted { Ok(Readiness::default()) } else { Err(err) };
+    let events = if want_write { PollFlags::OUT } else { PollFlags::empty() };
+    let mut fds = [PollFd::from_borrowed_fd(fd, events)];
+    // Capped at poll(2)'s limit (i32::MAX milliseconds, 24 days), which a timespec holds.
+    let timeout = Timespec::try_from(timeout.min(MAX_POLL)).expect("24 days fit a timespec");
+    match rustix::event::poll(&mut fds, Some(&timeout)) {
+        Ok(_) => {}
+        Err(Errno::INTR) => return Ok(Readiness::default()),
+        Err(err) => return Err(err.into()),
     }
+    let revents = fds[0].revents();
     Ok(Readiness {
-        writable: pollfd.revents & libc::POLLOUT != 0,
-        reader_gone: pollfd.revents & (libc::POLLERR | libc::POLLHUP) != 0,
+        writable: revents.contains(PollFlags::OUT),
+        reader_gone: revents.intersects(PollFlags::ERR | PollFlags::HUP),
     })
 }
 
@@ -124,32 +130,25 @@ pub fn poll_writable(fd: BorrowedFd<'_>, want_write: bool, timeout: Duration) ->
 /// binaries, but a library must not count on how its host was built (a test
 /// harness, `-Zon-broken-pipe=kill`). The signal a write raises goes to the writing
 /// thread, so blocking it here is enough and leaves the rest of the process alone.
+/// (`nix`, as rustix leaves signal masks to libc by design.)
 pub fn block_sigpipe_on_this_thread() {
-    // SAFETY: plain signal-set manipulation on stack values.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGPIPE);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGPIPE);
+    // Fails only for an invalid `how`, which SIG_BLOCK is not.
+    let _ = set.thread_block();
 }
 
 /// Bytes written into a pipe that its reader has not read yet (`FIONREAD`, which
 /// Linux answers on either end of a pipe).
 pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    let mut unread: libc::c_int = 0;
-    // SAFETY: FIONREAD stores one int through the pointer.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unread as u64)
+    Ok(rustix::io::ioctl_fionread(fd)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::{FromRawFd, OwnedFd};
 
     /// A writer that takes at most a few bytes per call and is interrupted every
     /// other call: the worst a kernel may do.
@@ -200,11 +199,9 @@ mod tests {
     }
 
     fn pipe() -> (File, File) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills both fds, which we then own.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
-        let [read, write] = fds.map(|fd| File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
-        (read, write)
+        use rustix::pipe::{pipe_with, PipeFlags};
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).unwrap();
+        (File::from(read), File::from(write))
     }
 
     #[test]

@@ -5,8 +5,7 @@
 //! spool's file system can be remounted read-only while the sidecar runs.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::io::Read;
 use std::path::Path;
 
 use super::SpoolError;
@@ -22,11 +21,9 @@ impl SpoolLock {
         let io_error = |source| SpoolError::Io { doing: "opening", path: path.clone(), source };
         OpenOptions::new().write(true).create(true).truncate(false).open(&path).map_err(io_error)?;
         let mut file = File::open(&path).map_err(io_error)?;
-        // SAFETY: flock on a descriptor we own; it stays open as long as the lock is held.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::WouldBlock {
-                return Err(io_error(error));
+        if let Err(errno) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            if errno != rustix::io::Errno::WOULDBLOCK {
+                return Err(io_error(errno.into()));
             }
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);

@@ -54,7 +54,7 @@ pub fn readyz(api: &Api) -> Reply {
 pub async fn flush(api: &Api, query: Option<&str>) -> Reply {
     let wait = match RequestOptions::parse(query, &Default::default()) {
         Ok(options) => options.wait_commit,
-        Err(message) => return reply::error(StatusCode::BAD_REQUEST, "bad_request", message),
+        Err(bad) => return reply::error(StatusCode::BAD_REQUEST, "bad_request", bad.to_string()),
     };
     let batcher = api.intake.batcher();
     let batch = batcher.flush();

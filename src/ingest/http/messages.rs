@@ -23,7 +23,7 @@ use super::Api;
 use crate::ack::{CommitError, Verdict};
 use crate::encode::Layout;
 use crate::ingest::framing::{self, DecodeError, DecodeErrorKind, Framing};
-use crate::ingest::idempotency::{fingerprint, Admission, Begin, Progress};
+use crate::ingest::idempotency::{fingerprint, Admission, Begin, FirstRequest};
 use crate::ingest::{AdmitOptions, Answer, FullBudget, Refused, Transport};
 use crate::message::file_name;
 use crate::metrics::METRICS;
@@ -165,7 +165,7 @@ async fn receive(api: &Api, request: Request<Body>) -> Result<Received, Rejectio
         return Err(draining());
     }
     let options = RequestOptions::parse(request.uri().query(), request.headers())
-        .map_err(|message| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", message))?;
+        .map_err(|bad| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", bad.to_string()))?;
     if let Some(name) = &options.file {
         file_name::validate(name)
             .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why.to_string()))?;
@@ -197,21 +197,21 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
 
 /// Answers a retry from the first request's progress; `None` if the first request
 /// was refused, so the retry must be processed as new.
-async fn replay(api: &Api, mut progress: watch::Receiver<Progress>, wait_commit: bool) -> Option<Reply> {
-    let settled_enough = |p: &Progress| match p {
-        Progress::Pending => false,
-        Progress::Accepted(_) => !wait_commit,
-        Progress::Settled(..) | Progress::Abandoned => true,
+async fn replay(api: &Api, mut progress: watch::Receiver<FirstRequest>, wait_commit: bool) -> Option<Reply> {
+    let settled_enough = |p: &FirstRequest| match p {
+        FirstRequest::Pending => false,
+        FirstRequest::Accepted(_) => !wait_commit,
+        FirstRequest::Settled(..) | FirstRequest::Abandoned => true,
     };
     let progress = match progress.wait_for(settled_enough).await {
         Ok(progress) => progress.clone(),
         Err(_) => return None,
     };
     match progress {
-        Progress::Pending | Progress::Abandoned => None,
-        Progress::Accepted(admission) => Some(accepted_reply(&admission)),
-        Progress::Settled(admission, _) if !wait_commit => Some(accepted_reply(&admission)),
-        Progress::Settled(admission, verdict) => Some(settled_reply(api, &admission, &verdict)),
+        FirstRequest::Pending | FirstRequest::Abandoned => None,
+        FirstRequest::Accepted(admission) => Some(accepted_reply(&admission)),
+        FirstRequest::Settled(admission, _) if !wait_commit => Some(accepted_reply(&admission)),
+        FirstRequest::Settled(admission, verdict) => Some(settled_reply(api, &admission, &verdict)),
     }
 }
 

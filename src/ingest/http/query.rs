@@ -10,17 +10,28 @@ pub struct RequestOptions {
     pub wait_commit: bool,
 }
 
+/// A request option that cannot be understood (answered 400 `bad_request`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadOption {
+    #[error("{0} is not valid UTF-8")]
+    NotUtf8(&'static str),
+    #[error("wait must be `commit` (or `none`), not `{0}`")]
+    Wait(String),
+}
+
 impl RequestOptions {
     /// The query wins over a header when both are given. Unknown parameters are
     /// ignored, as curl users expect; a header that is not UTF-8 is an error.
-    pub fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Self, String> {
+    pub fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Self, BadOption> {
         let mut options = RequestOptions::default();
-        if let Some(value) = headers.get("spout-file") {
-            let value = value.to_str().map_err(|_| "Spout-File is not valid UTF-8".to_string())?;
+        let header = |name: &'static str, shown: &'static str| {
+            headers.get(name).map(|value| value.to_str().map_err(|_| BadOption::NotUtf8(shown))).transpose()
+        };
+        if let Some(value) = header("spout-file", "Spout-File")? {
             options.file = Some(value.to_owned());
         }
-        if let Some(value) = headers.get("spout-wait") {
-            options.wait_commit = wait_value(value.to_str().unwrap_or(""))?;
+        if let Some(value) = header("spout-wait", "Spout-Wait")? {
+            options.wait_commit = wait_value(value)?;
         }
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*key {
@@ -33,11 +44,11 @@ impl RequestOptions {
     }
 }
 
-fn wait_value(value: &str) -> Result<bool, String> {
+fn wait_value(value: &str) -> Result<bool, BadOption> {
     match value {
         "commit" => Ok(true),
         "" | "none" => Ok(false),
-        other => Err(format!("wait must be `commit` (or `none`), not `{other}`")),
+        other => Err(BadOption::Wait(other.to_owned())),
     }
 }
 
@@ -53,6 +64,12 @@ mod tests {
         assert_eq!(options, RequestOptions { file: Some("a/b.json".into()), wait_commit: true });
         let options = RequestOptions::parse(None, &headers).unwrap();
         assert_eq!(options.file.as_deref(), Some("from/header.txt"));
-        assert!(RequestOptions::parse(Some("wait=soon"), &HeaderMap::new()).is_err());
+        assert_eq!(
+            RequestOptions::parse(Some("wait=soon"), &HeaderMap::new()).unwrap_err().to_string(),
+            "wait must be `commit` (or `none`), not `soon`"
+        );
+        let mut latin1 = HeaderMap::new();
+        latin1.insert("spout-wait", hyper::header::HeaderValue::from_bytes(b"comm\xe9t").unwrap());
+        assert_eq!(RequestOptions::parse(None, &latin1), Err(BadOption::NotUtf8("Spout-Wait")));
     }
 }

@@ -16,7 +16,7 @@ use super::proto::pfs_v2::{
     InspectBranchRequest, InspectCommitRequest, InspectRepoRequest, ModifyFileRequest, Project, Repo,
     StartCommitRequest,
 };
-use super::target::{Target, TokenSource};
+use super::target::{Target, TokenError, TokenSource};
 
 /// How long a call that moves no file data may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
@@ -39,11 +39,11 @@ pub struct BadAddress {
 }
 
 /// Why no token could be sent.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TokenError {
+#[derive(Debug, thiserror::Error)]
+pub enum BadToken {
     /// Its source could not be read.
-    #[error("{0}")]
-    Unreadable(String),
+    #[error(transparent)]
+    Unloadable(#[from] TokenError),
     #[error("{0} is not a valid token (non-ASCII characters)")]
     NotAscii(String),
 }
@@ -97,11 +97,10 @@ impl Pachd {
     }
 
     /// Reads the token from its source again (a fixed token file takes effect).
-    pub fn reload_token(&mut self) -> Result<(), TokenError> {
-        let loaded = self.token_source.load(&self.address).map_err(|e| TokenError::Unreadable(e.to_string()))?;
-        let token = match loaded {
+    pub fn reload_token(&mut self) -> Result<(), BadToken> {
+        let token = match self.token_source.load(&self.address)? {
             Some(token) => {
-                Some(token.parse::<AsciiMetadataValue>().map_err(|_| TokenError::NotAscii(self.token_origin()))?)
+                Some(token.parse::<AsciiMetadataValue>().map_err(|_| BadToken::NotAscii(self.token_origin()))?)
             }
             None => None,
         };

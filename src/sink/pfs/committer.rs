@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 
-use super::client::{BadAddress, Pachd, TokenError};
+use super::client::{BadAddress, BadToken, Pachd};
 use super::identity::BatchIdentity;
 use super::proto::pfs_v2::Commit;
 use super::requests::modify_file_requests;
@@ -84,7 +84,7 @@ pub enum AttemptError {
     #[error(transparent)]
     Address(#[from] BadAddress),
     #[error(transparent)]
-    Token(#[from] TokenError),
+    Token(#[from] BadToken),
     #[error(
         "{step}: pachd refused the token from {origin} ({code:?}: {message}); fix it there, the sidecar \
          reads it again before each retry"

@@ -7,7 +7,7 @@
 //! back to taking and laying out the next batch while the previous one commits,
 //! and `settle` counts the batches the committer has settled. (A runtime driven
 //! from the sink thread itself would only make progress inside `settle`, while
-//! `sink::run` spends its time waiting on the batch channel.) Commits on a branch
+//! the sink thread (`runner`) spends its time waiting on the batch channel.) Commits on a branch
 //! cannot overlap (pachd refuses to start a commit whose parent is open), so one
 //! committer is all the concurrency there is to have. While idle, `probe` has the
 //! committer check pachd and the repo now and then, for `/readyz`.

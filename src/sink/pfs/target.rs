@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::Deserialize;
+use thiserror::Error;
 
 /// pachd's port on its Kubernetes Service.
 pub const DEFAULT_PORT: u16 = 30650;
@@ -67,16 +69,16 @@ impl TokenSource {
     }
 
     /// The token to send to the pachd at `address`, or `None` to send none.
-    pub fn load(&self, address: &str) -> Result<Option<String>, String> {
+    pub fn load(&self, address: &str) -> Result<Option<String>, TokenError> {
         match self {
             TokenSource::Unset => Ok(pachctl_context_for(address).and_then(|(_, context)| context.session_token)),
             TokenSource::Literal(Secret(token)) => Ok(Some(token.clone())),
             TokenSource::File(path) => {
                 let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read the pachd token file {}: {e}", path.display()))?;
+                    .map_err(|error| TokenError::Unreadable { path: path.clone(), error })?;
                 match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
                     Some(token) => Ok(Some(token.to_owned())),
-                    None => Err(format!("the pachd token file {} is empty", path.display())),
+                    None => Err(TokenError::Empty { path: path.clone() }),
                 }
             }
             TokenSource::PachConfig(path) => Ok(read_pach_config(path)?.session_token),
@@ -110,16 +112,49 @@ impl fmt::Display for Target {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct BadPfsUri(pub String);
+/// A `pfs://` sink URI that does not parse: which URI, what is wrong with it, and
+/// what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("bad sink `{uri}`: {problem}; {usage}", usage = USAGE)]
+pub struct BadPfsUri {
+    pub uri: String,
+    pub problem: UriProblem,
+}
+
+/// What is wrong with a `pfs://` URI.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UriProblem {
+    #[error("it does not start with pfs://")]
+    NotPfs,
+    #[error("the host is missing")]
+    NoHost,
+    #[error("user info before the host is not supported; give the token with --pachd-token-file or SPOUT_PACHD_TOKEN")]
+    UserInfo,
+    #[error("`[` without `]` around an IPv6 host")]
+    UnclosedBracket,
+    #[error("`{0}` after the IPv6 host")]
+    AfterIpv6Host(String),
+    #[error("an IPv6 host goes in brackets, e.g. pfs://[::1]:1650/REPO")]
+    UnbracketedIpv6,
+    #[error("`{0}` is not a port number")]
+    BadPort(String),
+    #[error("the repo is missing")]
+    NoRepo,
+    /// `what` is `repo`, `branch` or `project`.
+    #[error("the {what} name is empty")]
+    EmptyName { what: &'static str },
+    #[error("the {what} name `{name}` has {bad:?}: Pachyderm allows only letters, digits, `_` and `-`")]
+    BadName { what: &'static str, name: String, bad: char },
+    #[error("unknown parameter `{0}`, only `project=` is known")]
+    UnknownParameter(String),
+}
 
 impl FromStr for Target {
     type Err = BadPfsUri;
 
     fn from_str(uri: &str) -> Result<Self, Self::Err> {
-        let bad = |what: String| BadPfsUri(format!("bad sink `{uri}`: {what}; {USAGE}"));
-        let rest = uri.strip_prefix("pfs://").ok_or_else(|| bad("it does not start with pfs://".into()))?;
+        let bad = |problem| BadPfsUri { uri: uri.to_owned(), problem };
+        let rest = uri.strip_prefix("pfs://").ok_or_else(|| bad(UriProblem::NotPfs))?;
         let (rest, query) = match rest.split_once('?') {
             Some((rest, query)) => (rest, Some(query)),
             None => (rest, None),
@@ -127,7 +162,7 @@ impl FromStr for Target {
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let address = parse_authority(authority).map_err(bad)?;
         if path.is_empty() {
-            return Err(bad("the repo is missing".into()));
+            return Err(bad(UriProblem::NoRepo));
         }
         let (repo, branch) = match path.split_once('@') {
             Some((repo, branch)) => (repo, branch),
@@ -142,7 +177,7 @@ impl FromStr for Target {
                     check_name("project", name).map_err(bad)?;
                     project = name;
                 }
-                _ => return Err(bad(format!("unknown parameter `{pair}`, only `project=` is known"))),
+                _ => return Err(bad(UriProblem::UnknownParameter(pair.to_owned()))),
             }
         }
         Ok(Target {
@@ -156,24 +191,22 @@ impl FromStr for Target {
 }
 
 /// `HOST:PORT`, `HOST` (default port) or `[V6]:PORT`.
-fn parse_authority(authority: &str) -> Result<String, String> {
+fn parse_authority(authority: &str) -> Result<String, UriProblem> {
     if authority.is_empty() {
-        return Err("the host is missing".into());
+        return Err(UriProblem::NoHost);
     }
     if authority.contains('@') {
-        return Err("user info before the host is not supported; give the token with \
-                    --pachd-token-file or SPOUT_PACHD_TOKEN"
-            .into());
+        return Err(UriProblem::UserInfo);
     }
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (v6, after) = bracketed.split_once(']').ok_or("`[` without `]` around an IPv6 host")?;
+        let (v6, after) = bracketed.split_once(']').ok_or(UriProblem::UnclosedBracket)?;
         let port = match after {
             "" => None,
-            after => Some(after.strip_prefix(':').ok_or_else(|| format!("`{after}` after the IPv6 host"))?),
+            after => Some(after.strip_prefix(':').ok_or_else(|| UriProblem::AfterIpv6Host(after.to_owned()))?),
         };
         (&authority[..v6.len() + 2], port)
     } else if authority.matches(':').count() > 1 {
-        return Err("an IPv6 host goes in brackets, e.g. pfs://[::1]:1650/REPO".into());
+        return Err(UriProblem::UnbracketedIpv6);
     } else {
         match authority.split_once(':') {
             Some((host, port)) => (host, Some(port)),
@@ -181,28 +214,52 @@ fn parse_authority(authority: &str) -> Result<String, String> {
         }
     };
     if host.is_empty() {
-        return Err("the host is missing".into());
+        return Err(UriProblem::NoHost);
     }
     let port = match port {
         None => DEFAULT_PORT,
         Some(port) => {
-            port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| format!("`{port}` is not a port number"))?
+            port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| UriProblem::BadPort(port.to_owned()))?
         }
     };
     Ok(format!("{host}:{port}"))
 }
 
 /// Pachyderm's rule for repo, branch and project names.
-fn check_name(what: &str, name: &str) -> Result<(), String> {
+fn check_name(what: &'static str, name: &str) -> Result<(), UriProblem> {
     if name.is_empty() {
-        return Err(format!("the {what} name is empty"));
+        return Err(UriProblem::EmptyName { what });
     }
     match name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
-        Some(c) => {
-            Err(format!("the {what} name `{name}` has {c:?}: Pachyderm allows only letters, digits, `_` and `-`"))
-        }
+        Some(bad) => Err(UriProblem::BadName { what, name: name.to_owned(), bad }),
         None => Ok(()),
     }
+}
+
+/// Why the token could not be read from where it was configured to come from.
+///
+/// The message names the cause too (it is the sink's one-line health message), so
+/// the I/O or JSON error is a field rather than `source()`: a reporter walking the
+/// chain would print it twice.
+#[derive(Debug, Error)]
+pub enum TokenError {
+    #[error("cannot read the pachd token file {}: {error}", .path.display())]
+    Unreadable { path: PathBuf, error: io::Error },
+    #[error("the pachd token file {} is empty", .path.display())]
+    Empty { path: PathBuf },
+    #[error(transparent)]
+    PachConfig(#[from] PachConfigError),
+}
+
+/// Why a pachctl config gave no context (see [`TokenError`] about the cause).
+#[derive(Debug, Error)]
+pub enum PachConfigError {
+    #[error("cannot read the pachctl config {}: {error}", .path.display())]
+    Unreadable { path: PathBuf, error: io::Error },
+    #[error("the pachctl config {} is not valid JSON: {error}", .path.display())]
+    NotJson { path: PathBuf, error: serde_json::Error },
+    #[error("the pachctl config {} has no active context (v2.active_context `{active}`)", .path.display())]
+    NoActiveContext { path: PathBuf, active: String },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,19 +285,17 @@ struct PachContext {
     session_token: Option<String>,
 }
 
-fn read_pach_config(path: &Path) -> Result<PachContext, String> {
+fn read_pach_config(path: &Path) -> Result<PachContext, PachConfigError> {
     let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read the pachctl config {}: {e}", path.display()))?;
-    let config: PachConfig = serde_json::from_str(&text)
-        .map_err(|e| format!("the pachctl config {} is not valid JSON: {e}", path.display()))?;
+        std::fs::read_to_string(path).map_err(|error| PachConfigError::Unreadable { path: path.to_owned(), error })?;
+    let config: PachConfig =
+        serde_json::from_str(&text).map_err(|error| PachConfigError::NotJson { path: path.to_owned(), error })?;
     let v2 = config.v2.unwrap_or_default();
-    let mut context = v2.contexts.get(&v2.active_context).cloned().ok_or_else(|| {
-        format!(
-            "the pachctl config {} has no active context (v2.active_context `{}`)",
-            path.display(),
-            v2.active_context
-        )
-    })?;
+    let mut context = v2
+        .contexts
+        .get(&v2.active_context)
+        .cloned()
+        .ok_or_else(|| PachConfigError::NoActiveContext { path: path.to_owned(), active: v2.active_context.clone() })?;
     context.session_token = context.session_token.filter(|t| !t.is_empty());
     Ok(context)
 }
@@ -314,7 +369,7 @@ mod tests {
     use super::*;
 
     fn parse(uri: &str) -> Result<Target, String> {
-        uri.parse::<Target>().map_err(|e| e.0)
+        uri.parse::<Target>().map_err(|e| e.to_string())
     }
 
     #[test]
@@ -356,16 +411,34 @@ mod tests {
     }
 
     #[test]
+    fn problems_can_be_matched() {
+        let problem = |uri: &str| uri.parse::<Target>().unwrap_err().problem;
+        assert_eq!(problem("pfs://host:http/r"), UriProblem::BadPort("http".into()));
+        assert_eq!(problem("http://host/r"), UriProblem::NotPfs);
+        assert!(matches!(problem("pfs://h/r?project=a.b"), UriProblem::BadName { what: "project", bad: '.', .. }));
+        let error = "pfs://h:0/r".parse::<Target>().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "bad sink `pfs://h:0/r`: `0` is not a port number; expected pfs://HOST:PORT/REPO@BRANCH?project=PROJECT \
+             (port defaults to 30650, branch to master, project to default)"
+        );
+    }
+
+    #[test]
     fn reads_the_token_file_and_tells_when_it_cannot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cret\n").unwrap();
         let source = TokenSource::from_options(Some(path.clone()), Some("ignored".into()));
-        assert_eq!(source.load("pachd:1650"), Ok(Some("s3cret".into())));
+        assert_eq!(source.load("pachd:1650").unwrap(), Some("s3cret".into()));
         std::fs::write(&path, "\n").unwrap();
-        assert!(source.load("pachd:1650").unwrap_err().contains("is empty"));
+        let empty = source.load("pachd:1650").unwrap_err();
+        assert_eq!(empty.to_string(), format!("the pachd token file {} is empty", path.display()));
+        assert!(matches!(empty, TokenError::Empty { .. }));
         let missing = TokenSource::File(dir.path().join("nope"));
-        assert!(missing.load("pachd:1650").unwrap_err().contains("cannot read the pachd token file"));
+        let error = missing.load("pachd:1650").unwrap_err();
+        assert!(error.to_string().starts_with("cannot read the pachd token file"), "{error}");
+        assert!(matches!(error, TokenError::Unreadable { error, .. } if error.kind() == io::ErrorKind::NotFound));
         assert_eq!(format!("{:?}", TokenSource::from_options(None, Some("t".into()))), "Literal(Secret(..))");
     }
 
@@ -396,7 +469,7 @@ mod tests {
         };
         let target = detect_worker(env).unwrap();
         assert_eq!(target.to_string(), "pfs://localhost:1653/spout@master?project=proj");
-        assert_eq!(target.token.load(&target.address), Ok(Some("tok".into())));
+        assert_eq!(target.token.load(&target.address).unwrap(), Some("tok".into()));
         let no_pipeline = |name: &str| if name == "PACH_CONFIG" { Some(config_str.clone()) } else { None };
         assert_eq!(detect_worker(no_pipeline), None);
     }

@@ -1,0 +1,174 @@
+//! Drives the fake pachd (fake_pachd.py beside this file) from Rust tests and from
+//! benches/pfs_commit.rs: starts it, sends it control commands, reads its state back.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::support::python;
+
+const INSTALL: &str = "pip install -r tests/requirements.txt";
+
+pub struct FakePachd {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub port: u16,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct State {
+    pub repos: Vec<RepoState>,
+    pub commits: Vec<CommitState>,
+    pub calls: HashMap<String, u64>,
+    pub max_piece: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RepoState {
+    pub project: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub branches: HashMap<String, BranchState>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BranchState {
+    /// Path to hex content.
+    pub files: HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CommitState {
+    pub id: String,
+    pub repo: String,
+    pub parent: Option<String>,
+    pub description: String,
+    pub finished: bool,
+    pub error: String,
+    pub changed: Vec<String>,
+}
+
+impl State {
+    pub fn branch(&self, repo: &str, branch: &str) -> &BranchState {
+        let repo = self.repos.iter().find(|r| r.name == repo).unwrap_or_else(|| panic!("no repo {repo}"));
+        &repo.branches[branch]
+    }
+
+    /// The files at the head of `repo@branch`, decoded.
+    pub fn files(&self, repo: &str, branch: &str) -> HashMap<String, Vec<u8>> {
+        self.branch(repo, branch).files.iter().map(|(path, hex)| (path.clone(), unhex(hex))).collect()
+    }
+
+    pub fn commits_of(&self, repo: &str) -> Vec<&CommitState> {
+        self.commits.iter().filter(|c| c.repo == repo).collect()
+    }
+
+    pub fn calls(&self, method: &str) -> u64 {
+        self.calls.get(method).copied().unwrap_or(0)
+    }
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex from the fake")).collect()
+}
+
+impl FakePachd {
+    /// Starts the fake on a free port (or `port`), requiring `token` if given.
+    pub fn start(token: Option<&str>, port: Option<u16>) -> Self {
+        Self::spawn(token, port, false)
+    }
+
+    /// For benchmarks: a fake that counts file bytes and keeps none, so memory
+    /// stays flat however many commits are measured.
+    #[allow(dead_code, reason = "for benches/pfs_commit.rs, which includes this file; no test uses it")]
+    pub fn start_discarding() -> Self {
+        Self::spawn(None, None, true)
+    }
+
+    fn spawn(token: Option<&str>, port: Option<u16>, discard: bool) -> Self {
+        let python = python::interpreter();
+        let check = Command::new(&python)
+            .args(["-c", "import python_pachyderm.proto.v2.pfs.pfs_pb2_grpc"])
+            .output()
+            .unwrap_or_else(|e| panic!("the pfs tests run the fake pachd with {}: {e}", python.display()));
+        assert!(
+            check.status.success(),
+            "the pfs tests run a fake pachd on Pachyderm's published stubs, and {} cannot import them; \
+             install them with `{INSTALL}` (`cargo xtask test` does)\n{}",
+            python.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/pfs/fake_pachd.py");
+        let mut command = Command::new(&python);
+        command.arg(script).arg("--port").arg(port.unwrap_or(0).to_string());
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        if discard {
+            command.arg("--discard");
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the fake pachd");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let hello = read_line(&mut stdout);
+        let port = hello["port"].as_u64().expect("the fake pachd prints its port first") as u16;
+        Self { child, stdin, stdout, port }
+    }
+
+    pub fn uri(&self, repo_branch: &str) -> String {
+        format!("pfs://127.0.0.1:{}/{repo_branch}", self.port)
+    }
+
+    fn command(&mut self, command: Value) -> Value {
+        writeln!(self.stdin, "{command}").expect("writing to the fake pachd");
+        self.stdin.flush().unwrap();
+        let answer = read_line(&mut self.stdout);
+        assert!(answer.get("error").is_none(), "fake pachd: {answer}");
+        answer
+    }
+
+    pub fn state(&mut self) -> State {
+        serde_json::from_value(self.command(json!({"cmd": "state"}))).expect("the fake's state")
+    }
+
+    /// Replaces the injected faults (see fake_pachd.py), resetting call counts.
+    pub fn faults(&mut self, faults: Value) {
+        let mut command = faults;
+        command["cmd"] = json!("faults");
+        self.command(command);
+    }
+
+    pub fn set_token(&mut self, token: Option<&str>) {
+        self.command(json!({"cmd": "token", "token": token}));
+    }
+
+    /// Drops every connection and serves again after `down_for` seconds, state kept.
+    pub fn restart(&mut self, down_for: f64) {
+        self.command(json!({"cmd": "restart", "down_for": down_for}));
+    }
+}
+
+fn read_line(stdout: &mut BufReader<ChildStdout>) -> Value {
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("reading from the fake pachd");
+    assert!(!line.is_empty(), "the fake pachd exited (its error is above)");
+    serde_json::from_str(&line).expect("a JSON line from the fake pachd")
+}
+
+impl Drop for FakePachd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
