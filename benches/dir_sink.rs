@@ -2,23 +2,29 @@
 //! large file (vectored writes of 64 KiB chunks). Runs on whatever file system holds
 //! $TMPDIR.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use spout_sidecar::ack::{BatchAck, Ledger};
-use spout_sidecar::batch::SealReason;
+use spout_sidecar::batch::{SealReason, SeqRange};
 use spout_sidecar::buffer::Budget;
 use spout_sidecar::encode::CommitFile;
 use spout_sidecar::message::Payload;
 use spout_sidecar::sink::dir::DirSink;
 use spout_sidecar::sink::{Commit, Health, Sink, SinkContext};
 
+/// A commit of `files`, its batch numbered past every earlier one: the sink names a
+/// commit by its first seq and would take a repeated one for a batch it holds already.
 fn commit(files: &[CommitFile], ledger: &Arc<Ledger>) -> Commit {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
     let bytes = files.iter().map(|f| f.data.len()).sum();
-    let ack =
-        BatchAck::new(1, files.len() as u64, bytes, SealReason::Flush, 1, Instant::now(), Vec::new(), ledger.clone());
+    let count = files.len() as u64;
+    let first = NEXT.fetch_add(count, Ordering::Relaxed);
+    let seqs = SeqRange { first, last: first + count - 1 };
+    let ack = BatchAck::new(1, count, bytes, SealReason::Flush, seqs, Instant::now(), Vec::new(), ledger.clone());
     Commit { files: files.to_vec(), ack }
 }
 

@@ -26,7 +26,7 @@ use futures_util::stream::{self, StreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use spout_sidecar::ack::{BatchAck, Ledger};
-use spout_sidecar::batch::SealReason;
+use spout_sidecar::batch::{SealReason, SeqRange};
 use spout_sidecar::buffer::Budget;
 use spout_sidecar::encode::{tar, CommitFile};
 use spout_sidecar::sink::object::{Compression, ObjectFormat};
@@ -67,7 +67,7 @@ fn through_the_sink(endpoint: &str, case: &Case, run: usize) -> f64 {
             case.files as u64,
             bytes,
             SealReason::Bytes,
-            0,
+            SeqRange { first: 0, last: case.files as u64 - 1 },
             Instant::now(),
             vec![],
             ledger.clone(),

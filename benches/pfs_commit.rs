@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use spout_sidecar::ack::{BatchAck, Ledger};
-use spout_sidecar::batch::SealReason;
+use spout_sidecar::batch::{SealReason, SeqRange};
 use spout_sidecar::buffer::Budget;
 use spout_sidecar::encode::CommitFile;
 use spout_sidecar::sink::{Commit, Health, SinkContext, SinkSettings, SinkSpec};
@@ -65,7 +65,7 @@ fn commits_into_the_fake(c: &mut Criterion) {
                         count as u64,
                         bytes,
                         SealReason::Bytes,
-                        0,
+                        SeqRange { first: 0, last: count as u64 - 1 },
                         Instant::now(),
                         Vec::new(),
                         ledger.clone(),

@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
-use crate::batch::SealReason;
+use crate::batch::{SealReason, SeqRange};
 use crate::buffer::Budget;
 use crate::metrics::METRICS;
 
@@ -78,6 +78,17 @@ pub struct Ledger {
     settled: watch::Sender<u64>,
     history: Mutex<VecDeque<CommitSummary>>,
     unsettled: Mutex<BTreeMap<u64, Unsettled>>,
+    /// Told the last seq of every batch committed (the spool, to let go of it).
+    on_commit: std::sync::OnceLock<CommitHook>,
+}
+
+/// What [`Ledger::on_commit`] calls, on the thread that settles the batch.
+pub struct CommitHook(pub Box<dyn Fn(u64) + Send + Sync>);
+
+impl fmt::Debug for CommitHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CommitHook")
+    }
 }
 
 impl Ledger {
@@ -87,7 +98,15 @@ impl Ledger {
             settled: watch::Sender::new(0),
             history: Mutex::default(),
             unsettled: Mutex::default(),
+            on_commit: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Calls `hook` with the last seq of each batch as it commits. Set once.
+    pub fn on_commit(&self, hook: CommitHook) {
+        if self.on_commit.set(hook).is_err() {
+            panic!("Ledger::on_commit is set once, by the pipeline");
+        }
     }
 
     /// Every batch sealed and not yet settled, oldest first.
@@ -124,6 +143,9 @@ pub struct BatchAck {
     pub bytes: u64,
     pub reason: SealReason,
     pub first_seq: u64,
+    /// The batch's last seq: `first_seq + messages - 1` unless a damaged spool lost
+    /// records in between.
+    pub last_seq: u64,
     opened: Instant,
     sealed: Instant,
     waiters: Vec<oneshot::Sender<Verdict>>,
@@ -138,14 +160,27 @@ impl BatchAck {
         messages: u64,
         bytes: u64,
         reason: SealReason,
-        first_seq: u64,
+        seqs: SeqRange,
         opened: Instant,
         waiters: Vec<oneshot::Sender<Verdict>>,
         ledger: Arc<Ledger>,
     ) -> Self {
-        let unsettled = Unsettled { batch: no, messages, bytes, first_seq };
+        let unsettled = Unsettled { batch: no, messages, bytes, first_seq: seqs.first };
         ledger.unsettled.lock().unwrap().insert(no, unsettled);
-        Self { no, messages, bytes, reason, first_seq, opened, sealed: Instant::now(), waiters, ledger, settled: false }
+        let (first_seq, last_seq) = (seqs.first, seqs.last);
+        Self {
+            no,
+            messages,
+            bytes,
+            reason,
+            first_seq,
+            last_seq,
+            opened,
+            sealed: Instant::now(),
+            waiters,
+            ledger,
+            settled: false,
+        }
     }
 
     /// Time since the batch was sealed: how long its commit has taken so far.
@@ -160,6 +195,9 @@ impl BatchAck {
         METRICS.batch_bytes.observe(self.bytes as f64);
         METRICS.commit_duration.observe(self.sealed.elapsed().as_secs_f64());
         METRICS.accept_to_commit.observe(self.opened.elapsed().as_secs_f64());
+        if let Some(hook) = self.ledger.on_commit.get() {
+            (hook.0)(self.last_seq);
+        }
         self.settle(Ok(Arc::new(receipt)));
     }
 
@@ -171,7 +209,7 @@ impl BatchAck {
             messages = self.messages,
             bytes = self.bytes,
             first_seq = self.first_seq,
-            last_seq = self.first_seq + self.messages.saturating_sub(1),
+            last_seq = self.last_seq,
             "commit failed, its messages are not committed: {error}"
         );
         self.settle(Err(error));

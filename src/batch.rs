@@ -5,6 +5,11 @@
 //! A request's messages always land in one batch, so `wait=commit` has one commit
 //! to report: if a request would push the open batch past a limit, the open batch is
 //! sealed first; a request larger than the limits alone becomes a batch of its own.
+//!
+//! With a [`Journal`] (the disk spool), messages are recorded as they are numbered and
+//! seals as they happen, under the same lock: the journal's order is the seq order and
+//! the batches can be rebuilt from it after a crash ([`Batcher::replay_sealed`],
+//! [`Batcher::restore`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +32,8 @@ pub enum SealReason {
     Age,
     Flush,
     Shutdown,
+    /// Rebuilt at start-up from the spool, as a previous run had sealed it.
+    Replay,
 }
 
 impl SealReason {
@@ -56,9 +63,29 @@ pub struct SeqRange {
     pub last: u64,
 }
 
-/// The batcher no longer takes messages: the sidecar is draining.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closed;
+/// Why [`Batcher::push`] took nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotPushed {
+    /// The batcher no longer takes messages: the sidecar is draining.
+    #[error("the batcher is closed")]
+    Closed,
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Where numbered messages are recorded before they are batched: the disk spool.
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    /// Records one request's messages, numbered; all or none.
+    fn append(&self, messages: &[Message]) -> Result<(), JournalError>;
+
+    /// Records that the messages `first..=last` were sealed as one batch.
+    fn sealed(&self, first: u64, last: u64);
+}
+
+/// The journal could not record the messages (the spool's disk is full, say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct JournalError(pub String);
 
 #[derive(Debug, Serialize)]
 pub struct OpenBatchInfo {
@@ -84,12 +111,24 @@ pub struct Batcher {
     open: Mutex<Open>,
     policy: Policy,
     ledger: Arc<Ledger>,
+    journal: Option<Arc<dyn Journal>>,
     /// Wakes the age timer when a batch opens or closes.
     changed: Notify,
 }
 
 impl Batcher {
     pub fn new(policy: Policy, seq: Sequencer, ledger: Arc<Ledger>, out: Sender<Batch>) -> Arc<Self> {
+        Self::journaled(policy, seq, ledger, out, None)
+    }
+
+    /// A batcher that records messages and seals in `journal` as it goes.
+    pub fn journaled(
+        policy: Policy,
+        seq: Sequencer,
+        ledger: Arc<Ledger>,
+        out: Sender<Batch>,
+        journal: Option<Arc<dyn Journal>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             open: Mutex::new(Open {
                 messages: Vec::new(),
@@ -102,6 +141,7 @@ impl Batcher {
             }),
             policy,
             ledger,
+            journal,
             changed: Notify::new(),
         })
     }
@@ -116,45 +156,87 @@ impl Batcher {
 
     /// Adds one request's messages (their bytes already reserved in the budget) and
     /// registers `waiter` for the verdict on the batch that holds them.
-    pub fn push(&self, incoming: Vec<Incoming>, waiter: Option<oneshot::Sender<Verdict>>) -> Result<SeqRange, Closed> {
+    pub fn push(
+        &self,
+        incoming: Vec<Incoming>,
+        waiter: Option<oneshot::Sender<Verdict>>,
+    ) -> Result<SeqRange, NotPushed> {
         debug_assert!(!incoming.is_empty(), "ingest answers empty requests itself");
         let count = incoming.len() as u64;
         let bytes: u64 = incoming.iter().map(|m| m.payload.len()).sum();
         let mut open = self.open.lock().unwrap();
         if open.out.is_none() {
-            return Err(Closed);
+            return Err(NotPushed::Closed);
         }
+        self.make_room(&mut open, count, bytes);
+        let first = open.seq.take(count);
+        let messages: Vec<Message> = incoming
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| Message { seq: first + i as u64, name: m.name, payload: m.payload, line: m.line })
+            .collect();
+        if let Some(journal) = &self.journal {
+            journal.append(&messages)?;
+        }
+        self.extend(&mut open, messages, bytes, waiter);
+        Ok(SeqRange { first, last: first + count - 1 })
+    }
+
+    /// Adds messages a previous run numbered and journaled but did not seal, as
+    /// `push` would have. Their bytes must be in the budget already.
+    pub fn restore(&self, messages: Vec<Message>) {
+        let Some(last) = messages.last().map(|m| m.seq) else { return };
+        let bytes = messages.iter().map(|m| m.payload.len()).sum();
+        let mut open = self.open.lock().unwrap();
+        open.seq.skip_past(last);
+        self.make_room(&mut open, messages.len() as u64, bytes);
+        self.extend(&mut open, messages, bytes, None);
+    }
+
+    /// Seals `messages` as the batch a previous run sealed (and journaled); call
+    /// before anything else is pushed, oldest batch first.
+    pub fn replay_sealed(&self, messages: Vec<Message>) {
+        let Some(last) = messages.last().map(|m| m.seq) else { return };
+        let bytes = messages.iter().map(|m| m.payload.len()).sum();
+        let mut open = self.open.lock().unwrap();
+        debug_assert!(open.messages.is_empty(), "replayed batches go first");
+        open.seq.skip_past(last);
+        // Not through `extend`: a batch as large as the limits would be sealed there
+        // for its size, and then not be known as replayed.
+        (open.messages, open.bytes, open.opened) = (messages, bytes, Some(Instant::now()));
+        self.seal(&mut open, SealReason::Replay);
+    }
+
+    /// Seals the open batch if `count` messages of `bytes` would take it past a limit.
+    fn make_room(&self, open: &mut Open, count: u64, bytes: u64) {
         if !open.messages.is_empty()
             && (open.bytes + bytes > self.policy.max_bytes
                 || open.messages.len() as u64 + count > self.policy.max_messages)
         {
             let reason =
                 if open.bytes + bytes > self.policy.max_bytes { SealReason::Bytes } else { SealReason::Messages };
-            self.seal(&mut open, reason);
+            self.seal(open, reason);
         }
-        let first = open.seq.take(count);
+    }
+
+    /// Adds numbered messages to the open batch and seals it if that fills it.
+    fn extend(&self, open: &mut Open, messages: Vec<Message>, bytes: u64, waiter: Option<oneshot::Sender<Verdict>>) {
         if open.opened.is_none() {
             open.opened = Some(Instant::now());
             METRICS.open_batch_opened.set(crate::message::unix_nanos() as f64 / 1e9);
             self.changed.notify_one();
         }
-        open.messages.extend(incoming.into_iter().enumerate().map(|(i, m)| Message {
-            seq: first + i as u64,
-            name: m.name,
-            payload: m.payload,
-            line: m.line,
-        }));
+        open.messages.extend(messages);
         open.bytes += bytes;
         open.waiters.extend(waiter);
         if open.bytes >= self.policy.max_bytes {
-            self.seal(&mut open, SealReason::Bytes);
+            self.seal(open, SealReason::Bytes);
         } else if open.messages.len() as u64 >= self.policy.max_messages {
-            self.seal(&mut open, SealReason::Messages);
+            self.seal(open, SealReason::Messages);
         } else {
             METRICS.open_batch_messages.set(open.messages.len() as i64);
             METRICS.open_batch_bytes.set(open.bytes as i64);
         }
-        Ok(SeqRange { first, last: first + count - 1 })
     }
 
     /// Seals the open batch now. Returns the number of the last sealed batch: once it
@@ -190,12 +272,17 @@ impl Batcher {
         let Some(out) = open.out.as_ref() else { return };
         open.sealed += 1;
         let messages = std::mem::take(&mut open.messages);
+        if let (Some(journal), Some(first), Some(last), false) =
+            (&self.journal, messages.first(), messages.last(), reason == SealReason::Replay)
+        {
+            journal.sealed(first.seq, last.seq);
+        }
         let ack = BatchAck::new(
             open.sealed,
             messages.len() as u64,
             std::mem::take(&mut open.bytes),
             reason,
-            messages.first().map(|m| m.seq).unwrap_or(0),
+            SeqRange { first: messages.first().map_or(0, |m| m.seq), last: messages.last().map_or(0, |m| m.seq) },
             opened,
             std::mem::take(&mut open.waiters),
             self.ledger.clone(),
@@ -278,6 +365,25 @@ mod tests {
         assert_eq!((big.messages.len(), big.ack.bytes), (1, 20));
     }
 
+    #[test]
+    fn a_replayed_batch_is_sealed_as_it_was_even_at_the_limits() {
+        let (b, rx) = batcher(1 << 20, 3);
+        let numbered = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Message> {
+            seqs.map(|seq| Message { seq, name: None, payload: Bytes::from_static(b"m").into(), line: false }).collect()
+        };
+        b.replay_sealed(numbered(207..=209));
+        b.restore(numbered(210..=211));
+        let replayed = rx.try_recv().unwrap();
+        assert_eq!(
+            (replayed.ack.reason, replayed.ack.first_seq, replayed.ack.last_seq),
+            (SealReason::Replay, 207, 209)
+        );
+        assert!(rx.try_recv().is_err(), "restored messages wait in the open batch");
+        assert_eq!(b.push(msgs(&[1]), None).unwrap(), SeqRange { first: 212, last: 212 }, "numbered past them");
+        let next = rx.try_recv().unwrap();
+        assert_eq!((next.ack.reason, next.messages.len()), (SealReason::Messages, 3));
+    }
+
     #[tokio::test]
     async fn age_trigger_and_close() {
         let (b, rx) = batcher(1 << 20, 1000);
@@ -291,6 +397,6 @@ mod tests {
         b.push(msgs(&[1]), None).unwrap();
         assert_eq!(b.close(), 2);
         assert_eq!(batch.1.try_recv().unwrap().ack.reason, SealReason::Shutdown);
-        assert_eq!(b.push(msgs(&[1]), None), Err(Closed));
+        assert_eq!(b.push(msgs(&[1]), None), Err(NotPushed::Closed));
     }
 }

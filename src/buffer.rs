@@ -3,10 +3,12 @@
 //! Ingest reserves a request's bytes before enqueueing it; the bytes are released
 //! when the sink's verdict on their batch arrives (`ack`). That is the whole of the
 //! back-pressure story: a stalled sink stops releasing, ingest stops admitting.
+//! The disk spool bounds its bytes with a [`Budget`] of its own (`--max-spool-bytes`).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus::IntGauge;
 use tokio::sync::Notify;
 
 use crate::metrics::METRICS;
@@ -26,6 +28,8 @@ pub fn charge(payload: u64, messages: u64) -> u64 {
 pub struct Budget {
     used: Mutex<u64>,
     limit: u64,
+    /// Where `used` is exported.
+    gauge: IntGauge,
     freed: Notify,
     /// The last reservation found no room: requests are waiting or refused.
     turned_away: std::sync::atomic::AtomicBool,
@@ -41,9 +45,24 @@ pub enum Refusal {
 }
 
 impl Budget {
+    /// The memory budget, exported as `spout_buffer_bytes` and `spout_buffer_limit_bytes`.
     pub fn new(limit: u64) -> Self {
-        METRICS.buffer_limit_bytes.set(limit as i64);
-        Self { used: Mutex::new(0), limit, freed: Notify::new(), turned_away: Default::default() }
+        Self::with_gauges(limit, &METRICS.buffer_bytes, &METRICS.buffer_limit_bytes)
+    }
+
+    /// A budget exported on the gauges given.
+    pub fn with_gauges(limit: u64, used: &IntGauge, limit_gauge: &IntGauge) -> Self {
+        limit_gauge.set(limit as i64);
+        used.set(0);
+        Self { used: Mutex::new(0), limit, gauge: used.clone(), freed: Notify::new(), turned_away: Default::default() }
+    }
+
+    /// Charges `bytes` whether or not they fit: for what is held already when the
+    /// sidecar starts (a spool to replay). New reservations wait until it drains.
+    pub fn force(&self, bytes: u64) {
+        let mut used = self.used.lock().unwrap();
+        *used += bytes;
+        self.gauge.set(*used as i64);
     }
 
     /// Reserves `bytes`, waiting up to `wait` for room (`None` waits for as long as it
@@ -80,7 +99,7 @@ impl Budget {
             return false;
         }
         *used += bytes;
-        METRICS.buffer_bytes.set(*used as i64);
+        self.gauge.set(*used as i64);
         true
     }
 
@@ -90,7 +109,7 @@ impl Budget {
         }
         let mut used = self.used.lock().unwrap();
         *used = used.saturating_sub(bytes);
-        METRICS.buffer_bytes.set(*used as i64);
+        self.gauge.set(*used as i64);
         // Room was made: the next request decides whether the buffer is full.
         self.turned_away.store(false, std::sync::atomic::Ordering::Relaxed);
         drop(used);

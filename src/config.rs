@@ -10,6 +10,7 @@ use crate::ingest::raw_socket::RawFraming;
 use crate::ingest::WhenFull;
 use crate::sink::object::{Compression, ObjectFormat};
 use crate::sink::SinkSpec;
+use crate::spool::SpoolSync;
 
 /// Streams messages into Pachyderm spouts, committing batches to a named pipe
 /// (fifo:), a Pachyderm 2.x repo (pfs://), a directory (dir:), standard output
@@ -72,6 +73,26 @@ pub struct Options {
     /// Memory budget for accepted, not yet committed payload; past it, back-pressure.
     #[arg(long, env = "SPOUT_MAX_BUFFER_BYTES", default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_buffer_bytes: u64,
+
+    /// A directory for the disk spool: a request is answered 202 only once its
+    /// messages are written there (see --spool-sync), and a restart commits what a
+    /// crash left uncommitted, before anything new. One sidecar per directory.
+    #[arg(long, env = "SPOUT_SPOOL_DIR", value_name = "PATH")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// With --spool-dir, how durable messages are before the 202: `always`
+    /// fdatasyncs first (survives a power cut; concurrent requests share one sync),
+    /// `never` only writes to the page cache (survives the sidecar dying, not the
+    /// machine), a duration such as `100ms` syncs that often in the background. The
+    /// default is `always`: a node can fail as well as a pod, and sharing syncs keeps
+    /// the cost small.
+    #[arg(long, env = "SPOUT_SPOOL_SYNC", default_value = "always", value_name = "always|never|DUR")]
+    pub spool_sync: SpoolSync,
+
+    /// With --spool-dir, the most bytes of messages the spool holds on disk; past
+    /// it, back-pressure as for a full buffer (--when-full).
+    #[arg(long, env = "SPOUT_MAX_SPOOL_BYTES", default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_spool_bytes: u64,
 
     /// When the buffer is full: hold requests up to --block-timeout, or 503 at once.
     #[arg(long, env = "SPOUT_WHEN_FULL", value_enum, default_value = "block")]

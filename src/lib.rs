@@ -25,4 +25,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
 pub mod supervisor;

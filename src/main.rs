@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use spout_sidecar::config::{Listen, Options};
 use spout_sidecar::listeners::{BindError, Listeners};
-use spout_sidecar::pipeline::Pipeline;
+use spout_sidecar::pipeline::{Pipeline, StartError};
 use spout_sidecar::shutdown::{self, Signals};
 use spout_sidecar::sink::SinkSettings;
 use spout_sidecar::supervisor::{self, Endpoints};
@@ -33,8 +33,8 @@ enum Fatal {
     Exposed(String),
     #[error("cannot open sink {sink}: {source}")]
     OpenSink { sink: String, source: std::io::Error },
-    #[error("cannot start the sink thread: {0}")]
-    SinkThread(std::io::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("cannot run {program}: {source}")]
@@ -81,7 +81,7 @@ async fn run(options: Options) -> Result<ExitCode, Fatal> {
         compression: options.compression,
     };
     let sink = spec.open(&settings).map_err(|source| Fatal::OpenSink { sink: spec.to_string(), source })?;
-    let pipeline = Pipeline::start(&options, sink).map_err(Fatal::SinkThread)?;
+    let pipeline = Pipeline::start(&options, sink).map_err(Fatal::Start)?;
     let api = Arc::new(pipeline.api(&options, token));
     let Pipeline { intake, health, shutdown: stop, sink_name, sink_thread } = pipeline;
     let mut listeners = Listeners::bind(&options, api).await?;

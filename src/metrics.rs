@@ -41,6 +41,12 @@ pub struct Metrics {
     pub object_requests: IntCounterVec,
     pub object_request_bytes: IntCounterVec,
     pub object_request_duration: HistogramVec,
+    pub spool_bytes: IntGauge,
+    pub spool_limit_bytes: IntGauge,
+    pub spool_segments: IntGauge,
+    pub spool_sync_duration: Histogram,
+    pub spool_replayed_messages: IntCounter,
+    pub spool_quarantined: IntCounterVec,
 }
 
 /// Latencies from 100 µs to ~100 s.
@@ -149,6 +155,18 @@ impl Metrics {
             object_requests: counter_vec(r, "object_requests_total", "Requests the object-store sinks made, by operation (as in object_request_duration_seconds) and outcome (ok, error).", &["op", "outcome"]),
             object_request_bytes: counter_vec(r, "object_request_bytes_total", "Bytes the object-store sinks' successful requests carried (as stored, after compression), by operation.", &["op"]),
             object_request_duration,
+            spool_bytes: gauge(r, "spool_bytes", "Bytes of message records in the disk spool (--spool-dir) not yet deleted, plus those reserved for requests being written."),
+            spool_limit_bytes: gauge(r, "spool_limit_bytes", "The disk spool's limit, --max-spool-bytes (0 without --spool-dir)."),
+            spool_segments: gauge(r, "spool_segments", "Segment files in the disk spool."),
+            spool_sync_duration: histogram(r, "spool_sync_duration_seconds", "Time each fdatasync of the disk spool took; with --spool-sync always, one covers every request written while the previous one ran.", latency_buckets()),
+            spool_replayed_messages: counter(r, "spool_replayed_messages_total", "Messages read back from the disk spool at start-up, to be committed before new ones."),
+            spool_quarantined: {
+                let metric = counter_vec(r, "spool_quarantined_total", "Damaged stretches of spool segments found at start-up and moved to DIR/quarantine/, by kind (corrupt: a CRC or header failed; torn: a record cut short at the end).", &["kind"]);
+                for kind in ["corrupt", "torn"] {
+                    metric.with_label_values(&[kind]);
+                }
+                metric
+            },
             registry,
         }
     }

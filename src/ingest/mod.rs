@@ -3,8 +3,9 @@
 //! `http` serves the HTTP API on TCP and a Unix socket, `raw_socket` reads framed
 //! streams from a Unix socket, `framing` turns bodies into messages (checking the
 //! names clients give with `message::file_name`). All of them hand decoded messages to
-//! [`Intake::admit`], which reserves their bytes in the memory budget and enqueues
-//! them in the batcher, or says why not.
+//! [`Intake::admit`], which reserves their bytes in the memory budget (and with a disk
+//! spool, in the spool's), enqueues them in the batcher (which writes them to the
+//! spool) and, with `--spool-sync always`, waits for the spool's sync; or says why not.
 
 pub mod framing;
 pub mod http;
@@ -17,12 +18,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::ack::VerdictReceiver;
-use crate::batch::{Batcher, SeqRange};
+use crate::batch::{Batcher, NotPushed, SeqRange};
 use crate::buffer::{charge, Budget, Refusal};
 use crate::cancel::Cancel;
 use crate::message::Incoming;
 use crate::metrics::METRICS;
 use crate::sink::Health;
+use crate::spool::Spool;
 
 /// Where messages came from; the `transport` label of the ingest metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
@@ -90,6 +92,12 @@ pub enum Refused {
     /// A sink thread died: nothing would commit the messages (503).
     #[strum(serialize = "sink_down")]
     SinkDead,
+    /// The disk spool is full (`--max-spool-bytes`): 503 with Retry-After.
+    #[strum(serialize = "spool_full")]
+    SpoolFull,
+    /// The disk spool cannot be written or synced (disk full, read-only): 503.
+    #[strum(serialize = "spool_unwritable")]
+    SpoolUnwritable,
 }
 
 impl Refused {
@@ -116,6 +124,7 @@ pub struct Intake {
     draining: Cancel,
     /// The sink's health: a dead sink admits nothing.
     sink: Arc<Health>,
+    spool: Option<Arc<Spool>>,
 }
 
 impl Intake {
@@ -127,7 +136,16 @@ impl Intake {
         sink: Arc<Health>,
     ) -> Self {
         let budget = batcher.ledger().budget().clone();
-        Self { batcher, budget, when_full, block_timeout, draining, sink }
+        Self { batcher, budget, when_full, block_timeout, draining, sink, spool: None }
+    }
+
+    /// Admits through `spool`, which the batcher must journal to.
+    pub fn spooling(self, spool: Arc<Spool>) -> Self {
+        Self { spool: Some(spool), ..self }
+    }
+
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool.as_ref()
     }
 
     pub fn batcher(&self) -> &Arc<Batcher> {
@@ -159,19 +177,19 @@ impl Intake {
         };
         let started = Instant::now();
         let charged = charge(bytes, count);
-        let reserved = self.budget.reserve(charged, Some(Duration::ZERO)).await;
-        let reserved = match reserved {
-            Err(Refusal::Full) if wait != Some(Duration::ZERO) => {
-                let waited = self.budget.reserve(charged, wait).await;
-                METRICS.backpressure_wait.observe(started.elapsed().as_secs_f64());
-                waited
+        if let Err(refusal) = reserve(&self.budget, charged, wait, started).await {
+            return Err(self.refuse(refusal.into(), count));
+        }
+        let spooled = self.spool.as_ref().map_or(0, |_| Spool::record_bytes(&messages));
+        if let Some(spool) = &self.spool {
+            if let Err(refusal) = reserve(spool.budget(), spooled, wait, started).await {
+                self.budget.release(charged);
+                let why = match refusal {
+                    Refusal::Full => Refused::SpoolFull,
+                    Refusal::LargerThanBudget => Refused::LargerThanBudget,
+                };
+                return Err(self.refuse(why, count));
             }
-            other => other,
-        };
-        match reserved {
-            Ok(()) => {}
-            Err(Refusal::Full) => return Err(self.refuse(Refused::Overloaded, count)),
-            Err(Refusal::LargerThanBudget) => return Err(self.refuse(Refused::LargerThanBudget, count)),
         }
         let (tx, rx) = match how.answer {
             Answer::Committed => {
@@ -180,22 +198,57 @@ impl Intake {
             }
             Answer::Accepted => (None, None),
         };
-        match self.batcher.push(messages, tx) {
-            Ok(seqs) => {
-                let transport = how.transport.as_str();
-                METRICS.messages_received.with_label_values(&[transport]).inc_by(count);
-                METRICS.bytes_received.with_label_values(&[transport]).inc_by(bytes);
-                Ok(Admitted { seqs, verdict: rx })
-            }
-            Err(_closed) => {
+        let seqs = match self.batcher.push(messages, tx) {
+            Ok(seqs) => seqs,
+            Err(not_pushed) => {
                 self.budget.release(charged);
-                Err(self.refuse(Refused::Draining, count))
+                if let Some(spool) = &self.spool {
+                    spool.budget().release(spooled);
+                }
+                let why = match not_pushed {
+                    NotPushed::Closed => Refused::Draining,
+                    NotPushed::Journal(_) => Refused::SpoolUnwritable,
+                };
+                return Err(self.refuse(why, count));
+            }
+        };
+        if let Some(spool) = &self.spool {
+            // Batched already: should the sync fail, the messages are still committed,
+            // and a client that retries after the 503 sends them twice.
+            if spool.durable(seqs.last).await.is_err() {
+                return Err(self.refuse(Refused::SpoolUnwritable, count));
             }
         }
+        let transport = how.transport.as_str();
+        METRICS.messages_received.with_label_values(&[transport]).inc_by(count);
+        METRICS.bytes_received.with_label_values(&[transport]).inc_by(bytes);
+        Ok(Admitted { seqs, verdict: rx })
     }
 
     fn refuse(&self, why: Refused, count: u64) -> Refused {
         METRICS.messages_rejected.with_label_values(&[why.reason()]).inc_by(count.max(1));
         why
+    }
+}
+
+/// Reserves `bytes` in `budget`: at once if there is room, else waiting up to `wait`
+/// (`None`: as long as it takes), timing the wait.
+async fn reserve(budget: &Budget, bytes: u64, wait: Option<Duration>, started: Instant) -> Result<(), Refusal> {
+    match budget.reserve(bytes, Some(Duration::ZERO)).await {
+        Err(Refusal::Full) if wait != Some(Duration::ZERO) => {
+            let waited = budget.reserve(bytes, wait).await;
+            METRICS.backpressure_wait.observe(started.elapsed().as_secs_f64());
+            waited
+        }
+        other => other,
+    }
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Full => Refused::Overloaded,
+            Refusal::LargerThanBudget => Refused::LargerThanBudget,
+        }
     }
 }

@@ -23,7 +23,7 @@ impl CommitIds {
     }
 
     pub fn next_id(&mut self) -> String {
-        format!("{:0DIGITS$}", self.0.take(1))
+        id_of(self.0.take(1))
     }
 
     /// The number of `name` if it is an id, e.g. a directory a previous run made.
@@ -34,6 +34,11 @@ impl CommitIds {
             None
         }
     }
+}
+
+/// The id that names number `n`, e.g. a `dir:` commit named by its first seq.
+pub fn id_of(n: u64) -> String {
+    format!("{n:0DIGITS$}")
 }
 
 #[cfg(test)]

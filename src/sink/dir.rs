@@ -8,11 +8,15 @@
 //! Readers must skip names starting with `.`: a `.tmp-*` directory is a commit being
 //! written, or one a crash interrupted (removed when the sink next opens).
 //!
-//! Commit ids are 20-digit zero-padded numbers, so they sort as text in commit order.
-//! They start from the clock in nanoseconds and past the largest id already in `ROOT`,
-//! so they keep increasing across restarts even if the clock has stepped back. One
-//! sidecar per directory: a second one could race for an id (the loser retries with
-//! the next id, but the order of the two streams is then interleaved).
+//! A commit's id is its batch's first sequence number, 20 digits zero-padded, so ids
+//! sort as text in commit order. Sequence numbers start from the clock and past the
+//! largest id already in `ROOT` ([`Sink::seq_floor`]), so a fresh batch never finds its
+//! id taken: for a batch replayed from the disk spool, an id already in place is that
+//! very batch, committed by a run that crashed before it could record so, and is not
+//! written twice. Should any other batch find its id taken (a spool whose seal records
+//! were lost, so that batches were formed afresh), it takes the next free id instead:
+//! committed again, never lost. One sidecar per directory: two would number batches
+//! independently.
 //!
 //! Within one commit, files of the same name are appended in arrival order; with
 //! `--overwrite` the last one wins. Failures of the file system (full, read-only,
@@ -29,10 +33,11 @@ use bytes::Bytes;
 use rustix::io::Errno;
 
 use super::backoff::Backoff;
-use super::commit_id::CommitIds;
+use super::commit_id::{self, CommitIds};
 use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
+use crate::batch::SealReason;
 use crate::encode::{self, CommitFile};
 use crate::message::{file_name, Payload};
 use crate::metrics::METRICS;
@@ -63,16 +68,17 @@ const FSYNC_EACH_UP_TO: usize = 32;
 
 pub struct DirSink {
     root: PathBuf,
-    ids: CommitIds,
+    /// The largest commit id in `ROOT` when the sink opened.
+    floor: u64,
     backoff: Backoff,
 }
 
 impl DirSink {
-    /// Opens (creating) `root`, removes temp directories a crash left, and places the
-    /// next id past every commit already there.
+    /// Opens (creating) `root`, removes temp directories a crash left, and notes the
+    /// largest id of the commits already there.
     pub fn open(root: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(&root)?;
-        let mut ids = CommitIds::starting_now();
+        let mut floor = 0;
         let mut removed_any = false;
         for entry in fs::read_dir(&root)? {
             let entry = entry?;
@@ -87,27 +93,39 @@ impl DirSink {
                 }
                 removed_any = true;
             } else if let Some(id) = CommitIds::parse(name) {
-                ids.skip_past(id);
+                floor = floor.max(id);
             }
         }
         if removed_any {
             sync_dir(&root).map_err(|f| f.error)?;
         }
-        Ok(Self { root, ids, backoff: Backoff::default() })
+        Ok(Self { root, floor, backoff: Backoff::default() })
     }
 
-    /// One attempt at `tree`. `placed` remembers a commit already renamed into place,
-    /// so a retry after a failed fsync of `ROOT` does not write it a second time.
-    fn attempt(&mut self, tree: &Tree<'_>, placed: &mut Option<String>) -> Result<String, FsStepError> {
-        let id = match placed {
-            Some(id) => id.clone(),
-            None => {
-                let id = self.ids.next_id();
-                let temp = self.root.join(format!("{TEMP_PREFIX}{id}"));
-                let written = tree.write(&temp).and_then(|()| {
-                    let target = self.root.join(&id);
-                    fs::rename(&temp, &target).doing("renaming into place", &target)
-                });
+    /// One attempt at `tree` as commit `id`. `placed` remembers a commit already in
+    /// place, so a retry after a failed fsync of `ROOT` does not write it a second time.
+    fn attempt(
+        &mut self,
+        id: &mut String,
+        tree: &Tree<'_>,
+        placed: &mut bool,
+        replayed: bool,
+    ) -> Result<(), FsStepError> {
+        if !*placed {
+            let mut target = self.root.join(&*id);
+            if target.exists() && !replayed {
+                let taken = std::mem::replace(id, self.next_free_id()?);
+                tracing::warn!(
+                    "commit id {taken} is taken by a batch this one was not rebuilt from; committing as {id}"
+                );
+                target = self.root.join(&*id);
+            }
+            if target.exists() {
+                tracing::info!("commit {id} is in place already: a previous run committed this batch");
+            } else {
+                let temp = self.root.join(format!("{TEMP_PREFIX}{}", id));
+                let written =
+                    tree.write(&temp).and_then(|()| fs::rename(&temp, &target).doing("renaming into place", &target));
                 if let Err(failure) = written {
                     if let Err(e) = fs::remove_dir_all(&temp) {
                         if e.kind() != io::ErrorKind::NotFound {
@@ -116,11 +134,18 @@ impl DirSink {
                     }
                     return Err(failure);
                 }
-                placed.insert(id).clone()
             }
-        };
-        sync_dir(&self.root)?;
-        Ok(id)
+            *placed = true;
+        }
+        sync_dir(&self.root)
+    }
+
+    /// The id after the largest in `ROOT`.
+    fn next_free_id(&self) -> Result<String, FsStepError> {
+        let entries = fs::read_dir(&self.root).doing("listing", &self.root)?;
+        let largest =
+            entries.filter_map(|e| e.ok()?.file_name().to_str().and_then(CommitIds::parse)).max().unwrap_or(self.floor);
+        Ok(commit_id::id_of(largest + 1))
     }
 }
 
@@ -129,16 +154,22 @@ impl Sink for DirSink {
         format!("dir:{}", self.root.display())
     }
 
+    fn seq_floor(&self) -> u64 {
+        self.floor
+    }
+
     fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
         let Commit { files, ack } = commit;
         let tree = match Tree::plan(&files, ctx.overwrite) {
             Ok(tree) => tree,
             Err(why) => return ack.failed(format_args!("the batch cannot be written as a directory: {why}")),
         };
-        let mut placed = None;
+        let mut id = commit_id::id_of(ack.first_seq);
+        let replayed = ack.reason == SealReason::Replay;
+        let mut placed = false;
         loop {
-            match self.attempt(&tree, &mut placed) {
-                Ok(id) => {
+            match self.attempt(&mut id, &tree, &mut placed, replayed) {
+                Ok(()) => {
                     self.backoff.reset();
                     ctx.health.up();
                     return ack.committed(ctx.receipt(id, &files));
@@ -280,13 +311,20 @@ mod tests {
 
     use super::*;
     use crate::ack::{BatchAck, Ledger, VerdictReceiver};
-    use crate::batch::SealReason;
+    use crate::batch::{SealReason, SeqRange};
     use crate::buffer::Budget;
     use crate::encode::Layout;
     use crate::sink::Health;
 
-    /// A commit of `files` (name, chunks) and the receiver of its verdict.
+    /// A commit of `files` (name, chunks) and the receiver of its verdict, its batch
+    /// numbered past every other one this test run makes.
     fn commit(files: &[(&str, &[&[u8]])]) -> (Commit, VerdictReceiver) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000);
+        let first = NEXT.fetch_add(1000, std::sync::atomic::Ordering::Relaxed);
+        commit_numbered(first, SealReason::Flush, files)
+    }
+
+    fn commit_numbered(first: u64, reason: SealReason, files: &[(&str, &[&[u8]])]) -> (Commit, VerdictReceiver) {
         let files: Vec<CommitFile> = files
             .iter()
             .map(|(name, chunks)| CommitFile {
@@ -297,7 +335,8 @@ mod tests {
         let bytes = files.iter().map(|f| f.data.len()).sum();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let ledger = Ledger::new(Arc::new(Budget::new(1 << 20)));
-        let ack = BatchAck::new(1, files.len() as u64, bytes, SealReason::Flush, 1, Instant::now(), vec![tx], ledger);
+        let seqs = SeqRange { first, last: first + files.len() as u64 - 1 };
+        let ack = BatchAck::new(1, files.len() as u64, bytes, reason, seqs, Instant::now(), vec![tx], ledger);
         (Commit { files, ack }, rx)
     }
 
@@ -370,25 +409,27 @@ mod tests {
     }
 
     #[test]
-    fn ids_keep_increasing_across_sinks_and_past_what_is_there() {
+    fn a_commit_is_named_by_its_first_seq_and_a_batch_already_in_place_is_not_written_again() {
         let root = tempfile::tempdir().unwrap();
         let mut first = DirSink::open(root.path().into()).unwrap();
-        let (one, one_verdict) = commit(&[("f", &[b"1"])]);
+        assert_eq!(first.seq_floor(), 0);
+        let (one, verdict) = commit_numbered(41, SealReason::Age, &[("f", &[b"1"])]);
         first.submit(one, &context(false));
-        let (two, two_verdict) = commit(&[("f", &[b"2"])]);
-        first.submit(two, &context(false));
-        let (one, two) = (committed_id(one_verdict), committed_id(two_verdict));
-        assert!(one < two);
+        assert_eq!(committed_id(verdict), "00000000000000000041");
         drop(first);
-        // A commit from a run whose clock was far ahead of ours.
-        let ahead = format!("{:020}", two.parse::<u64>().unwrap() + 10u64.pow(15));
-        fs::create_dir(root.path().join(&ahead)).unwrap();
         let mut second = DirSink::open(root.path().into()).unwrap();
-        let (three, three_verdict) = commit(&[("f", &[b"3"])]);
-        second.submit(three, &context(false));
-        let three = committed_id(three_verdict);
-        assert!(three > ahead, "{three} after {ahead}");
-        assert_eq!(entries(root.path()), [one, two, ahead, three]);
+        assert_eq!(second.seq_floor(), 41, "new batches are numbered past what is there");
+        // The same batch again, as a restart replays it from the spool.
+        let (again, verdict) = commit_numbered(41, SealReason::Replay, &[("f", &[b"1"])]);
+        second.submit(again, &context(false));
+        assert_eq!(committed_id(verdict), "00000000000000000041");
+        assert_eq!(entries(root.path()), ["00000000000000000041"]);
+        assert_eq!(fs::read(root.path().join("00000000000000000041/f")).unwrap(), b"1");
+        // A batch formed afresh that finds its id taken is committed under the next one.
+        let (other, verdict) = commit_numbered(41, SealReason::Age, &[("g", &[b"2"])]);
+        second.submit(other, &context(false));
+        assert_eq!(committed_id(verdict), "00000000000000000042");
+        assert_eq!(fs::read(root.path().join("00000000000000000042/g")).unwrap(), b"2");
     }
 
     #[test]

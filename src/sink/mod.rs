@@ -53,6 +53,13 @@ pub trait Sink: Send {
         0
     }
 
+    /// The highest sequence number a previous run may have named a commit here by
+    /// (`dir:` names commits by their batch's first seq): new messages are numbered
+    /// past it, so a commit id already there means that very batch.
+    fn seq_floor(&self) -> u64 {
+        0
+    }
+
     /// Checks, while no commit is in flight, that the destination is reachable, so
     /// that health (and `/readyz`) tell the truth before the next batch arrives.
     fn probe(&mut self, _ctx: &SinkContext) {}

@@ -21,11 +21,26 @@ use crate::batch::Batch;
 /// Starts the sink thread; it ends once the batcher closes and every batch settled
 /// (or the context gives up).
 pub fn start(sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext) -> std::io::Result<JoinHandle<()>> {
-    let health = ctx.health.clone();
-    spawn_watched("sink", health, move || run(sink, batches, ctx))
+    start_gated(sink, batches, ctx, None)
 }
 
-fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext) {
+/// What the sink thread calls before it commits each batch, and waits for: the disk
+/// spool making the batch's seal durable, so that the batch is rebuilt exactly as it
+/// was committed should the machine crash.
+pub struct Gate(pub Box<dyn Fn() + Send>);
+
+/// Like [`start`], calling `gate` before each commit.
+pub fn start_gated(
+    sink: Box<dyn Sink>,
+    batches: Receiver<Batch>,
+    ctx: SinkContext,
+    gate: Option<Gate>,
+) -> std::io::Result<JoinHandle<()>> {
+    let health = ctx.health.clone();
+    spawn_watched("sink", health, move || run(sink, batches, ctx, gate))
+}
+
+fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext, gate: Option<Gate>) {
     const POLL: Duration = Duration::from_millis(2);
     const PROBE_EVERY: Duration = Duration::from_millis(250);
     let mut fault = InjectedPanic::for_thread("sink");
@@ -45,6 +60,9 @@ fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext) {
         let wait = match next {
             Ok(batch) => {
                 fault.count_batch();
+                if let Some(gate) = &gate {
+                    (gate.0)();
+                }
                 sink.submit(ctx.layout.apply(batch), &ctx);
                 Duration::ZERO
             }

@@ -33,5 +33,6 @@ mod pipe_sinks;
 mod schemathesis;
 mod shutdown;
 mod sink_outages;
+mod spool;
 mod support;
 mod thread_death;

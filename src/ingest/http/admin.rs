@@ -31,6 +31,14 @@ pub fn readyz(api: &Api) -> Reply {
     if api.intake.budget().is_full() {
         problems.push("the buffer is full".to_string());
     }
+    if let Some(spool) = api.intake.spool() {
+        if spool.budget().is_full() {
+            problems.push("the disk spool is full".to_string());
+        }
+        if let Some(error) = spool.failure() {
+            problems.push(format!("the disk spool cannot be written: {error}"));
+        }
+    }
     if api.intake.is_draining() {
         problems.push("the sidecar is shutting down".to_string());
     }
@@ -74,6 +82,8 @@ struct Status<'a> {
     draining: bool,
     open_batch: crate::batch::OpenBatchInfo,
     buffer: Buffer,
+    /// With `--spool-dir`.
+    spool: Option<crate::spool::SpoolStatus>,
     last_commits: Vec<crate::ack::CommitSummary>,
 }
 
@@ -95,6 +105,7 @@ pub fn status(api: &Api) -> Reply {
             draining: api.intake.is_draining(),
             open_batch: batcher.info(),
             buffer: Buffer { used_bytes: budget.used(), limit_bytes: budget.limit() },
+            spool: api.intake.spool().map(|spool| spool.status()),
             last_commits: batcher.ledger().recent(),
         },
     )

@@ -339,7 +339,18 @@ fn refused(why: Refused) -> Rejection {
         Refused::LargerThanBudget => reply::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            "the request is larger than the whole buffer (--max-buffer-bytes)",
+            "the request is larger than the whole buffer (--max-buffer-bytes) or spool (--max-spool-bytes)",
+        ),
+        Refused::SpoolFull => reply::unavailable(
+            "overloaded",
+            "the disk spool is full (--max-spool-bytes); the sink is not keeping up, retry later",
+            1,
+        ),
+        Refused::SpoolUnwritable => reply::unavailable(
+            "spool_unwritable",
+            "the disk spool (--spool-dir) cannot be written or synced: its disk is full, read-only or failing; \
+             retry later",
+            5,
         ),
     };
     Rejection { uncounted_reason: None, reply }
