@@ -5,19 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::support::client::Connection;
+use crate::support::crash::kill_9_while_sending;
 use crate::support::sidecar::{dir_commits, Sidecar};
 
 const ROUNDS: usize = 20;
 const CLIENTS: usize = 4;
-
-/// A cheap varying number for the kill moments; no RNG crate for a test.
-fn pseudo_random(bound: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
-    nanos.wrapping_mul(6364136223846793005).rotate_right(17) % bound
-}
 
 fn send_until_killed(addr: String, next_id: Arc<AtomicU64>, acked: Arc<Mutex<BTreeSet<u64>>>) {
     // The kill may come before this client connects (the machine is busy): then it
@@ -48,18 +42,10 @@ fn kill_9_never_loses_or_doubles_an_acknowledged_message() {
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     for _ in 0..ROUNDS {
         let mut sidecar = Sidecar::start(&["--sink", &sink, "--max-batch-age", "5ms"]);
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let (addr, next_id, acked) = (sidecar.addr.clone(), next_id.clone(), acked.clone());
-                std::thread::spawn(move || send_until_killed(addr, next_id, acked))
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(50 + pseudo_random(300)));
-        sidecar.child.kill().unwrap();
-        sidecar.child.wait().unwrap();
-        for client in clients {
-            client.join().unwrap();
-        }
+        let (next_id, acked) = (next_id.clone(), acked.clone());
+        kill_9_while_sending(&mut sidecar, CLIENTS, move |addr| {
+            send_until_killed(addr, next_id.clone(), acked.clone())
+        });
     }
     let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
     for (_, _, bytes) in dir_commits(&root) {

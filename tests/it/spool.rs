@@ -11,13 +11,8 @@ use std::time::Duration;
 
 use crate::pfs::fake::FakePachd;
 use crate::support::client::{self, Connection};
+use crate::support::crash::kill_9_while_sending;
 use crate::support::sidecar::{dir_commits, eventually, wait_exit, Sidecar, BIN};
-
-/// A cheap varying number for the kill moments and request sizes.
-fn pseudo_random(bound: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
-    nanos.wrapping_mul(6364136223846793005).rotate_right(17) % bound
-}
 
 /// Ids from here on are big messages (16 KB), to fill a small disk.
 const BIG: u64 = 1 << 20;
@@ -33,7 +28,7 @@ fn message(id: u64) -> String {
 fn send_until_killed(addr: String, next_id: Arc<AtomicU64>, acked: Arc<Mutex<BTreeSet<u64>>>) {
     let Ok(mut conn) = std::net::TcpStream::connect(&addr).and_then(Connection::over_tcp) else { return };
     loop {
-        let count = 1 + pseudo_random(5);
+        let count = 1 + fastrand::u64(0..5);
         let first = next_id.fetch_add(count, Ordering::Relaxed);
         let body: String = (first..first + count).map(|id| message(id) + "\n").collect();
         match conn.try_request("POST", "/messages", &[("Content-Type", "application/x-ndjson")], body.as_bytes()) {
@@ -88,18 +83,10 @@ fn crash_rounds(sink: &str, spool: &str) -> (BTreeSet<u64>, u64) {
         args.extend(["--max-batch-age", "20ms", "--max-batch-messages", "64"]);
         let mut sidecar = Sidecar::start(&args);
         replayed += sidecar.metric("spout_spool_replayed_messages_total");
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let (addr, next_id, acked) = (sidecar.addr.clone(), next_id.clone(), acked.clone());
-                std::thread::spawn(move || send_until_killed(addr, next_id, acked))
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(50 + pseudo_random(300)));
-        sidecar.child.kill().unwrap();
-        sidecar.child.wait().unwrap();
-        for client in clients {
-            client.join().unwrap();
-        }
+        let (next_id, acked) = (next_id.clone(), acked.clone());
+        kill_9_while_sending(&mut sidecar, CLIENTS, move |addr| {
+            send_until_killed(addr, next_id.clone(), acked.clone())
+        });
     }
     let last = Sidecar::start(&spool_args(sink, spool));
     replayed += last.metric("spout_spool_replayed_messages_total");
