@@ -7,16 +7,18 @@
 //! - every status documented in docs/http-api.md for a route is in docs/openapi.json,
 //!   and the other way round, and so are the `error` values.
 //!
-//! Self-contained: it starts the binary itself and speaks HTTP over std sockets.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_spout-sidecar");
+use crate::support::client::{self, Connection};
+use crate::support::sidecar::{eventually, Sidecar, BIN};
+
+/// How long the metrics test waits for what its traffic brings about.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 fn page(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(name);
@@ -128,95 +130,6 @@ fn sidecar_command() -> Command {
         }
     }
     command
-}
-
-/// A running sidecar, killed when dropped.
-struct Running {
-    child: Child,
-    addr: String,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = sidecar_command()
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start spout-sidecar");
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (ready, addr) = mpsc::channel();
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            let mut listening = None;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.split("listening on http://").nth(1) {
-                    listening = Some(at.trim().to_owned());
-                }
-                if line.contains(" ready") {
-                    if let Some(at) = listening.take() {
-                        let _ = ready.send(at);
-                    }
-                }
-                let mut log = kept.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut running = Running { child, addr: String::new(), log };
-        match addr.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => running.addr = addr,
-            Err(_) => panic!("spout-sidecar did not get ready; its log:\n{}", running.log()),
-        }
-        running
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An HTTP/1.1 exchange on a fresh connection: (status, body).
-fn exchange(mut stream: impl Read + Write, method: &str, target: &str, body: &[u8]) -> (u16, String) {
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).expect("send the request");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("read the answer");
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status: {answer}"));
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-fn http(addr: &str, method: &str, target: &str, body: &[u8]) -> (u16, String) {
-    let stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    exchange(stream, method, target, body)
-}
-
-fn eventually<T>(what: &str, log: impl Fn() -> String, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; the sidecar's log:\n{}", log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -413,7 +326,7 @@ fn metrics_page_lists_every_family_served_with_its_type_labels_and_values() {
     let socket = dir.path().join("http.sock");
     let raw = dir.path().join("raw.sock");
     let sink = format!("fifo:{}", fifo.display());
-    let sidecar = Running::start(&[
+    let sidecar = Sidecar::start(&[
         "--sink",
         &sink,
         "--socket",
@@ -423,14 +336,13 @@ fn metrics_page_lists_every_family_served_with_its_type_labels_and_values() {
         "--max-batch-age",
         "20ms",
     ]);
-    let log = || sidecar.log();
     let metrics = || {
-        let (status, body) = http(&sidecar.addr, "GET", "/metrics", b"");
-        assert_eq!(status, 200, "{body}");
-        body
+        let answer = client::get(&sidecar.addr, "/metrics");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        answer.text()
     };
     // No reader yet: the sink reports an error, which brings up spout_sink_errors_total.
-    eventually("a sink error", log, || metrics().contains("spout_sink_errors_total{").then_some(()));
+    eventually(PATIENCE, "a sink error", || metrics().contains("spout_sink_errors_total{").then_some(()));
     let reader = fifo.clone();
     std::thread::spawn(move || {
         if let Ok(mut pipe) = std::fs::File::open(reader) {
@@ -439,23 +351,21 @@ fn metrics_page_lists_every_family_served_with_its_type_labels_and_values() {
     });
 
     // Traffic over each transport, a refusal, and an unknown route.
-    let (status, body) = http(&sidecar.addr, "POST", "/messages?wait=commit", b"over tcp");
-    assert_eq!(status, 200, "{body}");
-    let unix = std::os::unix::net::UnixStream::connect(&socket).expect("connect to --socket");
-    unix.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let (status, body) = exchange(unix, "POST", "/messages", b"over the unix socket");
-    assert_eq!(status, 202, "{body}");
+    let answer = client::request(&sidecar.addr, "POST", "/messages?wait=commit", &[], b"over tcp");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = Connection::unix(&socket).request("POST", "/messages", &[], b"over the unix socket");
+    assert_eq!(answer.status, 202, "{}", answer.text());
     let mut stream = std::os::unix::net::UnixStream::connect(&raw).expect("connect to --raw-socket");
     stream.write_all(b"over the raw socket\n").unwrap();
     drop(stream);
-    let (status, body) = http(&sidecar.addr, "POST", "/messages?file=../escape", b"refused");
-    assert_eq!(status, 422, "{body}");
-    assert_eq!(http(&sidecar.addr, "GET", "/no-such-route", b"").0, 404);
-    eventually("the raw socket's message", log, || {
+    let answer = client::request(&sidecar.addr, "POST", "/messages?file=../escape", &[], b"refused");
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    assert_eq!(client::get(&sidecar.addr, "/no-such-route").status, 404);
+    eventually(PATIENCE, "the raw socket's message", || {
         metrics().contains("spout_messages_received_total{transport=\"raw\"}").then_some(())
     });
-    let (status, body) = http(&sidecar.addr, "POST", "/flush?wait=commit", b"");
-    assert_eq!(status, 200, "{body}");
+    let answer = client::request(&sidecar.addr, "POST", "/flush?wait=commit", &[], b"");
+    assert_eq!(answer.status, 200, "{}", answer.text());
 
     let served = parse_exposition(&metrics());
     let documented = documented_families(&page("metrics.md"));
