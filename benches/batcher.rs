@@ -25,7 +25,7 @@ fn batcher(c: &mut Criterion) {
     // Settling is part of a batch's life: the budget and waiters are released there.
     let sink = std::thread::spawn(move || {
         for batch in rx {
-            batch.ack.committed(Receipt { commit: String::new(), batch_file: None });
+            batch.ack.committed(Receipt { commit: String::new(), batch_file: None, objects: None });
         }
     });
 

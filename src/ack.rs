@@ -25,6 +25,27 @@ pub struct Receipt {
     pub commit: String,
     /// With `--layout batch`, the one file the batch became.
     pub batch_file: Option<String>,
+    /// With an object-store sink, where each file of the commit was stored.
+    pub objects: Option<ObjectKeys>,
+}
+
+/// Where an object-store sink stores a commit's files: the keys `wait=commit` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectKeys {
+    /// Each file is the object `PREFIX/<file name>SUFFIX` (`--object-format files`).
+    PerFile { prefix: String, suffix: &'static str },
+    /// Every file is inside this one object (`--object-format tar`).
+    OneObject(String),
+}
+
+impl ObjectKeys {
+    /// The key of the object holding `file`.
+    pub fn key(&self, file: &str) -> String {
+        match self {
+            ObjectKeys::PerFile { prefix, suffix } => format!("{prefix}/{file}{suffix}"),
+            ObjectKeys::OneObject(key) => key.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -96,6 +96,6 @@ impl Layout {
             Layout::Batch => files.first().map(|f| f.name.clone()),
             Layout::Message => None,
         };
-        Receipt { commit, batch_file }
+        Receipt { commit, batch_file, objects: None }
     }
 }

@@ -363,7 +363,7 @@ mod tests {
         server.until_open_batch_holds(2).await;
         assert_eq!(server.intake.budget().used(), charge(8, 2));
         for batch in server.flushed() {
-            batch.ack.committed(Receipt { commit: "1".into(), batch_file: None });
+            batch.ack.committed(Receipt { commit: "1".into(), batch_file: None, objects: None });
         }
         server.until_open_batch_holds(1).await;
         assert_eq!(contents(&server.flushed()), [(b"cccc".to_vec(), true)]);

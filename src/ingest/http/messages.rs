@@ -37,6 +37,9 @@ struct Accepted {
     commit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     files: Option<Vec<String>>,
+    /// With an object-store sink, the keys of the objects holding `files`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    objects: Option<Vec<String>>,
 }
 
 pub async fn post(api: &Api, transport: Transport, request: Request<Body>) -> Reply {
@@ -116,7 +119,7 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
         let files = options.wait_commit.then(Vec::new);
         return Ok(reply::json(
             status,
-            &Accepted { accepted: 0, first_seq: None, last_seq: None, commit: None, files },
+            &Accepted { accepted: 0, first_seq: None, last_seq: None, commit: None, files, objects: None },
         ));
     }
     let count = messages.len() as u64;
@@ -228,6 +231,7 @@ fn accepted_reply(admission: &Admission) -> Reply {
             last_seq: Some(admission.seqs.last),
             commit: None,
             files: None,
+            objects: None,
         },
     )
 }
@@ -253,12 +257,19 @@ fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict) -> Reply {
                 files
             }),
     };
+    let objects = receipt.objects.as_ref().map(|keys| {
+        let mut objects: Vec<String> = files.iter().map(|file| keys.key(file)).collect();
+        // Every file of a tar object names the same key.
+        objects.dedup();
+        objects
+    });
     let answer = Accepted {
         accepted: admission.count,
         first_seq: Some(admission.seqs.first),
         last_seq: Some(admission.seqs.last),
         commit: Some(receipt.commit.clone()),
         files: Some(files),
+        objects,
     };
     reply::json(StatusCode::OK, &answer)
 }

@@ -13,6 +13,7 @@ use object_store::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{Compression, ObjectFormat};
+use crate::ack::ObjectKeys;
 use crate::encode::{self, CommitFile};
 use crate::message::file_name;
 
@@ -34,28 +35,36 @@ pub struct Shape {
     pub overwrite: bool,
 }
 
-/// The objects of the commit `prefix` (`DIR/<commit id>`) holding `files`.
-pub fn plan(files: &[CommitFile], prefix: &str, first_seq: u64, shape: Shape) -> Vec<Planned> {
-    let suffix = shape.compression.map_or("", Compression::suffix);
-    let key = |name: &str| Path::from(format!("{prefix}/{name}{suffix}"));
-    match shape.format {
-        ObjectFormat::Files => encode::merge_by_name(files, shape.overwrite)
+impl Shape {
+    /// Where the commit `prefix` (`DIR/<commit id>`) of the batch from `first_seq`
+    /// stores its files.
+    pub fn keys(&self, prefix: &str, first_seq: u64) -> ObjectKeys {
+        let suffix = self.compression.map_or("", Compression::suffix);
+        match self.format {
+            ObjectFormat::Files => ObjectKeys::PerFile { prefix: prefix.to_owned(), suffix },
+            ObjectFormat::Tar => {
+                ObjectKeys::OneObject(format!("{prefix}/{}.tar{suffix}", file_name::batch_name(first_seq)))
+            }
+        }
+    }
+}
+
+/// The objects holding `files` at `keys`.
+pub fn plan(files: &[CommitFile], keys: &ObjectKeys, overwrite: bool) -> Vec<Planned> {
+    match keys {
+        ObjectKeys::PerFile { .. } => encode::merge_by_name(files, overwrite)
             .into_iter()
             .map(|(name, payloads)| Planned {
-                key: key(name),
+                key: Path::from(keys.key(name)),
                 files: vec![name.to_owned()],
                 chunks: payloads.iter().flat_map(|p| p.chunks().iter().cloned()).collect(),
             })
             .collect(),
-        ObjectFormat::Tar => {
-            let archive = encode::tar::encode_now(files);
-            let name = format!("{}.tar", file_name::batch_name(first_seq));
-            vec![Planned {
-                key: key(&name),
-                files: files.iter().map(|f| f.name.clone()).collect(),
-                chunks: archive.chunks,
-            }]
-        }
+        ObjectKeys::OneObject(key) => vec![Planned {
+            key: Path::from(key.as_str()),
+            files: files.iter().map(|f| f.name.clone()).collect(),
+            chunks: encode::tar::encode_now(files).chunks,
+        }],
     }
 }
 

@@ -20,7 +20,7 @@ use super::manifest::{self, Manifest, ObjectEntry};
 use super::requests::{self, timed, Op, RequestError, UploadError};
 use super::uri::ObjectUri;
 use super::{Compression, ObjectFormat};
-use crate::ack::BatchAck;
+use crate::ack::{BatchAck, Receipt};
 use crate::metrics::METRICS;
 use crate::sink::backoff::Backoff;
 use crate::sink::commit_id::CommitIds;
@@ -223,7 +223,8 @@ impl AsyncCommitter for ObjectCommitter {
         let Commit { files, ack } = commit;
         let id = self.ids.next_id();
         let prefix = self.prefix(&id);
-        let objects = body::plan(&files, &prefix, ack.first_seq, self.shape);
+        let keys = self.shape.keys(&prefix, ack.first_seq);
+        let objects = body::plan(&files, &keys, self.shape.overwrite);
         let stored = vec![None; objects.len()];
         let mut batch = InFlight { id, prefix, ack: &ack, objects, stored, manifest_tried: false };
         let give_up = self.ctx.give_up.clone();
@@ -256,7 +257,7 @@ impl AsyncCommitter for ObjectCommitter {
         };
         let id = batch.id;
         match committed {
-            true => ack.committed(self.ctx.receipt(id, &files)),
+            true => ack.committed(Receipt { objects: Some(keys), ..self.ctx.receipt(id, &files) }),
             false => ack.failed(format_args!("gave up at shutdown; {last_error}")),
         }
     }

@@ -62,6 +62,7 @@ fn every_framing_lands_as_objects_under_a_manifest() {
     let seq = whole.json()["first_seq"].as_u64().unwrap();
     assert_eq!((first.manifest["first_seq"].as_u64(), first.manifest["last_seq"].as_u64()), (Some(seq), Some(seq)));
     assert_eq!(first.objects[0].0, format!("events/raw/{commit_id}/msg-{seq:020}"));
+    assert_eq!(whole.json()["objects"], serde_json::json!([first.objects[0].0]), "wait=commit names the object");
     assert_eq!(first.manifest["format"], "files");
 
     let files = files(&commits);
@@ -125,6 +126,13 @@ fn tar_and_compressed_objects_read_back_with_standard_readers() {
         bodies.sort_by_key(|b| b.trim_start_matches("{\"line\": ").trim_end_matches('}').parse::<u32>().unwrap());
         assert_eq!(bodies, lines, "{dir}");
         assert_eq!(commit.objects.len(), if format == "tar" { 1 } else { 500 }, "{dir}");
+        let mut stored: Vec<&str> = commit.objects.iter().map(|(key, _)| key.as_str()).collect();
+        let answered = answer.json();
+        let mut named: Vec<&str> =
+            answered["objects"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+        stored.sort_unstable();
+        named.sort_unstable();
+        assert_eq!(named, stored, "wait=commit names every object of {dir}");
         drop(sidecar);
     }
 }
