@@ -1,7 +1,11 @@
 //! A committer thread for sinks whose commits are async network work: the sink
 //! thread hands each batch over and returns at once; the committer thread runs a
-//! single-threaded tokio runtime of its own and commits the batches one after the
-//! other, in order, settling each; `settle` counts the batches it has settled.
+//! single-threaded tokio runtime of its own and commits up to
+//! [`COMMITS_IN_FLIGHT`] batches side by side, so that the uploads of the next
+//! batches overlap the last requests of the current one. Each commit gets its
+//! [`Turn`]: what makes a batch visible, and its settling, wait until every earlier
+//! batch has settled, so commits land and acknowledgements flow in batch order.
+//! `settle` counts the batches it has settled.
 //!
 //! A runtime driven from the sink thread itself would only make progress inside
 //! `settle`, while the runner spends its time waiting on the batch channel, so the
@@ -16,18 +20,43 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use tokio::sync::mpsc;
+use futures_util::future::Either;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, watch};
 
 use super::runner::{spawn_watched, InjectedPanic};
 use super::{Commit, SinkContext};
 
+/// Batches committing at once. Four hide the round trips of one batch's last
+/// requests (the manifest, say) behind the uploads of the next ones, while what
+/// a stalled store holds back stays a few batches.
+const COMMITS_IN_FLIGHT: usize = 4;
+
 /// What runs on the committer thread.
 pub trait AsyncCommitter {
-    /// Commits one batch and settles its acknowledgement, whatever happens.
-    fn commit(&mut self, commit: Commit) -> impl Future<Output = ()>;
+    /// Commits one batch and settles its acknowledgement, whatever happens. What
+    /// must follow batch order (making the commit visible, settling) waits for
+    /// `turn` first. Work that must happen in batch order without waiting (taking
+    /// a commit id) is done before the future is returned.
+    fn commit(&self, commit: Commit, turn: Turn) -> impl Future<Output = ()>;
 
     /// Checks once that the destination is there, reporting to `Health`.
-    fn probe(&mut self) -> impl Future<Output = ()>;
+    fn probe(&self) -> impl Future<Output = ()>;
+}
+
+/// A batch's place among the batches committing at once.
+pub struct Turn {
+    place: u64,
+    settled: watch::Receiver<u64>,
+}
+
+impl Turn {
+    /// Resolves once every earlier batch has settled.
+    pub async fn wait(&mut self) {
+        let place = self.place;
+        // The sender outlives every commit (see `run`), so this cannot fail.
+        let _ = self.settled.wait_for(|&settled| settled >= place).await;
+    }
 }
 
 /// Builds the committer on its thread (it need not be `Send`).
@@ -135,7 +164,9 @@ impl<C> Drop for CommitterThread<C> {
     }
 }
 
-/// The committer thread: builds the committer, then runs the jobs in order.
+/// The committer thread: builds the committer, then starts the jobs in order,
+/// up to [`COMMITS_IN_FLIGHT`] commits (and probes) at once, until the queue is closed and
+/// every commit started has settled.
 fn run<C: AsyncCommitter>(
     name: &'static str,
     make: Make<C>,
@@ -147,20 +178,42 @@ fn run<C: AsyncCommitter>(
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("building a committer's runtime");
     runtime.block_on(async {
-        let mut committer = make(&ctx);
+        let committer = make(&ctx);
         let mut fault = InjectedPanic::for_thread(name);
-        while let Some(job) = queue.recv().await {
-            match job {
-                Job::Probe => {
-                    committer.probe().await;
-                    probing.store(false, Ordering::Relaxed);
-                }
-                Job::Commit(commit) => {
-                    fault.count_batch();
-                    committer.commit(commit).await;
-                    // The sink thread may be gone already at shutdown; the ack is settled anyway.
-                    let _ = done.send(());
-                }
+        // How many batches, in order, have settled: the places turns wait for.
+        let (settled, _) = watch::channel(0u64);
+        let mut started = 0u64;
+        let mut commits = FuturesUnordered::new();
+        let mut open = true;
+        while open || !commits.is_empty() {
+            tokio::select! {
+                job = queue.recv(), if open && commits.len() < COMMITS_IN_FLIGHT => match job {
+                    None => open = false,
+                    Some(Job::Probe) => {
+                        let (committer, probing) = (&committer, &probing);
+                        commits.push(Either::Right(async move {
+                            committer.probe().await;
+                            probing.store(false, Ordering::Relaxed);
+                        }));
+                    }
+                    Some(Job::Commit(commit)) => {
+                        fault.count_batch();
+                        let turn = Turn { place: started, settled: settled.subscribe() };
+                        started += 1;
+                        let committing = committer.commit(commit, turn);
+                        let (settled, done) = (&settled, &done);
+                        let place = started;
+                        commits.push(Either::Left(async move {
+                            committing.await;
+                            // In order even for a commit that settled without its turn.
+                            let _ = settled.subscribe().wait_for(|&n| n + 1 >= place).await;
+                            settled.send_replace(place);
+                            // The sink thread may be gone already at shutdown; the ack is settled anyway.
+                            let _ = done.send(());
+                        }));
+                    }
+                },
+                Some(()) = commits.next(), if !commits.is_empty() => {}
             }
         }
     });

@@ -8,6 +8,8 @@
 //! its objects removed, best effort; if its manifest PUT was under way, the
 //! manifest is looked for first: found, the batch did commit.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ use crate::ack::{BatchAck, Receipt};
 use crate::metrics::METRICS;
 use crate::sink::backoff::Backoff;
 use crate::sink::commit_id::CommitIds;
-use crate::sink::committer_thread::AsyncCommitter;
+use crate::sink::committer_thread::{AsyncCommitter, Turn};
 use crate::sink::{Commit, SinkContext, SinkState};
 
 /// Objects of one batch uploading at once.
@@ -109,8 +111,8 @@ pub struct ObjectCommitter {
     store: Arc<dyn ObjectStore>,
     shape: Shape,
     ctx: SinkContext,
-    ids: CommitIds,
-    backoff: Backoff,
+    /// Taken in batch order, as each commit starts (the committer runs on one thread).
+    ids: RefCell<CommitIds>,
 }
 
 /// One batch on its way: its objects and those already stored.
@@ -132,8 +134,7 @@ impl ObjectCommitter {
         ctx: SinkContext,
     ) -> Self {
         let shape = Shape { format, compression, overwrite: ctx.overwrite };
-        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        Self { uri, store, shape, ctx, ids: CommitIds::starting_now(), backoff }
+        Self { uri, store, shape, ctx, ids: RefCell::new(CommitIds::starting_now()) }
     }
 
     fn prefix(&self, id: &str) -> String {
@@ -147,8 +148,8 @@ impl ObjectCommitter {
         Path::from(format!("{prefix}/{}", manifest::NAME))
     }
 
-    /// Stores what is missing of the batch, then its manifest.
-    async fn attempt(&self, batch: &mut InFlight<'_>) -> Result<(), AttemptError> {
+    /// Stores what is missing of the batch, then, in its turn, its manifest.
+    async fn attempt(&self, batch: &mut InFlight<'_>, turn: &mut Turn) -> Result<(), AttemptError> {
         let bucket = self.uri.bucket();
         let pending: Vec<usize> = (0..batch.objects.len()).filter(|&i| batch.stored[i].is_none()).collect();
         let (store, objects, compression) = (self.store.as_ref(), &batch.objects, self.shape.compression);
@@ -166,6 +167,8 @@ impl ObjectCommitter {
         if let Some(error) = failed {
             return Err(AttemptError::new(bucket, error));
         }
+        // Commits become visible in batch order.
+        turn.wait().await;
         let ack = batch.ack;
         let manifest = Manifest {
             commit: &batch.id,
@@ -219,9 +222,28 @@ impl ObjectCommitter {
 }
 
 impl AsyncCommitter for ObjectCommitter {
-    async fn commit(&mut self, commit: Commit) {
+    fn commit(&self, commit: Commit, turn: Turn) -> impl Future<Output = ()> {
+        let id = self.ids.borrow_mut().next_id();
+        self.commit_as(id, commit, turn)
+    }
+
+    /// Lists one page under `DIR/`: that needs the bucket and the credentials.
+    async fn probe(&self) {
+        let prefix = Path::from(self.uri.dir.as_str());
+        let listed =
+            timed(Op::List, &prefix, 0, async { self.store.list(Some(&prefix)).next().await.transpose().map(|_| ()) })
+                .await;
+        match listed {
+            Ok(()) => self.ctx.health.up(),
+            Err(error) => self.report(&AttemptError::from_request(self.uri.bucket(), error)),
+        }
+    }
+}
+
+impl ObjectCommitter {
+    /// Commits the batch as `id`, retrying until it is stored or the sidecar gives up.
+    async fn commit_as(&self, id: String, commit: Commit, mut turn: Turn) {
         let Commit { files, ack } = commit;
-        let id = self.ids.next_id();
         let prefix = self.prefix(&id);
         let keys = self.shape.keys(&prefix, ack.first_seq);
         let objects = body::plan(&files, &keys, self.shape.overwrite);
@@ -229,6 +251,7 @@ impl AsyncCommitter for ObjectCommitter {
         let mut batch = InFlight { id, prefix, ack: &ack, objects, stored, manifest_tried: false };
         let give_up = self.ctx.give_up.clone();
         let mut last_error = String::from("the sidecar was already giving up");
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut attempt = 0u64;
         let committed = loop {
             if give_up.is_cancelled() {
@@ -239,13 +262,12 @@ impl AsyncCommitter for ObjectCommitter {
                 METRICS.sink_retries.inc();
             }
             let result = tokio::select! {
-                result = self.attempt(&mut batch) => result,
+                result = self.attempt(&mut batch, &mut turn) => result,
                 () = give_up.cancelled() => continue,
             };
             match result {
                 Ok(()) => {
                     self.ctx.health.up();
-                    self.backoff.reset();
                     break true;
                 }
                 Err(error) => {
@@ -253,24 +275,14 @@ impl AsyncCommitter for ObjectCommitter {
                     last_error = format!("attempt {attempt}: {error}");
                 }
             }
-            give_up.sleep(self.backoff.next_delay()).await;
+            give_up.sleep(backoff.next_delay()).await;
         };
+        // Batches settle in order, a failed one too.
+        turn.wait().await;
         let id = batch.id;
         match committed {
             true => ack.committed(Receipt { objects: Some(keys), ..self.ctx.receipt(id, &files) }),
             false => ack.failed(format_args!("gave up at shutdown; {last_error}")),
-        }
-    }
-
-    /// Lists one page under `DIR/`: that needs the bucket and the credentials.
-    async fn probe(&mut self) {
-        let prefix = Path::from(self.uri.dir.as_str());
-        let listed =
-            timed(Op::List, &prefix, 0, async { self.store.list(Some(&prefix)).next().await.transpose().map(|_| ()) })
-                .await;
-        match listed {
-            Ok(()) => self.ctx.health.up(),
-            Err(error) => self.report(&AttemptError::from_request(self.uri.bucket(), error)),
         }
     }
 }
