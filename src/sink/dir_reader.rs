@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tokio_util::io::ReaderStream;
 
-use super::reader::{check_path, CommitReader, Downstream, FileChunks, FileEntry, ReadError};
+use super::reader::{check_path, CommitReader, Downstream, FileChunks, FileEntry, FileList, ReadError};
 
 /// How much of a file is read at a time.
 const PIECE: usize = 64 * 1024;
@@ -51,12 +51,13 @@ impl DirReader {
 }
 
 impl CommitReader for DirReader {
-    fn list<'a>(&'a self, repo: Option<&'a str>, commit: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>, ReadError>> {
+    /// A commit of the `dir:` sink is one batch, so its files are listed at once.
+    fn list<'a>(&'a self, repo: Option<&'a str>, commit: &'a str) -> BoxFuture<'a, Result<FileList, ReadError>> {
         async move {
             let dir = self.commit_dir(repo, commit)?;
             let listed = tokio::task::spawn_blocking(move || walk(&dir)).await;
             match listed.unwrap_or_else(|panic| Err(io::Error::other(panic.to_string()))) {
-                Ok(files) => Ok(files),
+                Ok(files) => Ok(futures_util::stream::iter(files.into_iter().map(Ok)).boxed()),
                 Err(error) if is_absent(&error) => Err(self.not_found(commit)),
                 Err(error) => Err(self.failed(&error)),
             }
@@ -155,7 +156,7 @@ mod tests {
     #[tokio::test]
     async fn lists_and_reads_a_commit() {
         let (_root, reader) = reader();
-        let files = reader.list(None, "0001").await.unwrap();
+        let files: Vec<_> = reader.list(None, "0001").await.unwrap().try_collect().await.unwrap();
         let entry = |name: &str, size| FileEntry { name: name.into(), size };
         assert_eq!(files, [entry("a.txt", 5), entry("users/42.json", 2)]);
         assert_eq!(read(&reader, "0001", "users/42.json").await.unwrap(), b"{}");
@@ -164,14 +165,14 @@ mod tests {
     #[tokio::test]
     async fn refuses_what_is_not_a_committed_file() {
         let (_root, reader) = reader();
-        assert!(matches!(reader.list(None, "0003").await, Err(ReadError::CommitNotFound { .. })));
-        assert_eq!(reader.list(None, ".tmp-0002").await, Err(ReadError::BadCommitId(".tmp-0002".into())));
+        assert!(matches!(reader.list(None, "0003").await.err(), Some(ReadError::CommitNotFound { .. })));
+        assert_eq!(reader.list(None, ".tmp-0002").await.err(), Some(ReadError::BadCommitId(".tmp-0002".into())));
         assert!(matches!(read(&reader, "0001", "b.txt").await, Err(ReadError::FileNotFound { .. })));
         assert!(matches!(read(&reader, "0001", "users").await, Err(ReadError::FileNotFound { .. })));
         assert!(matches!(read(&reader, "0001", "a.txt/x").await, Err(ReadError::FileNotFound { .. })));
         assert!(matches!(read(&reader, "0003", "a.txt").await, Err(ReadError::CommitNotFound { .. })));
         assert!(matches!(read(&reader, "0001", "../0001/a.txt").await, Err(ReadError::BadPath { .. })));
-        assert!(matches!(reader.list(Some("edges"), "0001").await, Err(ReadError::NoOtherRepos { .. })));
+        assert!(matches!(reader.list(Some("edges"), "0001").await.err(), Some(ReadError::NoOtherRepos { .. })));
         assert!(matches!(reader.downstream("0001", None).await, Err(ReadError::NoDownstream { .. })));
     }
 }

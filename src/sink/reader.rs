@@ -18,6 +18,9 @@ use serde::Serialize;
 /// One file's bytes, in the pieces they arrive in; an error ends the stream.
 pub type FileChunks = BoxStream<'static, Result<Bytes, ReadError>>;
 
+/// A commit's files, as they are found (a Pachyderm repo may hold millions).
+pub type FileList = BoxStream<'static, Result<FileEntry, ReadError>>;
+
 /// A file of a commit: its path inside the commit and its size in bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileEntry {
@@ -74,8 +77,8 @@ pub enum ReadError {
 /// Reads back what a sink committed. Each call is independent; `repo` of `None` is
 /// the sink's own repo.
 pub trait CommitReader: Send + Sync + fmt::Debug {
-    /// Every file of the commit, by name.
-    fn list<'a>(&'a self, repo: Option<&'a str>, commit: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>, ReadError>>;
+    /// Every file of the commit, by name; a refusal (not found) comes before any.
+    fn list<'a>(&'a self, repo: Option<&'a str>, commit: &'a str) -> BoxFuture<'a, Result<FileList, ReadError>>;
 
     /// One file's bytes; a refusal (not found, bad path) comes before any byte.
     fn open<'a>(
@@ -111,7 +114,7 @@ impl Unreadable {
 }
 
 impl CommitReader for Unreadable {
-    fn list<'a>(&'a self, _: Option<&'a str>, _: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>, ReadError>> {
+    fn list<'a>(&'a self, _: Option<&'a str>, _: &'a str) -> BoxFuture<'a, Result<FileList, ReadError>> {
         Box::pin(std::future::ready(Err(self.refusal())))
     }
 

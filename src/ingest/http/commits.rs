@@ -1,12 +1,15 @@
 //! `GET /commits/...`: reading back what the sink committed, through the sink's
-//! [`CommitReader`]: `/commits/{id}` lists a commit's files (or, with
+//! [`CommitReader`](crate::sink::reader::CommitReader): `/commits/{id}` lists a commit's files (or, with
 //! `wait=downstream`, waits for the pipelines downstream of it),
 //! `/commits/{id}/files/{path}` streams one file, and `{repo}@{id}` in place of
 //! `{id}` reads a commit of another repo, as `pachctl get file repo@commit:path`.
 //! The `wait=downstream` answer of `POST /messages` is built here too.
 
+use std::future::ready;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
 use hyper::StatusCode;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
@@ -15,7 +18,7 @@ use serde_json::Value;
 use super::query::{RequestOptions, Wait};
 use super::reply::{self, Reply};
 use super::Api;
-use crate::sink::reader::{CommitProgress, Downstream, FileEntry, ReadError};
+use crate::sink::reader::{CommitProgress, Downstream, FileList, ReadError};
 
 /// What a `/commits/` path names.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,12 +62,6 @@ impl Target {
     }
 }
 
-#[derive(Serialize)]
-struct Listing<'a> {
-    commit: &'a str,
-    files: Vec<FileEntry>,
-}
-
 /// The answer to `GET /commits/{id}?wait=downstream`.
 #[derive(Serialize)]
 struct DownstreamAnswer<'a> {
@@ -94,7 +91,7 @@ pub async fn get(api: &Api, path: &str, query: Option<&str>) -> Reply {
             Err(error) => refusal(&error),
         },
         (None, Wait::None) => match reader.list(repo, &commit).await {
-            Ok(files) => reply::json(StatusCode::OK, &Listing { commit: &commit, files }),
+            Ok(files) => listing(&commit, files),
             Err(error) => refusal(&error),
         },
         (None, Wait::Downstream) if repo.is_none() => match reader.downstream(&commit, options.timeout).await {
@@ -139,6 +136,21 @@ pub async fn downstream_of_post(
             with_error(status, answer, kind, error.to_string())
         }
     }
+}
+
+/// 200 with `{"commit": ID, "files": [...]}`, sent as the files are found, so that
+/// the answer for a repo of millions of files is never held whole.
+fn listing(commit: &str, files: FileList) -> Reply {
+    let head = serde_json::to_string(commit).expect("a string serializes");
+    let head = Bytes::from(format!("{{\"commit\":{head},\"files\":["));
+    let entries = files.enumerate().map(|(i, entry)| {
+        let mut json = if i == 0 { Vec::new() } else { vec![b','] };
+        serde_json::to_writer(&mut json, &entry?).expect("a file entry serializes");
+        Ok::<_, ReadError>(Bytes::from(json))
+    });
+    let tail = Bytes::from_static(b"]}");
+    let body = stream::once(ready(Ok(head))).chain(entries).chain(stream::once(ready(Ok(tail))));
+    reply::stream("application/json", body)
 }
 
 /// 200 if everything finished, else 504 with how far it got.

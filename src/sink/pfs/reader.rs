@@ -12,13 +12,15 @@
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tonic::Status;
 
 use super::client::{is_not_found, BadAddress, Pachd};
 use super::proto::pfs_v2::{CommitInfo, FileType, Repo};
 use super::target::{Target, DEFAULT_PROJECT};
-use crate::sink::reader::{check_path, CommitProgress, CommitReader, Downstream, FileChunks, FileEntry, ReadError};
+use crate::sink::reader::{
+    check_path, CommitProgress, CommitReader, Downstream, FileChunks, FileEntry, FileList, ReadError,
+};
 
 #[derive(Debug)]
 pub struct PfsReader {
@@ -142,19 +144,25 @@ impl PfsReader {
 }
 
 impl CommitReader for PfsReader {
-    fn list<'a>(&'a self, repo: Option<&'a str>, commit: &'a str) -> BoxFuture<'a, Result<Vec<FileEntry>, ReadError>> {
+    fn list<'a>(&'a self, repo: Option<&'a str>, commit: &'a str) -> BoxFuture<'a, Result<FileList, ReadError>> {
         async move {
             let mut pachd = self.pachd()?;
             let refusal = |status| self.refusal(status, repo, commit);
             let mut walk = pachd.walk_files(&pachd.commit_in(repo, commit)).await.map_err(refusal)?;
-            let mut files = Vec::new();
-            while let Some(info) = walk.message().await.map_err(refusal)? {
-                if info.file_type == FileType::File as i32 {
-                    let name = info.file.map(|f| f.path.trim_start_matches('/').to_owned()).unwrap_or_default();
-                    files.push(FileEntry { name, size: info.size_bytes.max(0) as u64 });
+            // As with GetFile, a missing commit is refused with the first answer.
+            let first = walk.message().await.map_err(refusal)?;
+            let place = self.failed_place();
+            let rest = walk.map(move |info| {
+                info.map_err(|status| ReadError::Failed { place: place.clone(), message: status.message().to_owned() })
+            });
+            let files = futures_util::stream::iter(first.map(Ok)).chain(rest).try_filter_map(|info| async move {
+                if info.file_type != FileType::File as i32 {
+                    return Ok(None);
                 }
-            }
-            Ok(files)
+                let name = info.file.map(|f| f.path.trim_start_matches('/').to_owned()).unwrap_or_default();
+                Ok(Some(FileEntry { name, size: info.size_bytes.max(0) as u64 }))
+            });
+            Ok(files.boxed())
         }
         .boxed()
     }
