@@ -17,6 +17,7 @@ use spout_sidecar::config::Options;
 use spout_sidecar::ingest::http;
 use spout_sidecar::ingest::Transport;
 use spout_sidecar::pipeline::Pipeline;
+use spout_sidecar::sink::reader::Unreadable;
 use spout_sidecar::sink::{Commit, Sink, SinkContext};
 
 struct InstantSink;
@@ -38,7 +39,8 @@ fn serve(runtime: &Runtime, args: &[&str]) -> Endpoint {
     let options = Options::try_parse_from(["spout-sidecar"].iter().chain(args)).unwrap();
     let _guard = runtime.enter();
     let pipeline = Pipeline::start(&options, Box::new(InstantSink)).unwrap();
-    let api = Arc::new(pipeline.api(&options, None));
+    let reader = Arc::new(Unreadable { sink: "instant".into() });
+    let api = Arc::new(pipeline.api(&options, None, reader));
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let endpoint = Endpoint::Tcp(listener.local_addr().unwrap());
     // Never cancelled: the server runs until the runtime ends.

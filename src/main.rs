@@ -82,7 +82,7 @@ async fn run(options: Options) -> Result<ExitCode, Fatal> {
     };
     let sink = spec.open(&settings).map_err(|source| Fatal::OpenSink { sink: spec.to_string(), source })?;
     let pipeline = Pipeline::start(&options, sink).map_err(Fatal::Start)?;
-    let api = Arc::new(pipeline.api(&options, token));
+    let api = Arc::new(pipeline.api(&options, token, spec.reader(&settings)));
     let Pipeline { intake, health, shutdown: stop, sink_name, sink_thread } = pipeline;
     let mut listeners = Listeners::bind(&options, api).await?;
     listeners.endpoints.stdout_is_sink = spec.writes_stdout();

@@ -15,6 +15,7 @@ use crate::ingest::idempotency::Idempotency;
 use crate::ingest::Intake;
 use crate::message::Sequencer;
 use crate::shutdown::Shutdown;
+use crate::sink::reader::CommitReader;
 use crate::sink::runner::{self, Gate};
 use crate::sink::{Health, Sink, SinkContext};
 use crate::spool::{Recovered, Spool, SpoolConfig, SpoolError};
@@ -84,8 +85,9 @@ impl Pipeline {
         Ok(Self { intake: Arc::new(intake), health, shutdown, sink_name, sink_thread })
     }
 
-    /// The HTTP API's state over this pipeline; `token` is the bearer token required.
-    pub fn api(&self, options: &Options, token: Option<String>) -> Api {
+    /// The HTTP API's state over this pipeline; `token` is the bearer token required,
+    /// `reader` reads the sink's commits back.
+    pub fn api(&self, options: &Options, token: Option<String>, reader: Arc<dyn CommitReader>) -> Api {
         Api {
             intake: self.intake.clone(),
             health: self.health.clone(),
@@ -98,6 +100,7 @@ impl Pipeline {
             body_timeout: options.body_timeout,
             max_connections: options.max_connections as usize,
             idempotency: Idempotency::new(options.idempotency_keys, options.idempotency_window),
+            reader,
         }
     }
 }

@@ -28,13 +28,16 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rustix::io::Errno;
 
 use super::backoff::Backoff;
 use super::commit_id::{self, CommitIds};
-use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
+use super::dir_reader::DirReader;
+use super::reader::CommitReader;
+use super::spec::{BadSinkUri, PathKind, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::batch::SealReason;
@@ -44,17 +47,23 @@ use crate::metrics::METRICS;
 
 pub const SCHEME: Scheme = Scheme { prefix: "dir:", form: "dir:PATH", parse };
 
+const KIND: PathKind = PathKind { scheme: "dir", open, read: Some(reader) };
+
 fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
-    PathSink::parse(uri, "dir", open)
+    PathSink::parse(uri, &KIND)
 }
 
 /// `dir:PATH`.
 pub fn spec(path: PathBuf) -> SinkSpec {
-    PathSink::spec("dir", path, open)
+    PathSink::spec(&KIND, path)
 }
 
 fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
     Ok(Box::new(DirSink::open(path)?))
+}
+
+fn reader(path: PathBuf) -> Arc<dyn CommitReader> {
+    Arc::new(DirReader::new(path))
 }
 
 /// Directories in `ROOT` with this prefix are commits not yet renamed into place.

@@ -46,7 +46,7 @@ use rustix::io::Errno;
 
 use super::backoff::Backoff;
 use super::commit_id::CommitIds;
-use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
+use super::spec::{BadSinkUri, PathKind, PathSink, Scheme, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::ack::{BatchAck, Receipt};
@@ -55,13 +55,15 @@ use crate::metrics::METRICS;
 
 pub const SCHEME: Scheme = Scheme { prefix: "fifo:", form: "fifo:PATH", parse };
 
+const KIND: PathKind = PathKind { scheme: "fifo", open, read: None };
+
 fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
-    PathSink::parse(uri, "fifo", open)
+    PathSink::parse(uri, &KIND)
 }
 
 /// `fifo:PATH`.
 pub fn spec(path: PathBuf) -> SinkSpec {
-    PathSink::spec("fifo", path, open)
+    PathSink::spec(&KIND, path)
 }
 
 fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {

@@ -5,7 +5,8 @@
 //! surrounds every sink lives beside the implementations, once: [`context`] (what a
 //! sink is given), [`runner`] (the thread that drives it), [`spec`] (the `--sink`
 //! URI and `auto`), [`health`] (its state for `/readyz`), [`commit_id`],
-//! [`backoff`], and [`committer_thread`] for sinks whose commits are async work.
+//! [`backoff`], and [`committer_thread`] for sinks whose commits are async work;
+//! [`reader`] reads commits back out for the HTTP API (`pfs://` and `dir:`).
 //!
 //! | URI | sink |
 //! |---|---|
@@ -22,10 +23,12 @@ pub mod commit_id;
 pub mod committer_thread;
 pub mod context;
 pub mod dir;
+pub mod dir_reader;
 pub mod fifo;
 pub mod health;
 pub mod object;
 pub mod pfs;
+pub mod reader;
 pub mod runner;
 pub mod spec;
 pub mod stdout;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use super::reader::{CommitReader, Unreadable};
 use super::{dir, fifo, object, pfs, stdout, Sink};
 
 /// One kind of sink as `--sink` names it.
@@ -25,6 +26,12 @@ pub const SCHEMES: &[Scheme] =
 /// A sink a URI described, ready to be opened.
 pub trait OpenSink: fmt::Debug + fmt::Display + Send + Sync {
     fn open(&self, settings: &SinkSettings) -> std::io::Result<Box<dyn Sink>>;
+
+    /// What reads this sink's commits back for the HTTP API; called inside the
+    /// tokio runtime. A sink that keeps nothing readable refuses every read.
+    fn reader(&self, _settings: &SinkSettings) -> Arc<dyn CommitReader> {
+        Arc::new(Unreadable { sink: self.to_string() })
+    }
 
     /// Whether the sink writes to standard output, which a supervised producer
     /// then must not share.
@@ -103,27 +110,32 @@ impl fmt::Display for SinkSpec {
     }
 }
 
+/// A kind of sink named by a file system path: `SCHEME:PATH`.
+#[derive(Debug)]
+pub struct PathKind {
+    pub scheme: &'static str,
+    pub open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
+    /// What reads its commits back, if it keeps them readable.
+    pub read: Option<fn(PathBuf) -> Arc<dyn CommitReader>>,
+}
+
 /// A sink named by a file system path: `SCHEME:PATH`.
 #[derive(Debug, Clone)]
 pub struct PathSink {
-    scheme: &'static str,
+    kind: &'static PathKind,
     path: PathBuf,
-    open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
 }
 
 impl PathSink {
-    pub fn spec(scheme: &'static str, path: PathBuf, open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>) -> SinkSpec {
-        SinkSpec::new(PathSink { scheme, path, open })
+    pub fn spec(kind: &'static PathKind, path: PathBuf) -> SinkSpec {
+        SinkSpec::new(PathSink { kind, path })
     }
 
     /// Parses `SCHEME:PATH`, refusing an empty path.
-    pub fn parse(
-        uri: &str,
-        scheme: &'static str,
-        open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
-    ) -> Result<SinkSpec, BadSinkUri> {
+    pub fn parse(uri: &str, kind: &'static PathKind) -> Result<SinkSpec, BadSinkUri> {
+        let scheme = kind.scheme;
         match uri.strip_prefix(scheme).and_then(|rest| rest.strip_prefix(':')) {
-            Some(path) if !path.is_empty() => Ok(Self::spec(scheme, path.into(), open)),
+            Some(path) if !path.is_empty() => Ok(Self::spec(kind, path.into())),
             _ => Err(BadSinkUri(format!("`{scheme}:` needs a path, e.g. `{scheme}:/pfs/out`"))),
         }
     }
@@ -131,13 +143,20 @@ impl PathSink {
 
 impl fmt::Display for PathSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.scheme, self.path.display())
+        write!(f, "{}:{}", self.kind.scheme, self.path.display())
     }
 }
 
 impl OpenSink for PathSink {
     fn open(&self, _: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
-        (self.open)(self.path.clone())
+        (self.kind.open)(self.path.clone())
+    }
+
+    fn reader(&self, _: &SinkSettings) -> Arc<dyn CommitReader> {
+        match self.kind.read {
+            Some(read) => read(self.path.clone()),
+            None => Arc::new(Unreadable { sink: self.to_string() }),
+        }
     }
 }
 

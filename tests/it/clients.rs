@@ -1,6 +1,7 @@
 //! Runs every client snippet of README.md against the real binary: each must
 //! succeed and commit exactly the messages its `<!-- test: ...; commits: ... -->` line
-//! names, read back from the `dir:` sink.
+//! names, read back from the `dir:` sink (or, for the round trip through a pipeline,
+//! from the fake pachd).
 //!
 //! curl, nc (netcat-openbsd), go and the tests' Python with `requests` are required;
 //! `cargo xtask test` installs them, and a missing one fails with its install hint.
@@ -8,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::pfs::fake::FakePachd;
 use crate::support::sidecar::{dir_commits, eventually, Sidecar};
 use crate::support::{client, python};
 
@@ -123,7 +125,7 @@ fn interpreter(language: &str, dir: &Path, code: &str) -> Command {
 #[test]
 fn every_snippet_is_tested_here() {
     let names: Vec<String> = snippets().into_iter().map(|s| s.name).collect();
-    assert_eq!(names, ["curl", "python", "go", "unix"], "a new snippet needs its #[test] below");
+    assert_eq!(names, ["curl", "python", "python-downstream", "go", "unix"], "a new snippet needs its #[test] below");
 }
 
 #[test]
@@ -138,6 +140,26 @@ fn python_requests_snippet_commits_what_it_says() {
     let hint = "install tests/requirements.txt into it (`cargo xtask test` does)";
     assert!(requests, "{} cannot import requests: {hint}", python::interpreter().display());
     run(&snippet("python"));
+}
+
+/// The round trip through a pipeline: against the fake pachd, whose pipeline from
+/// `spout` to `edges` upper-cases each file, so the snippet prints its input so.
+#[test]
+fn python_downstream_snippet_fetches_the_pipelines_result() {
+    let snippet = snippet("python-downstream");
+    let mut pachd = FakePachd::start(None, None);
+    pachd.pipeline("spout", "edges", 0.3, None);
+    let sidecar = Sidecar::start(&["--sink", &pachd.uri("spout"), "--max-batch-age", "20ms"]);
+    let code = snippet.code.replace("http://localhost:8080", &format!("http://{}", sidecar.addr));
+    let out = python::command().args(["-c", &code]).output().expect("the snippet runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the snippet failed:\n{printed}{}", String::from_utf8_lossy(&out.stderr));
+    let expected: Vec<String> = snippet.commits.iter().map(|c| format!("{}\n", c.to_uppercase())).collect();
+    assert_eq!(printed, expected.concat(), "the pipeline's output, fetched through the sidecar");
+    let committed: Vec<String> =
+        pachd.state().files("spout", "master").into_values().map(|b| String::from_utf8(b).unwrap()).collect();
+    assert_eq!(committed, snippet.commits);
+    assert!(sidecar.stop().success());
 }
 
 #[test]

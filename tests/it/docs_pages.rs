@@ -361,6 +361,9 @@ fn metrics_page_lists_every_family_served_with_its_type_labels_and_values() {
     let answer = client::request(&sidecar.addr, "POST", "/messages?file=../escape", &[], b"refused");
     assert_eq!(answer.status, 422, "{}", answer.text());
     assert_eq!(client::get(&sidecar.addr, "/no-such-route").status, 404);
+    // A fifo: sink keeps nothing readable: reads of commits are refused, on their routes.
+    assert_eq!(client::get(&sidecar.addr, "/commits/1").status, 404);
+    assert_eq!(client::get(&sidecar.addr, "/commits/1/files/a").status, 404);
     eventually(PATIENCE, "the raw socket's message", || {
         metrics().contains("spout_messages_received_total{transport=\"raw\"}").then_some(())
     });

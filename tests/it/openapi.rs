@@ -9,6 +9,7 @@ use rustix::fs::{mkfifoat, Mode, CWD};
 use rustix::process::Signal;
 use serde_json::{json, Value};
 
+use crate::pfs::fake::FakePachd;
 use crate::support::client::{self, Connection, Response};
 use crate::support::sidecar::{eventually, Sidecar};
 
@@ -165,6 +166,34 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
     conf.record("GET", "/status", &client::get(&addr, "/status"));
     conf.record("GET", "/metrics", &get("/metrics"));
     conf.record("GET", "/metrics", &client::get(&addr, "/metrics"));
+    let id = post("/messages?wait=commit&file=a.txt", &[], b"a").json()["commit"].as_str().unwrap().to_owned();
+    let (commit, file) = ("/commits/{commit}", "/commits/{commit}/files/{path}");
+    conf.record("GET", commit, &get(&format!("/commits/{id}")));
+    conf.record("GET", commit, &get("/commits/.tmp-1"));
+    conf.record("GET", commit, &get("/commits/1"));
+    conf.record("GET", commit, &client::get(&addr, &format!("/commits/{id}")));
+    conf.record("GET", file, &get(&format!("/commits/{id}/files/a.txt")));
+    conf.record("GET", file, &get(&format!("/commits/{id}/files/..%2Fa.txt")));
+    conf.record("GET", file, &get(&format!("/commits/{id}/files/b.txt")));
+    conf.record("GET", file, &client::get(&addr, &format!("/commits/{id}/files/a.txt")));
+    drop(sidecar);
+
+    // pfs://: a pipeline downstream that takes longer than the wait, then a pachd
+    // that is not there.
+    let mut pachd = FakePachd::start(None, None);
+    pachd.pipeline("spout", "edges", 1.0, None);
+    let sidecar = Sidecar::start(&["--sink", &pachd.uri("spout"), "--max-batch-age", "10ms"]);
+    let addr = sidecar.addr.clone();
+    let late = client::post(&addr, "/messages?wait=downstream&timeout=100ms", "text/plain", b"x");
+    conf.record("POST", "/messages", &late);
+    let id = late.json()["commit"].as_str().unwrap().to_owned();
+    conf.record("GET", commit, &client::get(&addr, &format!("/commits/{id}?wait=downstream&timeout=10ms")));
+    conf.record("GET", commit, &client::get(&addr, &format!("/commits/{id}?wait=downstream")));
+    drop(sidecar);
+    drop(pachd);
+    let sidecar = Sidecar::start(&["--sink", "pfs://127.0.0.1:1/spout"]);
+    conf.record("GET", commit, &client::get(&sidecar.addr, "/commits/1"));
+    conf.record("GET", file, &client::get(&sidecar.addr, "/commits/1/files/a.txt"));
     drop(sidecar);
 
     // A pipe nobody reads: not ready; at shutdown, the wait=commit request gets 502

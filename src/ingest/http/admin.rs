@@ -4,7 +4,7 @@ use hyper::StatusCode;
 use serde::Serialize;
 use serde_json::json;
 
-use super::query::RequestOptions;
+use super::query::{RequestOptions, Wait};
 use super::reply::{self, Reply};
 use super::Api;
 use crate::metrics::METRICS;
@@ -53,7 +53,14 @@ pub fn readyz(api: &Api) -> Reply {
 /// it has settled.
 pub async fn flush(api: &Api, query: Option<&str>) -> Reply {
     let wait = match RequestOptions::parse(query, &Default::default()) {
-        Ok(options) => options.wait_commit,
+        Ok(RequestOptions { wait: Wait::Downstream, .. }) => {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "/flush waits for the commit only; wait=downstream is for /messages and /commits/{id}",
+            )
+        }
+        Ok(options) => options.wait_commit(),
         Err(bad) => return reply::error(StatusCode::BAD_REQUEST, "bad_request", bad.to_string()),
     };
     let batcher = api.intake.batcher();

@@ -1,5 +1,6 @@
 //! `POST /messages`: read the body within its limit, decode it by `Content-Type`,
-//! admit it all or nothing, and answer 202, or 200 once committed with `wait=commit`.
+//! admit it all or nothing, and answer 202, or 200 once committed with `wait=commit`
+//! (and once the pipelines downstream have finished with `wait=downstream`).
 //! A request with `Idempotency-Key` that was seen before is answered from the first.
 
 // A rejection carries its whole response; boxing it would only move the bytes
@@ -17,7 +18,8 @@ use hyper::{Request, StatusCode};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
-use super::query::RequestOptions;
+use super::commits;
+use super::query::{RequestOptions, Wait};
 use super::reply::{self, Reply};
 use super::Api;
 use crate::ack::{CommitError, Verdict};
@@ -98,7 +100,7 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
                 match api.idempotency.begin(key, fingerprint) {
                     Begin::First(ticket) => break Some(ticket),
                     Begin::Replay(progress) => {
-                        if let Some(reply) = replay(api, progress, options.wait_commit).await {
+                        if let Some(reply) = replay(api, progress, &options).await {
                             return Ok(reply);
                         }
                     }
@@ -115,8 +117,8 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
     };
     let messages = framing::decode(&framing, body, options.file.as_deref(), api.max_message_bytes).await?;
     if messages.is_empty() {
-        let status = if options.wait_commit { StatusCode::OK } else { StatusCode::ACCEPTED };
-        let files = options.wait_commit.then(Vec::new);
+        let status = if options.wait_commit() { StatusCode::OK } else { StatusCode::ACCEPTED };
+        let files = options.wait_commit().then(Vec::new);
         return Ok(reply::json(
             status,
             &Accepted { accepted: 0, first_seq: None, last_seq: None, commit: None, files, objects: None },
@@ -124,7 +126,7 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
     }
     let count = messages.len() as u64;
     let names = messages.iter().map(|m| m.name.clone()).collect();
-    let wants_verdict = options.wait_commit || ticket.is_some();
+    let wants_verdict = options.wait_commit() || ticket.is_some();
     let answer = if wants_verdict { Answer::Committed } else { Answer::Accepted };
     let how = AdmitOptions { transport, answer, when_full: FullBudget::AsConfigured };
     let admitted = api.intake.admit(messages, how).await.map_err(refused)?;
@@ -135,7 +137,7 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
     let Some(verdict) = admitted.verdict else {
         return Ok(accepted_reply(&admission));
     };
-    if !options.wait_commit {
+    if !options.wait_commit() {
         if let Some(ticket) = ticket {
             // Retries asking wait=commit need the verdict even if this request does not.
             tokio::spawn(async move { ticket.settled(received(verdict.await)) });
@@ -145,11 +147,10 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
     let waiting = Instant::now();
     let verdict = received(verdict.await);
     METRICS.ack_wait.observe(waiting.elapsed().as_secs_f64());
-    let reply = settled_reply(api, &admission, &verdict);
     if let Some(ticket) = ticket {
-        ticket.settled(verdict);
+        ticket.settled(verdict.clone());
     }
-    Ok(reply)
+    Ok(settled_reply(api, &admission, &verdict, &options).await)
 }
 
 /// A request read whole and checked as far as its headers go.
@@ -169,6 +170,11 @@ async fn receive(api: &Api, request: Request<Body>) -> Result<Received, Rejectio
     }
     let options = RequestOptions::parse(request.uri().query(), request.headers())
         .map_err(|bad| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", bad.to_string()))?;
+    if options.wait == Wait::Downstream {
+        api.reader
+            .follows_downstream()
+            .map_err(|no| Rejection::new(StatusCode::BAD_REQUEST, "bad_request", no.to_string()))?;
+    }
     if let Some(name) = &options.file {
         file_name::validate(name)
             .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why.to_string()))?;
@@ -200,7 +206,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
 
 /// Answers a retry from the first request's progress; `None` if the first request
 /// was refused, so the retry must be processed as new.
-async fn replay(api: &Api, mut progress: watch::Receiver<FirstRequest>, wait_commit: bool) -> Option<Reply> {
+async fn replay(api: &Api, mut progress: watch::Receiver<FirstRequest>, options: &RequestOptions) -> Option<Reply> {
+    let wait_commit = options.wait_commit();
     let settled_enough = |p: &FirstRequest| match p {
         FirstRequest::Pending => false,
         FirstRequest::Accepted(_) => !wait_commit,
@@ -214,7 +221,7 @@ async fn replay(api: &Api, mut progress: watch::Receiver<FirstRequest>, wait_com
         FirstRequest::Pending | FirstRequest::Abandoned => None,
         FirstRequest::Accepted(admission) => Some(accepted_reply(&admission)),
         FirstRequest::Settled(admission, _) if !wait_commit => Some(accepted_reply(&admission)),
-        FirstRequest::Settled(admission, verdict) => Some(settled_reply(api, &admission, &verdict)),
+        FirstRequest::Settled(admission, verdict) => Some(settled_reply(api, &admission, &verdict, options).await),
     }
 }
 
@@ -236,8 +243,9 @@ fn accepted_reply(admission: &Admission) -> Reply {
     )
 }
 
-/// The answer to `wait=commit`: 200 with the commit and the request's files, or 502.
-fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict) -> Reply {
+/// The answer to `wait=commit`: 200 with the commit and the request's files, or 502;
+/// to `wait=downstream`, that once the commits downstream are finished.
+async fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict, options: &RequestOptions) -> Reply {
     let receipt = match verdict {
         Ok(receipt) => receipt,
         Err(error) => return reply::error(StatusCode::BAD_GATEWAY, "commit_failed", error.0.clone()),
@@ -271,7 +279,10 @@ fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict) -> Reply {
         files: Some(files),
         objects,
     };
-    reply::json(StatusCode::OK, &answer)
+    match options.wait {
+        Wait::Downstream => commits::downstream_of_post(api, &answer, &receipt.commit, options).await,
+        _ => reply::json(StatusCode::OK, &answer),
+    }
 }
 
 /// Reads the whole body as the chunks it arrived in, refusing it (413) as soon as

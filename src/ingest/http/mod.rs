@@ -1,11 +1,12 @@
 //! The HTTP API, served the same on TCP and on a Unix socket.
 //!
 //! This module owns connections and routing; `messages` is the ingest endpoint,
-//! `admin` the flush, health, status and metrics endpoints, `reply` the JSON
-//! answers. Every answer is counted in `spout_requests_total{code}` and timed in
+//! `admin` the flush, health, status and metrics endpoints, `commits` reads
+//! commits back through the sink's reader, `reply` the JSON answers. Every answer is counted in `spout_requests_total{code}` and timed in
 //! `spout_request_duration_seconds{route,code}`.
 
 mod admin;
+mod commits;
 mod messages;
 mod query;
 mod reply;
@@ -30,6 +31,7 @@ use super::{Intake, Transport};
 use crate::cancel::Cancel;
 use crate::encode::Layout;
 use crate::metrics::METRICS;
+use crate::sink::reader::CommitReader;
 use crate::sink::Health;
 use reply::Reply;
 
@@ -48,6 +50,8 @@ pub struct Api {
     pub body_timeout: Duration,
     pub max_connections: usize,
     pub idempotency: super::idempotency::Idempotency,
+    /// Reads the sink's commits back (`GET /commits/...`, `wait=downstream`).
+    pub reader: Arc<dyn CommitReader>,
 }
 
 /// A listener HTTP can be served on: TCP or a Unix socket.
@@ -143,7 +147,11 @@ fn route_name(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/status" => "/status",
         "/metrics" => "/metrics",
-        _ => "other",
+        _ => match path.strip_prefix("/commits/").map(|rest| rest.contains('/')) {
+            Some(false) => "/commits/{id}",
+            Some(true) => "/commits/{id}/files/{path}",
+            None => "other",
+        },
     }
 }
 
@@ -152,6 +160,7 @@ async fn route_request(api: &Api, transport: Transport, request: Request<Body>) 
     let allowed: &'static str = match path {
         "/messages" | "/flush" => "POST",
         "/healthz" | "/readyz" | "/status" | "/metrics" => "GET, HEAD",
+        _ if path.starts_with("/commits/") => "GET, HEAD",
         _ => return reply::error(StatusCode::NOT_FOUND, "not_found", format!("no route {path}; see /status")),
     };
     let method_ok = match allowed {
@@ -180,7 +189,8 @@ async fn route_request(api: &Api, transport: Transport, request: Request<Body>) 
         "/messages" => messages::post(api, transport, request).await,
         "/flush" => admin::flush(api, request.uri().query()).await,
         "/status" => admin::status(api),
-        _ => admin::metrics(),
+        "/metrics" => admin::metrics(),
+        _ => commits::get(api, path, request.uri().query()).await,
     }
 }
 

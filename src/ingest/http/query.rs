@@ -1,13 +1,36 @@
 //! The request options of the API, from the query string or their header twins.
 
+use std::time::Duration;
+
 use hyper::header::HeaderMap;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RequestOptions {
     /// `?file=` or `Spout-File:`: the file name of the request's messages.
     pub file: Option<String>,
-    /// `?wait=commit` or `Spout-Wait: commit`.
-    pub wait_commit: bool,
+    /// `?wait=` or `Spout-Wait:`.
+    pub wait: Wait,
+    /// `?timeout=`: how long `wait=downstream` may wait.
+    pub timeout: Option<Duration>,
+}
+
+/// What the answer waits for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// 202 once the messages are held.
+    #[default]
+    None,
+    /// 200 once they are committed.
+    Commit,
+    /// 200 once they are committed and every commit downstream of theirs is finished.
+    Downstream,
+}
+
+impl RequestOptions {
+    /// Whether the answer waits for the commit (and maybe more).
+    pub fn wait_commit(&self) -> bool {
+        self.wait != Wait::None
+    }
 }
 
 /// A request option that cannot be understood (answered 400 `bad_request`).
@@ -15,8 +38,10 @@ pub struct RequestOptions {
 pub enum BadOption {
     #[error("{0} is not valid UTF-8")]
     NotUtf8(&'static str),
-    #[error("wait must be `commit` (or `none`), not `{0}`")]
+    #[error("wait must be `commit`, `downstream` (or `none`), not `{0}`")]
     Wait(String),
+    #[error("timeout must be a duration such as `30s` or `500ms`, not `{0}`")]
+    Timeout(String),
 }
 
 impl RequestOptions {
@@ -31,12 +56,16 @@ impl RequestOptions {
             options.file = Some(value.to_owned());
         }
         if let Some(value) = header("spout-wait", "Spout-Wait")? {
-            options.wait_commit = wait_value(value)?;
+            options.wait = wait_value(value)?;
         }
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*key {
                 "file" => options.file = Some(value.into_owned()),
-                "wait" => options.wait_commit = wait_value(&value)?,
+                "wait" => options.wait = wait_value(&value)?,
+                "timeout" => {
+                    let timeout = humantime::parse_duration(&value).map_err(|_| BadOption::Timeout(value.into()))?;
+                    options.timeout = Some(timeout);
+                }
                 _ => {}
             }
         }
@@ -44,10 +73,11 @@ impl RequestOptions {
     }
 }
 
-fn wait_value(value: &str) -> Result<bool, BadOption> {
+fn wait_value(value: &str) -> Result<Wait, BadOption> {
     match value {
-        "commit" => Ok(true),
-        "" | "none" => Ok(false),
+        "commit" => Ok(Wait::Commit),
+        "downstream" => Ok(Wait::Downstream),
+        "" | "none" => Ok(Wait::None),
         other => Err(BadOption::Wait(other.to_owned())),
     }
 }
@@ -61,12 +91,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("spout-file", "from/header.txt".parse().unwrap());
         let options = RequestOptions::parse(Some("wait=commit&file=a%2Fb.json&x=1"), &headers).unwrap();
-        assert_eq!(options, RequestOptions { file: Some("a/b.json".into()), wait_commit: true });
+        assert_eq!(options, RequestOptions { file: Some("a/b.json".into()), wait: Wait::Commit, timeout: None });
+        let options = RequestOptions::parse(Some("wait=downstream&timeout=1m30s"), &headers).unwrap();
+        assert_eq!((options.wait, options.timeout), (Wait::Downstream, Some(Duration::from_secs(90))));
+        assert_eq!(
+            RequestOptions::parse(Some("timeout=soon"), &HeaderMap::new()).unwrap_err().to_string(),
+            "timeout must be a duration such as `30s` or `500ms`, not `soon`"
+        );
         let options = RequestOptions::parse(None, &headers).unwrap();
         assert_eq!(options.file.as_deref(), Some("from/header.txt"));
         assert_eq!(
             RequestOptions::parse(Some("wait=soon"), &HeaderMap::new()).unwrap_err().to_string(),
-            "wait must be `commit` (or `none`), not `soon`"
+            "wait must be `commit`, `downstream` (or `none`), not `soon`"
         );
         let mut latin1 = HeaderMap::new();
         latin1.insert("spout-wait", hyper::header::HeaderValue::from_bytes(b"comm\xe9t").unwrap());

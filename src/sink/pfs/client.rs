@@ -9,12 +9,14 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request, Status, Streaming};
 
+use super::proto::google::protobuf::BytesValue;
 use super::proto::pfs_v2::api_client::ApiClient;
 use super::proto::pfs_v2::{
-    Branch, Commit, CommitInfo, CommitState, CreateRepoRequest, File, GetFileRequest, InspectCommitRequest,
-    InspectRepoRequest, ModifyFileRequest, Project, Repo,
+    Branch, Commit, CommitInfo, CommitSet, CommitState, CreateRepoRequest, File, FileInfo, GetFileRequest,
+    InspectCommitRequest, InspectCommitSetRequest, InspectRepoRequest, ModifyFileRequest, Project, Repo,
+    WalkFileRequest,
 };
 use super::target::{Target, TokenError, TokenSource};
 
@@ -191,6 +193,41 @@ impl Pachd {
         }
     }
 
+    /// The commit `id` of `repo` (this sink's repo if `None`), in this sink's project.
+    pub fn commit_in(&self, repo: Option<&str>, id: &str) -> Commit {
+        let repo = match repo {
+            Some(name) => Repo { name: name.into(), ..self.repo.clone() },
+            None => self.repo.clone(),
+        };
+        let branch = Branch { repo: Some(repo.clone()), name: String::new() };
+        Commit { repo: Some(repo), id: id.into(), branch: Some(branch) }
+    }
+
+    /// A file's bytes as pachd streams them. Unbounded in time: the stream moves at
+    /// the pace its reader takes it.
+    pub async fn get_file(&mut self, commit: &Commit, path: &str) -> Result<Streaming<BytesValue>, Status> {
+        let file = File { commit: Some(commit.clone()), path: path.into(), datum: String::new() };
+        Ok(self.api.get_file(Request::new(GetFileRequest { file: Some(file) })).await?.into_inner())
+    }
+
+    /// Every file and directory of a commit, as pachd walks them from the root.
+    pub async fn walk_files(&mut self, commit: &Commit) -> Result<Streaming<FileInfo>, Status> {
+        let file = File { commit: Some(commit.clone()), path: "/".into(), datum: String::new() };
+        let request = Request::new(WalkFileRequest { file: Some(file) });
+        Ok(self.api.walk_file(request).await?.into_inner())
+    }
+
+    /// The commits of commit set `id`: at once with `wait` false; with `wait`, each
+    /// once it is finished, those finished already first.
+    pub async fn commit_set(&mut self, id: &str, wait: bool) -> Result<Streaming<CommitInfo>, Status> {
+        let request = InspectCommitSetRequest { commit_set: Some(CommitSet { id: id.into() }), wait };
+        let mut request = Request::new(request);
+        if !wait {
+            request.set_timeout(CALL_DEADLINE);
+        }
+        Ok(self.api.inspect_commit_set(request).await?.into_inner())
+    }
+
     /// Sends one ModifyFile stream; `bytes` sizes its deadline.
     pub async fn modify_file(
         &mut self,
@@ -210,7 +247,7 @@ fn deadline<T>(message: T) -> Request<T> {
 }
 
 /// Older pachd answers "not found" with code Unknown, so the message counts too.
-fn is_not_found(status: &Status) -> bool {
+pub fn is_not_found(status: &Status) -> bool {
     status.code() == Code::NotFound || status.message().contains("not found")
 }
 

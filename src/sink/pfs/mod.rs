@@ -17,13 +17,15 @@
 //!
 //! `target` parses the URI and finds the token, `client` speaks to pachd,
 //! `requests` lays a batch out as a ModifyFile stream, `marker` tells this writer's
-//! batches apart, `committer` retries, `finish` finds and waits for the commit.
+//! batches apart, `committer` retries, `finish` finds and waits for the commit;
+//! `reader` reads commits back for the HTTP API.
 
 mod client;
 mod committer;
 mod finish;
 mod marker;
 pub mod proto;
+mod reader;
 mod requests;
 pub mod target;
 
@@ -40,7 +42,9 @@ use self::client::Pachd;
 use self::committer::{AttemptError, BatchFiles, Committer, GaveUp};
 use self::finish::Finisher;
 use self::marker::{default_writer_id, Writer};
+use self::reader::PfsReader;
 pub use self::target::{detect_worker, Target, TokenSource};
+use super::reader::CommitReader;
 use super::runner::{spawn_watched, InjectedPanic};
 use super::spec::{BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
 use super::{Commit, Sink, SinkContext};
@@ -53,15 +57,25 @@ fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
     uri.parse::<Target>().map(SinkSpec::new).map_err(|e| BadSinkUri(e.to_string()))
 }
 
-impl OpenSink for Target {
+impl Target {
     /// A URI that names no token takes `--pachd-token-file` / `SPOUT_PACHD_TOKEN`;
     /// without them, the pachctl config's.
-    fn open(&self, settings: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
+    fn with_token(&self, settings: &SinkSettings) -> Target {
         let mut target = self.clone();
         if target.token == TokenSource::Unset {
             target.token = TokenSource::from_options(settings.pachd_token_file.clone(), settings.pachd_token.clone());
         }
-        Ok(Box::new(PfsSink::new(target)))
+        target
+    }
+}
+
+impl OpenSink for Target {
+    fn open(&self, settings: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
+        Ok(Box::new(PfsSink::new(self.with_token(settings))))
+    }
+
+    fn reader(&self, settings: &SinkSettings) -> Arc<dyn CommitReader> {
+        Arc::new(PfsReader::new(&self.with_token(settings)))
     }
 }
 

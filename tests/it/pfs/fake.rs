@@ -184,6 +184,22 @@ impl FakePachd {
         self.command(json!({"cmd": "finish_commit", "id": id}));
     }
 
+    /// Runs a pipeline from `input` to `output` (see fake_pachd.py): each input
+    /// commit gets an output commit of the same id, finished `delay` seconds after
+    /// it, with `error` if given.
+    #[allow(dead_code, reason = "for the tests; benches/pfs_commit.rs includes this file too")]
+    pub fn pipeline(&mut self, input: &str, output: &str, delay: f64, error: Option<&str>) {
+        self.command(json!({"cmd": "pipeline", "input": input, "output": output, "delay": delay, "error": error}));
+    }
+
+    /// Commits a file of `size` bytes into `repo` as another client would; the
+    /// commit's id. Its content is [`put_file_content`]'s.
+    #[allow(dead_code, reason = "for the tests; benches/pfs_commit.rs includes this file too")]
+    pub fn put_file(&mut self, repo: &str, path: &str, size: u64) -> String {
+        let answer = self.command(json!({"cmd": "put_file", "repo": repo, "path": path, "size": size}));
+        answer["id"].as_str().expect("the commit id").to_owned()
+    }
+
     pub fn set_token(&mut self, token: Option<&str>) {
         self.command(json!({"cmd": "token", "token": token}));
     }
@@ -192,6 +208,14 @@ impl FakePachd {
     pub fn restart(&mut self, down_for: f64) {
         self.command(json!({"cmd": "restart", "down_for": down_for}));
     }
+}
+
+/// Byte `at` of a file the fake's `put_file` made: 1 MiB piece `k` holds
+/// `(31 k + j) % 256` at its offset `j`.
+#[allow(dead_code, reason = "for the tests; benches/pfs_commit.rs includes this file too")]
+pub fn put_file_byte(at: u64) -> u8 {
+    let (piece, offset) = (at >> 20, at & ((1 << 20) - 1));
+    ((31 * piece + offset) % 256) as u8
 }
 
 fn read_line(stdout: &mut BufReader<ChildStdout>) -> Value {

@@ -26,6 +26,15 @@ pachyderm/pachyderm; behaviour modelled, no code taken):
 - ClearCommit fails with "cannot clear finished commit" once finishing;
   descriptions are stored as sent (FinishCommit's replaces it if not empty).
 - Every call must carry the `authn-token` the fake was started with (if any).
+- Commit sets (server_commitset.go): a run's commits in every repo share the input
+  commit's id, and a commit is named by its repo and id. A "pipeline" (control
+  channel) makes its output commit in the commit set of each input commit as that
+  commit starts (pachd propagates branches in the same transaction), open, and
+  fills and finishes it `delay` seconds after the input commit is finished.
+  InspectCommitSet lists the set's commits at once, or with `wait` streams each
+  once finished, the finished ones first (inspectCommitSet).
+- GetFile streams a file in pieces of at most GET_FILE_PIECE bytes; WalkFile
+  streams the commit's directories and files from the root, paths starting `/`.
 
 Pessimistic on purpose: each ModifyFile request into an open commit is applied as
 it arrives, so a stream cut midway leaves part of a batch in the commit, the case
@@ -52,6 +61,14 @@ stdout (the first line printed is {"port": N}):
   {"cmd": "start_commit", "repo": "r", "branch": "b"}  starts a commit as another
                                     client would (project default), answers {"id": ...}
   {"cmd": "finish_commit", "id": "..."}  finishes it
+  {"cmd": "pipeline", "input": "spout", "output": "edges", "delay": 0.3, "error": ""}
+                                    a pipeline from repo `input` (its master branch) to
+                                    repo `output`: each output file is an input file
+                                    upper-cased (the sidecars' markers left out); with
+                                    `error`, its commits finish with that error
+  {"cmd": "put_file", "repo": "r", "path": "p", "size": N}  commits a file of N bytes
+                                    as another client would, answers {"id": ...}: piece
+                                    k of 1 MiB holds bytes (31 k + j) % 256, j its index
   {"cmd": "token", "token": "t"}    the token calls must carry from now on (null: none)
   {"cmd": "restart", "down_for": 0.5}  stops serving (connections drop) and serves
                                     again on the same port, state kept, as pachd
@@ -75,6 +92,7 @@ from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
 MAX_MESSAGE = 20 << 20  # pachd's limit
 DEFAULT_FINISH_DELAY = 0.01
 MARKER_DIR = ".spout-sidecar/"
+GET_FILE_PIECE = 1 << 20
 
 
 def project_of(repo):
@@ -210,7 +228,8 @@ class Pachd(pfs_pb2_grpc.APIServicer):
         self.lock = threading.RLock()
         self.changes = threading.Condition(self.lock)  # notified when a commit finishes (or starts to)
         self.repos = {}  # (project, name) -> {"type": str, "branches": {name: Commit}}
-        self.commits = {}  # id -> Commit, in creation order
+        self.commits = {}  # (project, repo, id) -> Commit, in creation order
+        self.pipelines = []  # {"input": key, "output": key, "delay": s, "error": str}
         self.faults = Faults()
         self.pending = []  # finishing commits the master has yet to finish, in order
         self.max_piece = 0  # the largest add_file seen: pieces must stay well under 20 MiB
@@ -242,7 +261,8 @@ class Pachd(pfs_pb2_grpc.APIServicer):
 
     def commit(self, commit, context):
         if commit.id:
-            found = self.commits.get(commit.id)
+            repo = commit.repo if commit.repo.name else commit.branch.repo
+            found = self.commits.get((project_of(repo), repo.name, commit.id))
         else:
             _, repo = self.repo(commit.branch.repo, context)
             found = repo["branches"].get(commit.branch.name)
@@ -261,10 +281,50 @@ class Pachd(pfs_pb2_grpc.APIServicer):
         parent = repo["branches"].get(branch)
         if parent is not None and parent.finishing is None:
             context.abort(grpc.StatusCode.UNKNOWN, f"parent commit {parent.name()} has not been finished")
-        commit = Commit(uuid.uuid4().hex, key, branch, parent, description)
-        self.commits[commit.id] = commit
+        commit = self.add_commit(uuid.uuid4().hex, key, repo, branch, parent, description)
+        for pipeline in self.pipelines:
+            if pipeline["input"] == key and branch == "master":
+                self.start_job(pipeline, commit)
+        return commit
+
+    def add_commit(self, cid, key, repo, branch, parent, description):
+        commit = Commit(cid, key, branch, parent, description)
+        self.commits[(key[0], key[1], cid)] = commit
         repo["branches"][branch] = commit
         return commit
+
+    def start_job(self, pipeline, input_commit):
+        """The pipeline's output commit in the input commit's commit set, open now,
+        filled and finished by a job once the input commit is finished."""
+        key = pipeline["output"]
+        repo = self.repos[key]
+        output = self.add_commit(input_commit.id, key, repo, "master", repo["branches"].get("master"), "")
+        threading.Thread(target=self.run_job, args=(pipeline, input_commit, output), daemon=True).start()
+
+    def run_job(self, pipeline, input_commit, output):
+        with self.lock:
+            while input_commit.finished is None:
+                self.changes.wait(timeout=0.05)
+        time.sleep(pipeline["delay"])
+        with self.lock:
+            base = output.base()
+            for path in base.files() if base else {}:
+                output.add(path, None)
+            if not pipeline["error"]:
+                for path, pieces in input_commit.files().items():
+                    if not path.startswith(MARKER_DIR):
+                        output.add(path, b"".join(pieces).upper())
+            self.finishing(output, pipeline["error"])
+
+    def info(self, commit):
+        info = pfs_pb2.CommitInfo(commit=commit.proto(), description=commit.description, error=commit.error)
+        if commit.parent is not None:
+            info.parent_commit.CopyFrom(commit.parent.proto())
+        if commit.finishing is not None:
+            info.finishing.CopyFrom(commit.finishing)
+        if commit.finished is not None:
+            info.finished.CopyFrom(commit.finished)
+        return info
 
     def finishing(self, commit, error):
         commit.finishing = now_timestamp()
@@ -431,7 +491,38 @@ class Pachd(pfs_pb2_grpc.APIServicer):
                 context.abort(grpc.StatusCode.NOT_FOUND, f"file {request.file.path} not found in commit {commit.name()}")
         self.leave("GetFile", n, context)
         for chunk in chunks:
-            yield wrappers_pb2.BytesValue(value=chunk)
+            for at in range(0, len(chunk), GET_FILE_PIECE):
+                yield wrappers_pb2.BytesValue(value=chunk[at : at + GET_FILE_PIECE])
+
+    def WalkFile(self, request, context):
+        n = self.enter("WalkFile", context)
+        with self.lock:
+            commit = self.commit(request.file.commit, context)
+            self.wait_for(commit, pfs_pb2.FINISHED if commit.finishing is not None else pfs_pb2.STARTED, context)
+            files = {"/" + path.strip("/"): sum(len(piece) for piece in pieces) for path, pieces in commit.files().items()}
+            proto = commit.proto()
+        self.leave("WalkFile", n, context)
+        dirs = {"/"} | {"/" + parent for path in files for parent in parents(path)}
+        for path in sorted(dirs | set(files)):
+            kind = pfs_pb2.FILE if path in files else pfs_pb2.DIR
+            yield pfs_pb2.FileInfo(file=pfs_pb2.File(commit=proto, path=path), file_type=kind, size_bytes=files.get(path, 0))
+
+    def InspectCommitSet(self, request, context):
+        n = self.enter("InspectCommitSet", context)
+        with self.lock:
+            members = [c for c in self.commits.values() if c.id == request.commit_set.id]
+            if not members:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"commit set {request.commit_set.id} not found")
+            finished = [self.info(c) for c in members if c.finished is not None or not request.wait]
+        self.leave("InspectCommitSet", n, context)
+        yield from finished
+        if request.wait:
+            for commit in members:
+                if commit.finished is None:
+                    with self.lock:
+                        self.wait_for(commit, pfs_pb2.FINISHED, context)
+                        info = self.info(commit)
+                    yield info
 
     def wait_for(self, commit, state, context):
         """Blocks (the lock released) until `commit` has reached `state`."""
@@ -452,13 +543,7 @@ class Pachd(pfs_pb2_grpc.APIServicer):
         with self.lock:
             commit = self.commit(request.commit, context)
             self.wait_for(commit, request.wait, context)
-            info = pfs_pb2.CommitInfo(commit=commit.proto(), description=commit.description, error=commit.error)
-            if commit.parent is not None:
-                info.parent_commit.CopyFrom(commit.parent.proto())
-            if commit.finishing is not None:
-                info.finishing.CopyFrom(commit.finishing)
-            if commit.finished is not None:
-                info.finished.CopyFrom(commit.finished)
+            info = self.info(commit)
         self.leave("InspectCommit", n, context)
         return info
 
@@ -546,8 +631,27 @@ def main():
                 answer = {"id": pachd.start(key, pachd.repos[key], command["branch"], "", Refuse()).id}
         elif cmd == "finish_commit":
             with pachd.lock:
-                pachd.finishing(pachd.commits[command["id"]], "")
+                pachd.finishing(next(c for c in pachd.commits.values() if c.id == command["id"]), "")
             answer = {"ok": True}
+        elif cmd == "pipeline":
+            with pachd.lock:
+                output = ("default", command["output"])
+                pachd.repos.setdefault(output, {"type": "user", "branches": {}})
+                pipeline = {"input": ("default", command["input"]), "output": output,
+                            "delay": float(command.get("delay", 0.1)), "error": command.get("error") or ""}
+                pachd.pipelines.append(pipeline)
+            answer = {"ok": True}
+        elif cmd == "put_file":
+            with pachd.lock:
+                key = ("default", command["repo"])
+                repo = pachd.repos.setdefault(key, {"type": "user", "branches": {}})
+                commit = pachd.start(key, repo, "master", "", Refuse())
+                size = int(command["size"])
+                for k, at in enumerate(range(0, size, GET_FILE_PIECE)):
+                    piece = (bytes((31 * k + j) % 256 for j in range(256)) * (GET_FILE_PIECE // 256))
+                    commit.add(command["path"], piece[: min(GET_FILE_PIECE, size - at)])
+                pachd.finishing(commit, "")
+            answer = {"id": commit.id}
         elif cmd == "token":
             pachd.token = command["token"]
             answer = {"ok": True}

@@ -112,6 +112,14 @@ impl Connection {
 
     /// Reads one answer; an error if the connection ends or breaks before it is whole.
     pub fn try_read_response(&mut self) -> std::io::Result<Response> {
+        let mut body = Vec::new();
+        let (status, headers) = self.try_read_streamed(|piece| body.extend_from_slice(piece))?;
+        Ok(Response { status, headers, body })
+    }
+
+    /// Reads one answer, handing its body to `each` piece by piece as it arrives (a
+    /// chunked body without its framing): for bodies too large to hold.
+    pub fn try_read_streamed(&mut self, mut each: impl FnMut(&[u8])) -> std::io::Result<(u16, Vec<(String, String)>)> {
         let broken = |what: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_owned());
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
@@ -135,14 +143,39 @@ impl Connection {
             let (name, value) = line.split_once(':').expect("header has a colon");
             headers.push((name.trim().to_owned(), value.trim().to_owned()));
         }
-        let length: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.parse().unwrap())
-            .unwrap_or(0);
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body)?;
-        Ok(Response { status, headers, body })
+        let header = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let mut size = String::new();
+                if self.reader.read_line(&mut size)? == 0 {
+                    return Err(broken("the connection closed inside a chunked body"));
+                }
+                let hex = size.trim_end().split(';').next().unwrap_or("");
+                let size = usize::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("bad chunk size line {size:?}"));
+                if size == 0 {
+                    while self.reader.read_line(&mut line)? > 2 {}
+                    break;
+                }
+                self.read_exactly(size, &mut each)?;
+                let mut crlf = [0; 2];
+                self.reader.read_exact(&mut crlf)?;
+            }
+        } else {
+            let length = header("content-length").map(|v| v.parse().unwrap()).unwrap_or(0);
+            self.read_exactly(length, &mut each)?;
+        }
+        Ok((status, headers))
+    }
+
+    fn read_exactly(&mut self, mut left: usize, each: &mut impl FnMut(&[u8])) -> std::io::Result<()> {
+        let mut buffer = vec![0; left.min(64 * 1024)];
+        while left > 0 {
+            let piece = &mut buffer[..left.min(64 * 1024)];
+            self.reader.read_exact(piece)?;
+            each(piece);
+            left -= piece.len();
+        }
+        Ok(())
     }
 }
 
