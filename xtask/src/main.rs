@@ -30,8 +30,9 @@ const PACKAGES: &[(&str, Probe)] = &[
     ("netcat-openbsd", Probe::Prints(&["nc", "-h"], "OpenBSD")),
     // The README's Go snippet.
     ("golang-go", Probe::Runs(&["go", "version"])),
-    // promtool checks the scrape config, the alert rules and /metrics (tests/it/deploy).
-    ("prometheus", Probe::Runs(&["promtool", "--version"])),
+    // promtool checks the scrape config, the alert rules and /metrics, and the
+    // Prometheus server scrapes a sidecar to evaluate every query (tests/it/deploy).
+    ("prometheus", Probe::Runs(&["prometheus", "--version"])),
     // `python3 -m venv` makes the virtualenv; Debian's python3 lacks ensurepip without it.
     ("python3-venv", Probe::Runs(&["python3", "-c", "import ensurepip, venv"])),
 ];
