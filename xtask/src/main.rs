@@ -22,7 +22,8 @@ use std::process::{Command, ExitCode, Stdio};
 /// What the tests need from Debian: each package, and how to tell it is there
 /// without asking dpkg (a program may come from elsewhere, such as Python from pyenv).
 const PACKAGES: &[(&str, Probe)] = &[
-    // The README's curl snippets (tests/it/clients.rs).
+    // The README's curl snippets (tests/it/clients.rs), and the HTTP/2 and TLS client
+    // of tests/it/http2.rs and tests/it/tls.rs (Debian's curl has nghttp2 and OpenSSL).
     ("curl", Probe::Runs(&["curl", "--version"])),
     // HTTPS to PyPI for the virtualenv's packages.
     ("ca-certificates", Probe::File("/etc/ssl/certs/ca-certificates.crt")),
