@@ -3,6 +3,7 @@
 //! so a refused stream leaves the others on its connection alone.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -160,4 +161,27 @@ fn a_refused_stream_leaves_the_other_streams_of_its_connection_alone() {
     expected.push(b"after".to_vec());
     expected.sort();
     assert_eq!(committed(tmp.path()), expected, "the small streams' messages and nothing of the refused ones");
+}
+
+/// A connection that sends no request within --header-timeout is closed, whatever it
+/// does meanwhile: nothing, or the HTTP/2 preface and settings without a stream.
+#[test]
+fn a_connection_without_a_request_is_closed_after_the_header_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sidecar = start(tmp.path(), &["--header-timeout", "1s"]);
+    // The client preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    let preface = [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
+    for (what, opening) in [("a silent client", &[][..]), ("an h2c connection without a stream", &preface)] {
+        let mut stream = std::net::TcpStream::connect(&sidecar.addr).unwrap();
+        stream.write_all(opening).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = std::time::Instant::now();
+        // Read (and drop) what the server sends, such as its SETTINGS, until it closes.
+        let closed = std::io::copy(&mut stream, &mut std::io::sink());
+        assert!(closed.is_ok(), "{what}: closed by the server, not by the read timeout: {closed:?}");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(900), "{what}: closed after {waited:?}, before --header-timeout");
+    }
+    let answer = curl::one(&["--http2-prior-knowledge", &format!("http://{}/healthz", sidecar.addr)]);
+    assert_eq!(answer.status, 200, "the sidecar serves on: {answer:?}");
 }

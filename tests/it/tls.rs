@@ -4,6 +4,7 @@
 //! message, keeps open connections, and keeps the old certificate when the new one
 //! is broken.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -186,4 +187,23 @@ fn sighup_reloads_the_certificate_under_load_losing_nothing_and_keeping_open_con
     sent.sort();
     assert_eq!(committed(tmp.path()), sent, "every answered message committed, once");
     assert!(sidecar.child.try_wait().unwrap().is_none(), "SIGHUP does not stop the sidecar");
+}
+
+/// A client stuck in the TLS handshake is closed after --header-timeout, like one
+/// that sends no request.
+#[test]
+fn a_stalled_handshake_is_closed_after_the_header_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let (cert, key) = pki.install("first");
+    let sink = format!("dir:{}", tmp.path().join("out").display());
+    let sidecar = Sidecar::start(&["--sink", &sink, "--header-timeout", "1s", "--tls-cert", &cert, "--tls-key", &key]);
+    let mut stream = std::net::TcpStream::connect(&sidecar.addr).unwrap();
+    // The first 5 bytes of a TLS record header announcing a ClientHello that never comes.
+    stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    let closed = std::io::copy(&mut stream, &mut std::io::sink());
+    assert!(closed.is_ok(), "closed by the server, not by the read timeout: {closed:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed after {:?}", started.elapsed());
 }
