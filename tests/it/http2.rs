@@ -3,7 +3,6 @@
 //! so a refused stream leaves the others on its connection alone.
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,21 +13,15 @@ use hyper::body::Frame;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::support::client;
 use crate::support::curl::{self, Transfer};
-use crate::support::sidecar::{dir_commits, Sidecar};
+use crate::support::sidecar::{dir_payloads, Sidecar};
 
 fn start(dir: &Path, extra: &[&str]) -> Sidecar {
     let sink = format!("dir:{}", dir.join("out").display());
     let mut args = vec!["--sink", &sink, "--max-batch-age", "50ms"];
     args.extend_from_slice(extra);
     Sidecar::start(&args)
-}
-
-/// The payloads the `dir:` sink holds, sorted.
-fn committed(dir: &Path) -> Vec<Vec<u8>> {
-    let mut payloads: Vec<Vec<u8>> = dir_commits(&dir.join("out")).into_iter().map(|(_, _, body)| body).collect();
-    payloads.sort();
-    payloads
 }
 
 fn h2(sidecar: &Sidecar, method: &str, path: &str, extra: &[&str]) -> Transfer {
@@ -102,7 +95,7 @@ fn every_route_answers_over_h2c_with_prior_knowledge() {
     .map(<[u8]>::to_vec)
     .into();
     expected.sort();
-    assert_eq!(committed(tmp.path()), expected, "every accepted message, byte for byte");
+    assert_eq!(dir_payloads(&tmp.path().join("out")), expected, "every accepted message, byte for byte");
 }
 
 /// Streams of one h2c connection, side by side, each refused or accepted on its own:
@@ -160,7 +153,11 @@ fn a_refused_stream_leaves_the_other_streams_of_its_connection_alone() {
     let mut expected: Vec<Vec<u8>> = small.iter().map(|s| s.as_bytes().to_vec()).collect();
     expected.push(b"after".to_vec());
     expected.sort();
-    assert_eq!(committed(tmp.path()), expected, "the small streams' messages and nothing of the refused ones");
+    assert_eq!(
+        dir_payloads(&tmp.path().join("out")),
+        expected,
+        "the small streams' messages and nothing of the refused ones"
+    );
 }
 
 /// A connection that sends no request within --header-timeout is closed, whatever it
@@ -172,14 +169,7 @@ fn a_connection_without_a_request_is_closed_after_the_header_timeout() {
     // The client preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
     let preface = [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
     for (what, opening) in [("a silent client", &[][..]), ("an h2c connection without a stream", &preface)] {
-        let mut stream = std::net::TcpStream::connect(&sidecar.addr).unwrap();
-        stream.write_all(opening).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let started = std::time::Instant::now();
-        // Read (and drop) what the server sends, such as its SETTINGS, until it closes.
-        let closed = std::io::copy(&mut stream, &mut std::io::sink());
-        assert!(closed.is_ok(), "{what}: closed by the server, not by the read timeout: {closed:?}");
-        let waited = started.elapsed();
+        let waited = client::time_until_closed(&sidecar.addr, opening);
         assert!(waited >= Duration::from_millis(900), "{what}: closed after {waited:?}, before --header-timeout");
     }
     let answer = curl::one(&["--http2-prior-knowledge", &format!("http://{}/healthz", sidecar.addr)]);

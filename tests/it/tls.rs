@@ -4,7 +4,6 @@
 //! message, keeps open connections, and keeps the old certificate when the new one
 //! is broken.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -12,8 +11,9 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustix::process::Signal;
 
+use crate::support::client;
 use crate::support::curl::{self, Transfer};
-use crate::support::sidecar::{dir_commits, eventually, Sidecar, BIN};
+use crate::support::sidecar::{dir_payloads, eventually, Sidecar, BIN};
 
 /// A CA of the test's own and the server certificates it issues.
 struct Pki {
@@ -61,10 +61,12 @@ impl Pki {
     }
 }
 
-fn start(dir: &Path, pki: &Pki) -> Sidecar {
+fn start(dir: &Path, pki: &Pki, extra: &[&str]) -> Sidecar {
     let (cert, key) = pki.install("first");
     let sink = format!("dir:{}", dir.join("out").display());
-    Sidecar::start(&["--sink", &sink, "--max-batch-age", "50ms", "--tls-cert", &cert, "--tls-key", &key])
+    let mut args = vec!["--sink", &sink, "--max-batch-age", "50ms", "--tls-cert", &cert, "--tls-key", &key];
+    args.extend_from_slice(extra);
+    Sidecar::start(&args)
 }
 
 /// The common name of the certificate a new connection is served, as curl shows it.
@@ -77,17 +79,11 @@ fn served_name(sidecar: &Sidecar, pki: &Pki) -> String {
     name.unwrap_or_else(|| panic!("curl -v shows no subject:\n{verbose}")).to_owned()
 }
 
-fn committed(dir: &Path) -> Vec<Vec<u8>> {
-    let mut payloads: Vec<Vec<u8>> = dir_commits(&dir.join("out")).into_iter().map(|(_, _, body)| body).collect();
-    payloads.sort();
-    payloads
-}
-
 #[test]
 fn https_answers_over_h2_by_alpn_and_over_http_1_1() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
-    let sidecar = start(tmp.path(), &pki);
+    let sidecar = start(tmp.path(), &pki, &[]);
     let url = format!("https://{}/messages?wait=commit", sidecar.addr);
     let ca = pki.ca_file();
     let h2 = curl::one(&["--cacert", &ca, "--data-binary", "over h2", &url]);
@@ -98,7 +94,7 @@ fn https_answers_over_h2_by_alpn_and_over_http_1_1() {
     assert_eq!(untrusted.status, 0, "a client without the CA does not trust the test certificate: {untrusted:?}");
     let plain = curl::one(&["--data-binary", "not TLS", &format!("http://{}/messages", sidecar.addr)]);
     assert_ne!(plain.status, 202, "plain HTTP on the TLS port is not served: {plain:?}");
-    assert_eq!(committed(tmp.path()), [b"over h2".to_vec(), b"over http/1.1".to_vec()]);
+    assert_eq!(dir_payloads(&tmp.path().join("out")), [b"over h2".to_vec(), b"over http/1.1".to_vec()]);
     assert_eq!(served_name(&sidecar, &pki), "first");
 }
 
@@ -151,7 +147,7 @@ fn sequential(addr: &str, ca: &str, tag: &str, requests: usize, http1: bool) -> 
 fn sighup_reloads_the_certificate_under_load_losing_nothing_and_keeping_open_connections() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
-    let mut sidecar = start(tmp.path(), &pki);
+    let mut sidecar = start(tmp.path(), &pki, &[]);
     let ca = pki.ca_file();
     // Each request waits for its commit (--max-batch-age 50ms): the loads run for
     // seconds, across both reloads.
@@ -185,7 +181,7 @@ fn sighup_reloads_the_certificate_under_load_losing_nothing_and_keeping_open_con
         sent.extend((0..80).map(|n| format!("{tag} {n}").into_bytes()));
     }
     sent.sort();
-    assert_eq!(committed(tmp.path()), sent, "every answered message committed, once");
+    assert_eq!(dir_payloads(&tmp.path().join("out")), sent, "every answered message committed, once");
     assert!(sidecar.child.try_wait().unwrap().is_none(), "SIGHUP does not stop the sidecar");
 }
 
@@ -195,15 +191,8 @@ fn sighup_reloads_the_certificate_under_load_losing_nothing_and_keeping_open_con
 fn a_stalled_handshake_is_closed_after_the_header_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
-    let (cert, key) = pki.install("first");
-    let sink = format!("dir:{}", tmp.path().join("out").display());
-    let sidecar = Sidecar::start(&["--sink", &sink, "--header-timeout", "1s", "--tls-cert", &cert, "--tls-key", &key]);
-    let mut stream = std::net::TcpStream::connect(&sidecar.addr).unwrap();
-    // The first 5 bytes of a TLS record header announcing a ClientHello that never comes.
-    stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let started = std::time::Instant::now();
-    let closed = std::io::copy(&mut stream, &mut std::io::sink());
-    assert!(closed.is_ok(), "closed by the server, not by the read timeout: {closed:?}");
-    assert!(started.elapsed() >= Duration::from_millis(900), "closed after {:?}", started.elapsed());
+    let sidecar = start(tmp.path(), &pki, &["--header-timeout", "1s"]);
+    // The 5-byte header of a TLS record announcing a ClientHello that never comes.
+    let waited = client::time_until_closed(&sidecar.addr, &[0x16, 0x03, 0x01, 0x02, 0x00]);
+    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}, before --header-timeout");
 }

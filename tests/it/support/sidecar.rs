@@ -137,6 +137,14 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
     }
 }
 
+/// The payloads of every committed file of a `dir:` sink, sorted: what was committed,
+/// whatever the order of the requests that sent it.
+pub fn dir_payloads(root: &Path) -> Vec<Vec<u8>> {
+    let mut payloads: Vec<Vec<u8>> = dir_commits(root).into_iter().map(|(_, _, body)| body).collect();
+    payloads.sort();
+    payloads
+}
+
 /// Every committed file of a `dir:` sink: (commit id, file name, bytes), in commit order.
 pub fn dir_commits(root: &Path) -> Vec<(String, String, Vec<u8>)> {
     let mut commits: Vec<PathBuf> =
