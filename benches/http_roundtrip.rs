@@ -44,7 +44,7 @@ fn serve(runtime: &Runtime, args: &[&str]) -> Endpoint {
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let endpoint = Endpoint::Tcp(listener.local_addr().unwrap());
     // Never cancelled: the server runs until the runtime ends.
-    runtime.spawn(http::serve(api, Transport::Http, listener, Cancel::new()));
+    runtime.spawn(http::serve(api, Transport::Http, listener, None, Cancel::new()));
     endpoint
 }
 

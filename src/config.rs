@@ -144,6 +144,19 @@ pub struct Options {
     #[arg(long, env = "SPOUT_PACHD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub pachd_token: Option<String>,
 
+    /// Serve --listen over TLS (HTTPS, and HTTP/2 offered by ALPN) with this
+    /// certificate chain: PEM, the server's certificate first. Needs --tls-key. Both
+    /// files are read again on SIGHUP: new connections get the new certificate, open
+    /// ones keep theirs, and a pair that fails to load keeps the old one (logged).
+    /// TLS is no authentication: a non-loopback --listen still needs --auth-token-file
+    /// or --allow-unauthenticated.
+    #[arg(long, env = "SPOUT_TLS_CERT", value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert: PEM, PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    #[arg(long, env = "SPOUT_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Listen on a non-loopback TCP address without --auth-token-file. A spout
     /// `service` exposes the port to the whole cluster: only do this on purpose.
     #[arg(long, env = "SPOUT_ALLOW_UNAUTHENTICATED")]
@@ -158,7 +171,8 @@ pub struct Options {
     pub body_timeout: Duration,
 
     /// Most HTTP connections served at once (TCP and Unix socket each); further
-    /// clients wait in the listen backlog.
+    /// clients wait in the listen backlog. Also the most requests served at once,
+    /// HTTP/2 streams included: further streams wait their turn.
     #[arg(long, env = "SPOUT_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_connections: u32,
 

@@ -1,5 +1,6 @@
-//! The listening sockets: HTTP on TCP and on a Unix socket, the raw Unix socket,
-//! each served on its own task, and the order they stop in at shutdown.
+//! The listening sockets: HTTP on TCP (with TLS, reloaded on SIGHUP) and on a Unix
+//! socket, the raw Unix socket, each served on its own task, and the order they stop
+//! in at shutdown.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -7,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cancel::Cancel;
 use crate::config::{Listen, Options};
+use crate::ingest::http::tls::{Tls, TlsError};
 use crate::ingest::http::{self, Api};
 use crate::ingest::{raw_socket, Transport};
 use crate::supervisor::Endpoints;
@@ -27,6 +30,10 @@ pub enum BindError {
     Unix { path: PathBuf, source: std::io::Error },
     #[error("cannot chmod {}: {source}", path.display())]
     Chmod { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen for SIGHUP, which reloads --tls-cert and --tls-key: {0}")]
+    Hangup(std::io::Error),
 }
 
 pub struct Listeners<'a> {
@@ -49,14 +56,23 @@ impl<'a> Listeners<'a> {
         let mut raw_server = None;
         let mut http_servers = Vec::new();
         if let Listen::Tcp(addr) = &options.listen {
+            let tls = match (&options.tls_cert, &options.tls_key) {
+                (Some(cert), Some(key)) => Some(Arc::new(Tls::load(cert, key)?)),
+                _ => None,
+            };
             let tcp_error = |source| BindError::Tcp { addr: addr.clone(), source };
             let listener = TcpListener::bind(addr).await.map_err(tcp_error)?;
             let local = listener.local_addr().map_err(tcp_error)?;
-            tracing::info!("listening on http://{local}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!("listening on {scheme}://{local}");
             let reachable =
                 if local.ip().is_unspecified() { format!("127.0.0.1:{}", local.port()) } else { local.to_string() };
-            endpoints.url = Some(format!("http://{reachable}"));
-            let server = http::serve(api.clone(), Transport::Http, listener, http_stop.clone());
+            endpoints.url = Some(format!("{scheme}://{reachable}"));
+            if let Some(tls) = &tls {
+                let hangups = signal(SignalKind::hangup()).map_err(BindError::Hangup)?;
+                tokio::spawn(reload_on_hangup(tls.clone(), hangups, http_stop.clone()));
+            }
+            let server = http::serve(api.clone(), Transport::Http, listener, tls, http_stop.clone());
             http_servers.push(tokio::spawn(server));
         }
         if let Some(path) = &options.socket {
@@ -64,7 +80,8 @@ impl<'a> Listeners<'a> {
             tracing::info!("listening on unix:{}", path.display());
             socket_files.push(file);
             endpoints.socket = Some(path);
-            http_servers.push(tokio::spawn(http::serve(api.clone(), Transport::Unix, listener, http_stop.clone())));
+            let server = http::serve(api.clone(), Transport::Unix, listener, None, http_stop.clone());
+            http_servers.push(tokio::spawn(server));
         }
         if let Some(path) = &options.raw_socket {
             let (listener, file) = bind_unix(path)?;
@@ -108,6 +125,21 @@ impl<'a> Listeners<'a> {
         };
         if tokio::time::timeout_at(deadline, all_closed).await.is_err() {
             tracing::info!("closing the HTTP connections still open at the deadline");
+        }
+    }
+}
+
+/// Reloads the certificate and key on each SIGHUP until `stop`; a pair that does
+/// not load leaves the one in use, so a half-copied renewal breaks nothing.
+async fn reload_on_hangup(tls: Arc<Tls>, mut hangups: Signal, stop: Cancel) {
+    loop {
+        tokio::select! {
+            received = hangups.recv() => if received.is_none() { return },
+            () = stop.cancelled() => return,
+        }
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate {}", tls.cert_path().display()),
+            Err(error) => tracing::error!("SIGHUP: {error}; still serving the certificate loaded before"),
         }
     }
 }

@@ -142,14 +142,7 @@ impl Metrics {
             sink_errors: counter_vec(r, "sink_errors_total", "Failed sink operations, by kind (e.g. epipe, reader_gone, no_reader, io, unavailable).", &["kind"]),
             sink_retries: counter(r, "sink_retries_total", "Commit attempts repeated after a sink error."),
             sink_state,
-            thread_panics: {
-                let metric = counter_vec(r, "thread_panics_total", "Sink threads that died of a panic, by thread (sink, pfs-commit, object-commit); the sink is down until the sidecar restarts.", &["thread"]);
-                // At 0 from the start: an alert on an increase needs a series to compare.
-                for thread in ["sink", "pfs-commit", "object-commit"] {
-                    metric.with_label_values(&[thread]);
-                }
-                metric
-            },
+            thread_panics: counter_vec(r, "thread_panics_total", "Sink threads that died of a panic, by thread (sink, pfs-commit, object-commit); the sink is down until the sidecar restarts.", &["thread"]),
             ack_wait: histogram(r, "ack_wait_seconds", "Time wait=commit requests waited for their batch's commit.", latency_buckets()),
             idempotency_hits: counter(r, "idempotency_hits_total", "Requests whose Idempotency-Key was seen before: answered from the first request, not enqueued again."),
             object_requests: counter_vec(r, "object_requests_total", "Requests the object-store sinks made, by operation (as in object_request_duration_seconds) and outcome (ok, error).", &["op", "outcome"]),
@@ -160,23 +153,41 @@ impl Metrics {
             spool_segments: gauge(r, "spool_segments", "Segment files in the disk spool."),
             spool_sync_duration: histogram(r, "spool_sync_duration_seconds", "Time each fdatasync of the disk spool took; with --spool-sync always, one covers every request written while the previous one ran.", latency_buckets()),
             spool_replayed_messages: counter(r, "spool_replayed_messages_total", "Messages read back from the disk spool at start-up, to be committed before new ones."),
-            spool_quarantined: {
-                let metric = counter_vec(r, "spool_quarantined_total", "Damaged stretches of spool segments found at start-up and moved to DIR/quarantine/, by kind (corrupt: a CRC or header failed; torn: a record cut short at the end).", &["kind"]);
-                for kind in ["corrupt", "torn"] {
-                    metric.with_label_values(&[kind]);
-                }
-                metric
-            },
+            spool_quarantined: counter_vec(r, "spool_quarantined_total", "Damaged stretches of spool segments found at start-up and moved to DIR/quarantine/, by kind (corrupt: a CRC or header failed; torn: a record cut short at the end).", &["kind"]),
             registry,
         }
     }
 
-    /// Gives the object-store families one series at 0, so that they are served
-    /// (and an alert or dashboard finds them) before the first request.
-    fn with_object_series(self) -> Self {
-        self.object_requests.with_label_values(&["put", "ok"]);
-        self.object_request_bytes.with_label_values(&["put"]);
-        self.object_request_duration.with_label_values(&["put"]);
+    /// Gives every labelled family a series at 0 for each label value it can have, so
+    /// that a dashboard panel or an alert over it shows 0 from start-up rather than no
+    /// data (a rate or an `increase` needs a series before the first event). The
+    /// request latency starts with each route's success code only: every route ×
+    /// every code would be a thousand mostly idle histogram lines.
+    fn with_known_series(self) -> Self {
+        for (counters, values) in [
+            (&self.messages_received, known::TRANSPORTS),
+            (&self.bytes_received, known::TRANSPORTS),
+            (&self.requests, known::CODES),
+            (&self.messages_rejected, known::REJECTION_REASONS),
+            (&self.batches_committed, known::SEAL_REASONS),
+            (&self.sink_errors, known::SINK_ERROR_KINDS),
+            (&self.thread_panics, known::THREADS),
+            (&self.object_request_bytes, known::OBJECT_OPS),
+            (&self.spool_quarantined, known::SPOOL_DAMAGE),
+        ] {
+            for value in values {
+                counters.with_label_values(&[value]);
+            }
+        }
+        for (route, code) in known::ROUTE_SUCCESS {
+            self.request_duration.with_label_values(&[route, code]);
+        }
+        for op in known::OBJECT_OPS {
+            self.object_request_duration.with_label_values(&[op]);
+            for outcome in known::OBJECT_OUTCOMES {
+                self.object_requests.with_label_values(&[op, outcome]);
+            }
+        }
         self
     }
 
@@ -188,4 +199,60 @@ impl Metrics {
     }
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics::new().with_object_series());
+/// The label values each labelled family can take, as docs/metrics.md lists them.
+mod known {
+    pub const TRANSPORTS: &[&str] = &["http", "unix", "raw"];
+    pub const CODES: &[&str] = &["200", "202", "400", "401", "404", "405", "408", "413", "422", "502", "503"];
+    pub const REJECTION_REASONS: &[&str] = &[
+        "bad_framing",
+        "bad_request",
+        "bad_file_name",
+        "too_large",
+        "timeout",
+        "unauthorized",
+        "overloaded",
+        "draining",
+        "sink_down",
+        "spool_full",
+        "spool_unwritable",
+        "idempotency_key_reused",
+    ];
+    pub const SEAL_REASONS: &[&str] = &["bytes", "messages", "age", "flush", "shutdown", "replay"];
+    pub const SINK_ERROR_KINDS: &[&str] = &[
+        "no_reader",
+        "not_a_fifo",
+        "open",
+        "epipe",
+        "reader_gone",
+        "io",
+        "no_space",
+        "read_only",
+        "permission",
+        "unavailable",
+        "auth",
+        "rpc",
+        "open_commit",
+        "config",
+        "missing_bucket",
+        "request",
+        "compress",
+    ];
+    pub const THREADS: &[&str] = &["sink", "pfs-commit", "object-commit"];
+    pub const OBJECT_OPS: &[&str] =
+        &["put", "create_multipart", "put_part", "complete_multipart", "abort_multipart", "delete", "head", "list"];
+    pub const OBJECT_OUTCOMES: &[&str] = &["ok", "error"];
+    pub const SPOOL_DAMAGE: &[&str] = &["corrupt", "torn"];
+    /// Each route with the code it answers when all is well.
+    pub const ROUTE_SUCCESS: &[(&str, &str)] = &[
+        ("/messages", "202"),
+        ("/flush", "200"),
+        ("/healthz", "200"),
+        ("/readyz", "200"),
+        ("/status", "200"),
+        ("/metrics", "200"),
+        ("/commits/{id}", "200"),
+        ("/commits/{id}/files/{path}", "200"),
+    ];
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics::new().with_known_series());

@@ -3,7 +3,8 @@
 //! - every long flag of `spout-sidecar --help` is in docs/options.md with its variable,
 //!   default and possible values, and every flag documented there exists;
 //! - every metric family the binary serves after some traffic is in docs/metrics.md
-//!   with its type, labels and label values, and every documented family is served;
+//!   with its type, labels and label values, and every documented family is served,
+//!   with a series at 0 for each documented label value from start-up;
 //! - every status documented in docs/http-api.md for a route is in docs/openapi.json,
 //!   and the other way round, and so are the `error` values.
 //!
@@ -341,8 +342,10 @@ fn metrics_page_lists_every_family_served_with_its_type_labels_and_values() {
         assert_eq!(answer.status, 200, "{}", answer.text());
         answer.text()
     };
-    // No reader yet: the sink reports an error, which brings up spout_sink_errors_total.
-    eventually(PATIENCE, "a sink error", || metrics().contains("spout_sink_errors_total{").then_some(()));
+    // No reader yet: the sink reports an error before the traffic below is committed.
+    eventually(PATIENCE, "a sink error", || {
+        (sidecar.metric("spout_sink_errors_total{kind=\"no_reader\"}") > 0).then_some(())
+    });
     let reader = fifo.clone();
     std::thread::spawn(move || {
         if let Ok(mut pipe) = std::fs::File::open(reader) {
@@ -403,6 +406,43 @@ fn metrics_page_lists_every_family_served_with_its_type_labels_and_values() {
         }
     }
     report("docs/metrics.md against /metrics", problems);
+}
+
+/// Before any traffic, every labelled family serves each label value the page lists,
+/// as the page promises; the request latency starts with each route's success code.
+#[test]
+fn every_documented_label_value_is_served_at_0_from_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", dir.path().join("out").display());
+    let sidecar = Sidecar::start(&["--sink", &sink]);
+    let answer = client::get(&sidecar.addr, "/metrics");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let served = parse_exposition(&answer.text());
+    let mut problems = Vec::new();
+    for (name, doc) in documented_families(&page("metrics.md")) {
+        let at = format!("docs/metrics.md line {} (`{name}`)", doc.line);
+        let seen = served.get(&name).map(|(_, labels)| labels.clone()).unwrap_or_default();
+        for (label, listed) in &doc.labels {
+            let expected: BTreeSet<String> = match (name.as_str(), label.as_str()) {
+                ("spout_request_duration_seconds", "route") => {
+                    listed.iter().filter(|r| *r != "other").cloned().collect()
+                }
+                ("spout_request_duration_seconds", "code") => ["200", "202"].map(String::from).into(),
+                _ => listed.clone(),
+            };
+            let served = seen.get(label).cloned().unwrap_or_default();
+            let missing: Vec<&String> = expected.difference(&served).collect();
+            if !missing.is_empty() {
+                problems.push(format!("{at}: no series at start-up for `{label}` = {missing:?}"));
+            }
+        }
+    }
+    for line in answer.text().lines().filter(|l| !l.starts_with('#') && l.contains('{')) {
+        if !line.ends_with(" 0") && line != "spout_sink_state{state=\"up\"} 1" {
+            problems.push(format!("not 0 before any traffic: {line}"));
+        }
+    }
+    report("docs/metrics.md against a fresh sidecar's /metrics", problems);
 }
 
 // ---------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ use std::process::{Command, ExitCode, Stdio};
 /// What the tests need from Debian: each package, and how to tell it is there
 /// without asking dpkg (a program may come from elsewhere, such as Python from pyenv).
 const PACKAGES: &[(&str, Probe)] = &[
-    // The README's curl snippets (tests/it/clients.rs).
+    // The README's curl snippets (tests/it/clients.rs), and the HTTP/2 and TLS client
+    // of tests/it/http2.rs and tests/it/tls.rs (Debian's curl has nghttp2 and OpenSSL).
     ("curl", Probe::Runs(&["curl", "--version"])),
     // HTTPS to PyPI for the virtualenv's packages.
     ("ca-certificates", Probe::File("/etc/ssl/certs/ca-certificates.crt")),
@@ -30,8 +31,9 @@ const PACKAGES: &[(&str, Probe)] = &[
     ("netcat-openbsd", Probe::Prints(&["nc", "-h"], "OpenBSD")),
     // The README's Go snippet.
     ("golang-go", Probe::Runs(&["go", "version"])),
-    // promtool checks the scrape config, the alert rules and /metrics (tests/it/deploy).
-    ("prometheus", Probe::Runs(&["promtool", "--version"])),
+    // promtool checks the scrape config, the alert rules and /metrics, and the
+    // Prometheus server scrapes a sidecar to evaluate every query (tests/it/deploy).
+    ("prometheus", Probe::Runs(&["prometheus", "--version"])),
     // `python3 -m venv` makes the virtualenv; Debian's python3 lacks ensurepip without it.
     ("python3-venv", Probe::Runs(&["python3", "-c", "import ensurepip, venv"])),
 ];

@@ -1,8 +1,10 @@
 //! The HTTP API, served the same on TCP and on a Unix socket.
 //!
-//! This module owns connections and routing; `messages` is the ingest endpoint,
-//! `admin` the flush, health, status and metrics endpoints, `commits` reads
-//! commits back through the sink's reader, `reply` the JSON answers. Every answer is counted in `spout_requests_total{code}` and timed in
+//! This module owns connections (HTTP/1.1 and HTTP/2 on one port, TLS in `tls`)
+//! and routing; `messages` is the ingest endpoint, `admin` the flush, health,
+//! status and metrics endpoints, `commits` reads commits back through the sink's
+//! reader, `reply` the JSON answers. Every answer is counted in
+//! `spout_requests_total{code}` and timed in
 //! `spout_request_duration_seconds{route,code}`.
 
 mod admin;
@@ -10,19 +12,23 @@ mod commits;
 mod messages;
 mod query;
 mod reply;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use hyper::body::Body as _;
 use hyper::body::Incoming as Body;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION};
-use hyper::server::conn::http1;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH};
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
@@ -34,6 +40,7 @@ use crate::metrics::METRICS;
 use crate::sink::reader::CommitReader;
 use crate::sink::Health;
 use reply::Reply;
+use tls::Tls;
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -82,9 +89,13 @@ impl Listener for tokio::net::UnixListener {
 /// request it was serving and closed. A reply whose commit has just settled (a
 /// `wait=commit` answer) thus still goes out before the process exits: a client
 /// that never gets it would send again what is already committed.
-pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener, stop: Cancel) {
+pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener, tls: Option<Arc<Tls>>, stop: Cancel) {
     let connections = Arc::new(Semaphore::new(api.max_connections));
+    // An HTTP/1.1 connection serves one request at a time; HTTP/2 streams share this,
+    // so that --max-connections × --max-request-bytes still bounds the bodies read.
+    let requests = Arc::new(Semaphore::new(api.max_connections));
     let graceful = GracefulShutdown::new();
+    let builder = Arc::new(connection_builder(api.header_timeout));
     loop {
         // Waiting for a slot before accepting leaves further clients in the kernel's
         // backlog instead of accepting connections we would not serve.
@@ -105,36 +116,113 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
                 continue;
             }
         };
-        let api = api.clone();
-        let watcher = graceful.watcher();
+        let connection = Connection {
+            api: api.clone(),
+            transport,
+            builder: builder.clone(),
+            requests: requests.clone(),
+            watcher: graceful.watcher(),
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let header_timeout = api.header_timeout;
-            let service = service_fn(move |request| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(handle(&api, transport, request).await) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!("connection ended: {error}");
-            }
+            connection.serve(stream, tls).await;
         });
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
+/// HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c with prior
+/// knowledge, or after choosing `h2` by ALPN under TLS). Each HTTP/2 stream is one
+/// request to the same handler as an HTTP/1.1 request, with the same limits.
+fn connection_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    api: Arc<Api>,
+    transport: Transport,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Requests being served on this listener, whatever their connection.
+    requests: Arc<Semaphore>,
+    watcher: Watcher,
+}
+
+impl Connection {
+    /// Serves the connection, after the TLS handshake if there is one. A client that
+    /// has not sent a request within --header-timeout of connecting (silent, stuck
+    /// in the handshake, or an HTTP/2 connection without a stream) is disconnected,
+    /// so that it does not hold a --max-connections slot.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S, tls: Option<Arc<Tls>>) {
+        let header_timeout = self.api.header_timeout;
+        let asked = Arc::new(AtomicBool::new(false));
+        let asked_by_service = asked.clone();
+        let served = async move {
+            match tls {
+                None => self.http(stream, asked_by_service).await,
+                Some(tls) => match tls.acceptor().accept(stream).await {
+                    Ok(stream) => self.http(stream, asked_by_service).await,
+                    Err(error) => tracing::debug!("TLS handshake failed: {error}"),
+                },
+            }
+        };
+        let silent = async {
+            tokio::time::sleep(header_timeout).await;
+            if asked.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = served => {}
+            () = silent => tracing::debug!("no request within --header-timeout; closing the connection"),
+        }
+    }
+
+    async fn http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S, asked: Arc<AtomicBool>) {
+        let (api, transport, requests) = (self.api.clone(), self.transport, self.requests.clone());
+        let service = service_fn(move |request| {
+            asked.store(true, Ordering::Relaxed);
+            let (api, requests) = (api.clone(), requests.clone());
+            async move {
+                let _turn = requests.acquire().await.expect("the semaphore is never closed");
+                Ok::<_, Infallible>(handle(&api, transport, request).await)
+            }
+        });
+        let connection = self.builder.serve_connection(TokioIo::new(stream), service);
+        if let Err(error) = self.watcher.watch(connection).await {
+            tracing::debug!("connection ended: {error}");
+        }
+    }
+}
+
 async fn handle(api: &Api, transport: Transport, request: Request<Body>) -> Reply {
     let started = Instant::now();
     let route = route_name(request.uri().path());
-    let response = route_request(api, transport, request).await;
+    let head = request.method() == Method::HEAD;
+    let mut response = route_request(api, transport, request).await;
+    if head {
+        response = without_body(response);
+    }
     let code = response.status().as_u16().to_string();
     METRICS.requests.with_label_values(&[&code]).inc();
     METRICS.request_duration.with_label_values(&[route, &code]).observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The answer to HEAD: the headers GET would get, Content-Length included when
+/// the size is known (a streamed file's is not), and no body. HTTP/1.1 leaves the
+/// body out by itself; HTTP/2 would send it, and clients refuse a HEAD answer with data.
+fn without_body(response: Reply) -> Reply {
+    let (mut parts, body) = response.into_parts();
+    if let Some(size) = body.size_hint().exact() {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    Reply::from_parts(parts, reply::whole(Bytes::new()))
 }
 
 /// The route label: known paths by name, everything else as `other` so a scan of

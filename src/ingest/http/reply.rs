@@ -17,7 +17,7 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 pub type Reply = Response<UnsyncBoxBody<Bytes, BodyError>>;
 
-fn whole(bytes: impl Into<Bytes>) -> UnsyncBoxBody<Bytes, BodyError> {
+pub fn whole(bytes: impl Into<Bytes>) -> UnsyncBoxBody<Bytes, BodyError> {
     Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 

@@ -10,6 +10,8 @@
 //! - probes, ports, grace periods and memory limits agree with those options;
 //! - the Grafana dashboard and the alert rules are valid PromQL over metric families
 //!   and labels the sidecar exports;
+//! - a real Prometheus scraping a fresh sidecar finds a series for every dashboard
+//!   query and every alert signal;
 //! - promtool accepts the Prometheus configuration and passes the alert unit tests;
 //! - the Dockerfile builds a release binary into a non-root image;
 //! - against the running binary: its /metrics after known traffic (counters, HELP,
@@ -22,6 +24,7 @@ mod kubernetes;
 mod live;
 mod monitoring;
 mod pachyderm;
+mod prometheus_server;
 mod promql;
 mod promtool;
 mod scrape;

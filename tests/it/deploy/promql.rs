@@ -160,3 +160,26 @@ pub fn all_queries() -> Vec<Query> {
     queries.extend(alert_rules().into_iter().map(|(_, q)| q));
     queries
 }
+
+/// What an alert watches, without its threshold: for `X > 0.8`, `X`; for
+/// `A > 0 unless B > 0`, `A` and `B`. Each must be a series even while the alert is
+/// quiet, or the alert could never fire.
+pub fn alert_signals(expr: &str) -> Vec<String> {
+    fn walk(expr: &Expr, out: &mut Vec<String>) {
+        match expr {
+            Expr::Paren(paren) => walk(&paren.expr, out),
+            Expr::Binary(bin) if bin.op.is_set_operator() => {
+                walk(&bin.lhs, out);
+                walk(&bin.rhs, out);
+            }
+            Expr::Binary(bin) if bin.op.is_comparison_operator() => match (&*bin.lhs, &*bin.rhs) {
+                (signal, Expr::NumberLiteral(_)) | (Expr::NumberLiteral(_), signal) => walk(signal, out),
+                _ => out.push(expr.to_string()),
+            },
+            _ => out.push(expr.to_string()),
+        }
+    }
+    let mut signals = Vec::new();
+    walk(&parser::parse(expr).unwrap_or_else(|e| panic!("not PromQL: {e}\n{expr}")), &mut signals);
+    signals
+}

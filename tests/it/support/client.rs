@@ -191,3 +191,16 @@ pub fn post(addr: &str, target: &str, content_type: &str, body: &[u8]) -> Respon
 pub fn get(addr: &str, target: &str) -> Response {
     request(addr, "GET", target, &[], b"")
 }
+
+/// Connects, sends `opening` and nothing more, then reads until the server closes
+/// the connection; how long that took. Panics if it stays open for 10 s.
+pub fn time_until_closed(addr: &str, opening: &[u8]) -> Duration {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.write_all(opening).expect("send the opening");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    // Whatever the server sends meanwhile (an HTTP/2 SETTINGS frame) is dropped.
+    let closed = std::io::copy(&mut stream, &mut std::io::sink());
+    assert!(closed.is_ok(), "the server did not close the connection: {closed:?}");
+    started.elapsed()
+}

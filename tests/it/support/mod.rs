@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod crash;
+pub mod curl;
 pub mod ndjson_lines;
 pub mod pachyderm_reader;
 pub mod python;

@@ -13,7 +13,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_spout-sidecar");
 
 pub struct Sidecar {
     pub child: Child,
-    /// `127.0.0.1:PORT` of the HTTP listener.
+    /// `127.0.0.1:PORT` of the HTTP (or, with --tls-cert, HTTPS) listener.
     pub addr: String,
     /// What the sidecar wrote to stderr so far, as a thread has read it from the pipe:
     /// a line the sidecar just wrote may still be on its way.
@@ -49,7 +49,8 @@ impl Sidecar {
             std::thread::spawn(move || {
                 let mut addr = None;
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(found) = line.split("listening on http://").nth(1) {
+                    let url = line.split("listening on http://").nth(1);
+                    if let Some(found) = url.or_else(|| line.split("listening on https://").nth(1)) {
                         addr = Some(found.trim().to_owned());
                     }
                     // The log is the only place the sidecar names its port, and every
@@ -134,6 +135,14 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The payloads of every committed file of a `dir:` sink, sorted: what was committed,
+/// whatever the order of the requests that sent it.
+pub fn dir_payloads(root: &Path) -> Vec<Vec<u8>> {
+    let mut payloads: Vec<Vec<u8>> = dir_commits(root).into_iter().map(|(_, _, body)| body).collect();
+    payloads.sort();
+    payloads
 }
 
 /// Every committed file of a `dir:` sink: (commit id, file name, bytes), in commit order.
