@@ -51,7 +51,7 @@ pub struct Options {
 
     /// Where batches go: fifo:PATH, dir:PATH, stdout:, pfs://HOST:PORT/REPO@BRANCH
     /// (?project=P&writer=NAME; writer names this sidecar among several writing the
-    /// branch, default HOST-PID), s3://[ENDPOINT/]BUCKET/DIR, gs://BUCKET/DIR,
+    /// branch, default the spool's writer id with --spool-dir, else HOST-PID), s3://[ENDPOINT/]BUCKET/DIR, gs://BUCKET/DIR,
     /// wasb://CONTAINER@ACCOUNT/DIR or auto (fifo:/pfs/out when that is a named
     /// pipe, else pachd inside a Pachyderm 2.x worker, else dir:./spout-out; never
     /// an object store).
@@ -76,7 +76,9 @@ pub struct Options {
 
     /// A directory for the disk spool: a request is answered 202 only once its
     /// messages are written there (see --spool-sync), and a restart commits what a
-    /// crash left uncommitted, before anything new. One sidecar per directory.
+    /// crash left uncommitted, before anything new, exactly once into dir:, pfs://
+    /// and the object stores. It keeps the sidecar's pfs:// writer name too
+    /// (PATH/writer-id). One sidecar per directory.
     #[arg(long, env = "SPOUT_SPOOL_DIR", value_name = "PATH")]
     pub spool_dir: Option<PathBuf>,
 

@@ -16,13 +16,15 @@
 //! At start-up ([`Spool::open`]) every segment is read back ([`salvage`]: a torn tail
 //! is cut, damaged bytes are quarantined to `DIR/quarantine/`), and [`replay`] turns
 //! what is not committed into the batches to commit first. `DIR/lock` ([`lock`]) keeps a
-//! second sidecar out.
+//! second sidecar out. `DIR/writer-id` ([`writer_id`]) names the sidecar as a `pfs://`
+//! writer across restarts.
 
 pub mod lock;
 pub mod record;
 pub mod replay;
 pub mod salvage;
 mod syncer;
+mod writer_id;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -40,6 +42,7 @@ use tokio::sync::watch;
 use self::lock::SpoolLock;
 use self::record::{Header, Kind, HEADER_LEN};
 pub use self::replay::Recovered;
+pub use self::writer_id::writer_id;
 use crate::batch::{Journal, JournalError};
 use crate::buffer::Budget;
 use crate::message::{Incoming, Message};
