@@ -3,8 +3,12 @@
 //!
 //! A failed attempt is retried with capped, jittered backoff under the same keys:
 //! only the objects not yet stored are sent again, and each PUT replaces whatever a
-//! failed one may have left, so nothing is doubled. The commit id is chosen once
-//! per batch. A batch given up at the shutdown timeout has no manifest written and
+//! failed one may have left, so nothing is doubled. The commit id is the batch's
+//! first sequence number, 20 digits (as `dir:` names commits), so a batch replayed
+//! from the disk spool after a crash has the keys it had before: its manifest already
+//! there means it committed, and it is not written again; otherwise its objects are
+//! written over whatever the crash left of them. A batch given up at the shutdown
+//! timeout has no manifest written and
 //! its objects removed, best effort; if its manifest PUT was under way, the
 //! manifest is looked for first: found, the batch did commit.
 
@@ -21,9 +25,10 @@ use super::requests::{self, timed, Op, RequestError, UploadError};
 use super::uri::ObjectUri;
 use super::{Compression, ObjectFormat};
 use crate::ack::BatchAck;
+use crate::batch::SealReason;
 use crate::metrics::METRICS;
 use crate::sink::backoff::Backoff;
-use crate::sink::commit_id::CommitIds;
+use crate::sink::commit_id;
 use crate::sink::committer_thread::AsyncCommitter;
 use crate::sink::{Commit, SinkContext, SinkState};
 
@@ -109,7 +114,6 @@ pub struct ObjectCommitter {
     store: Arc<dyn ObjectStore>,
     shape: Shape,
     ctx: SinkContext,
-    ids: CommitIds,
     backoff: Backoff,
 }
 
@@ -120,8 +124,11 @@ struct InFlight<'a> {
     ack: &'a BatchAck,
     objects: Vec<Planned>,
     stored: Vec<Option<ObjectEntry>>,
-    /// A manifest PUT was started: it may have landed even if it failed.
+    /// A manifest PUT was started, in this run or (a replayed batch) before a crash:
+    /// it may have landed even if it failed.
     manifest_tried: bool,
+    /// Replayed from the spool and not yet looked for in the bucket.
+    unchecked_replay: bool,
 }
 
 impl ObjectCommitter {
@@ -133,7 +140,7 @@ impl ObjectCommitter {
     ) -> Self {
         let shape = Shape { format, compression, overwrite: ctx.overwrite };
         let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        Self { uri, store, shape, ctx, ids: CommitIds::starting_now(), backoff }
+        Self { uri, store, shape, ctx, backoff }
     }
 
     fn prefix(&self, id: &str) -> String {
@@ -150,6 +157,17 @@ impl ObjectCommitter {
     /// Stores what is missing of the batch, then its manifest.
     async fn attempt(&self, batch: &mut InFlight<'_>) -> Result<(), AttemptError> {
         let bucket = self.uri.bucket();
+        if batch.unchecked_replay {
+            // The run that sealed it may have committed it before the crash.
+            if self.manifest_there(&batch.prefix).await.map_err(|e| AttemptError::from_request(bucket, e))? {
+                tracing::info!(
+                    commit = batch.id,
+                    "a replayed batch had committed before the restart; not writing it again"
+                );
+                return Ok(());
+            }
+            (batch.unchecked_replay, batch.manifest_tried) = (false, false);
+        }
         let pending: Vec<usize> = (0..batch.objects.len()).filter(|&i| batch.stored[i].is_none()).collect();
         let (store, objects, compression) = (self.store.as_ref(), &batch.objects, self.shape.compression);
         let mut uploads = stream::iter(pending)
@@ -189,14 +207,23 @@ impl ObjectCommitter {
         Ok(())
     }
 
+    /// Whether the commit under `prefix` has its manifest, which makes it committed.
+    async fn manifest_there(&self, prefix: &str) -> Result<bool, RequestError> {
+        let key = Self::manifest_key(prefix);
+        match timed(Op::Head, &key, 0, self.store.head(&key)).await {
+            Ok(_) => Ok(true),
+            Err(RequestError { source: object_store::Error::NotFound { .. }, .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Gives the batch up: true if it turns out to be committed after all.
     async fn abandon(&self, batch: &InFlight<'_>) -> bool {
         let cleanup = async {
             if batch.manifest_tried {
-                let key = Self::manifest_key(&batch.prefix);
-                match timed(Op::Head, &key, 0, self.store.head(&key)).await {
-                    Ok(_) => return true,
-                    Err(RequestError { source: object_store::Error::NotFound { .. }, .. }) => {}
+                match self.manifest_there(&batch.prefix).await {
+                    Ok(true) => return true,
+                    Ok(false) => {}
                     // Unknown: keep the objects, so no manifest can point at a missing one.
                     Err(_) => return false,
                 }
@@ -221,11 +248,13 @@ impl ObjectCommitter {
 impl AsyncCommitter for ObjectCommitter {
     async fn commit(&mut self, commit: Commit) {
         let Commit { files, ack } = commit;
-        let id = self.ids.next_id();
+        let id = commit_id::id_of(ack.first_seq);
         let prefix = self.prefix(&id);
         let objects = body::plan(&files, &prefix, ack.first_seq, self.shape);
         let stored = vec![None; objects.len()];
-        let mut batch = InFlight { id, prefix, ack: &ack, objects, stored, manifest_tried: false };
+        let replayed = ack.reason == SealReason::Replay;
+        let mut batch =
+            InFlight { id, prefix, ack: &ack, objects, stored, manifest_tried: replayed, unchecked_replay: replayed };
         let give_up = self.ctx.give_up.clone();
         let mut last_error = String::from("the sidecar was already giving up");
         let mut attempt = 0u64;

@@ -2,5 +2,5 @@
 //! `servers`: moto_server for S3, Azurite for Azure Blob Storage.
 
 mod s3;
-mod servers;
+pub(crate) mod servers;
 mod wasb;
