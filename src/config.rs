@@ -71,6 +71,9 @@ pub struct Options {
     pub max_batch_age: Duration,
 
     /// Memory budget for accepted, not yet committed payload; past it, back-pressure.
+    /// With --spool-dir, batches sealed while it is half full wait on disk instead,
+    /// read back when the sink takes them, so the backlog is bounded by
+    /// --max-spool-bytes.
     #[arg(long, env = "SPOUT_MAX_BUFFER_BYTES", default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_buffer_bytes: u64,
 
@@ -91,8 +94,9 @@ pub struct Options {
     #[arg(long, env = "SPOUT_SPOOL_SYNC", default_value = "always", value_name = "always|never|DUR")]
     pub spool_sync: SpoolSync,
 
-    /// With --spool-dir, the most bytes of messages the spool holds on disk; past
-    /// it, back-pressure as for a full buffer (--when-full).
+    /// With --spool-dir, the most bytes of messages the spool holds on disk, which
+    /// bounds a lagging sink's backlog; past it, back-pressure as for a full buffer
+    /// (--when-full).
     #[arg(long, env = "SPOUT_MAX_SPOOL_BYTES", default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_spool_bytes: u64,
 
