@@ -69,12 +69,15 @@ impl Batch {
     }
 
     /// The batch with its messages in memory, read back from the journal if they
-    /// were let go of; else its ack, to fail, and why.
-    pub fn load(mut self) -> Result<Self, (BatchAck, JournalError)> {
-        let Some(journal) = self.on_disk.take() else { return Ok(self) };
+    /// were let go of; `None` if they cannot be, the batch then failed with why.
+    pub fn load(mut self) -> Option<Self> {
+        let Some(journal) = self.on_disk.take() else { return Some(self) };
         match journal.read_back(self.ack.first_seq, self.ack.last_seq) {
-            Ok(messages) => Ok(Self { messages, ..self }),
-            Err(error) => Err((self.ack, error)),
+            Ok(messages) => Some(Self { messages, ..self }),
+            Err(error) => {
+                self.ack.failed(format_args!("cannot read the batch back from the spool: {error}"));
+                None
+            }
         }
     }
 }

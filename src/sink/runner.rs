@@ -76,9 +76,8 @@ fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext, gate
                 if let Some(gate) = &gate {
                     (gate.0)();
                 }
-                match batch.load() {
-                    Ok(batch) => sink.submit(ctx.layout.apply(batch), &ctx),
-                    Err((ack, error)) => ack.failed(format_args!("cannot read the batch back from the spool: {error}")),
+                if let Some(batch) = batch.load() {
+                    sink.submit(ctx.layout.apply(batch), &ctx);
                 }
                 Duration::ZERO
             }
