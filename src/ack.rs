@@ -172,6 +172,8 @@ pub struct BatchAck {
     waiters: Vec<oneshot::Sender<Verdict>>,
     ledger: Arc<Ledger>,
     settled: bool,
+    /// The batch's messages were let go of (it waits on disk): its charge went then.
+    memory_released: bool,
 }
 
 impl BatchAck {
@@ -201,6 +203,15 @@ impl BatchAck {
             waiters,
             ledger,
             settled: false,
+            memory_released: false,
+        }
+    }
+
+    /// Gives back the batch's charge on the memory budget now, its messages having
+    /// been let go of while it waits on disk.
+    pub fn release_memory(&mut self) {
+        if !std::mem::replace(&mut self.memory_released, true) {
+            self.ledger.budget.release(crate::buffer::charge(self.bytes, self.messages));
         }
     }
 
@@ -239,7 +250,7 @@ impl BatchAck {
     fn settle(&mut self, verdict: Verdict) {
         self.settled = true;
         self.ledger.unsettled.lock().unwrap().remove(&self.no);
-        self.ledger.budget.release(crate::buffer::charge(self.bytes, self.messages));
+        self.release_memory();
         let summary = CommitSummary {
             batch: self.no,
             commit: verdict.as_ref().ok().map(|r| r.commit.clone()),

@@ -9,7 +9,10 @@
 //! With a [`Journal`] (the disk spool), messages are recorded as they are numbered and
 //! seals as they happen, under the same lock: the journal's order is the seq order and
 //! the batches can be rebuilt from it after a crash ([`Batcher::replay_sealed`],
-//! [`Batcher::restore`]).
+//! [`Batcher::restore`]). A batch sealed while the memory budget is more than half
+//! full (the sink lags) lets its messages go and gives back their charge: the sink
+//! thread reads it back from the journal ([`Batch::load`]), so the backlog is bounded
+//! by the journal's room rather than by memory.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,8 +55,31 @@ pub struct Policy {
 /// A sealed batch on its way to the sink.
 #[derive(Debug)]
 pub struct Batch {
+    /// Empty while the batch waits on disk only: see [`Batch::load`].
     pub messages: Vec<Message>,
     pub ack: BatchAck,
+    /// The journal to read the messages back from, if they were let go of.
+    on_disk: Option<Arc<dyn Journal>>,
+}
+
+impl Batch {
+    /// Whether the batch's messages wait in the journal only.
+    pub fn on_disk(&self) -> bool {
+        self.on_disk.is_some()
+    }
+
+    /// The batch with its messages in memory, read back from the journal if they
+    /// were let go of; `None` if they cannot be, the batch then failed with why.
+    pub fn load(mut self) -> Option<Self> {
+        let Some(journal) = self.on_disk.take() else { return Some(self) };
+        match journal.read_back(self.ack.first_seq, self.ack.last_seq) {
+            Ok(messages) => Some(Self { messages, ..self }),
+            Err(error) => {
+                self.ack.failed(format_args!("cannot read the batch back from the spool: {error}"));
+                None
+            }
+        }
+    }
 }
 
 /// The sequence numbers a request's messages were given.
@@ -80,6 +106,12 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
 
     /// Records that the messages `first..=last` were sealed as one batch.
     fn sealed(&self, first: u64, last: u64);
+
+    /// Whether a batch starting at message `first` can be read back.
+    fn holds(&self, first: u64) -> bool;
+
+    /// The messages `first..=last` of a sealed batch, read back.
+    fn read_back(&self, first: u64, last: u64) -> Result<Vec<Message>, JournalError>;
 }
 
 /// The journal could not record the messages (the spool's disk is full, say).
@@ -277,7 +309,7 @@ impl Batcher {
         {
             journal.sealed(first.seq, last.seq);
         }
-        let ack = BatchAck::new(
+        let mut ack = BatchAck::new(
             open.sealed,
             messages.len() as u64,
             std::mem::take(&mut open.bytes),
@@ -290,9 +322,20 @@ impl Batcher {
         METRICS.open_batch_messages.set(0);
         METRICS.open_batch_bytes.set(0);
         METRICS.open_batch_opened.set(0.0);
+        // A sink that lags has let the memory budget fill halfway: the batch waits on
+        // disk instead, and new requests are bounded by the spool's room, not memory.
+        let budget = self.ledger.budget();
+        let on_disk = match (&self.journal, messages.first()) {
+            (Some(journal), Some(first)) if budget.used() > budget.limit() / 2 && journal.holds(first.seq) => {
+                ack.release_memory();
+                Some(journal.clone())
+            }
+            _ => None,
+        };
+        let messages = if on_disk.is_some() { Vec::new() } else { messages };
         // The sink thread outlives the batcher's sender; should it have died, the
         // batch's ack fails as it is dropped, answering its waiters.
-        let _ = out.send(Batch { messages, ack });
+        let _ = out.send(Batch { messages, ack, on_disk });
     }
 
     /// Seals batches that reach `--max-batch-age`. Runs until the batcher is closed.

@@ -51,7 +51,7 @@ pub struct Options {
 
     /// Where batches go: fifo:PATH, dir:PATH, stdout:, pfs://HOST:PORT/REPO@BRANCH
     /// (?project=P&writer=NAME; writer names this sidecar among several writing the
-    /// branch, default HOST-PID), s3://[ENDPOINT/]BUCKET/DIR, gs://BUCKET/DIR,
+    /// branch, default the spool's writer id with --spool-dir, else HOST-PID), s3://[ENDPOINT/]BUCKET/DIR, gs://BUCKET/DIR,
     /// wasb://CONTAINER@ACCOUNT/DIR or auto (fifo:/pfs/out when that is a named
     /// pipe, else pachd inside a Pachyderm 2.x worker, else dir:./spout-out; never
     /// an object store).
@@ -71,12 +71,17 @@ pub struct Options {
     pub max_batch_age: Duration,
 
     /// Memory budget for accepted, not yet committed payload; past it, back-pressure.
+    /// With --spool-dir, batches sealed while it is half full wait on disk instead,
+    /// read back when the sink takes them, so the backlog is bounded by
+    /// --max-spool-bytes.
     #[arg(long, env = "SPOUT_MAX_BUFFER_BYTES", default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_buffer_bytes: u64,
 
     /// A directory for the disk spool: a request is answered 202 only once its
     /// messages are written there (see --spool-sync), and a restart commits what a
-    /// crash left uncommitted, before anything new. One sidecar per directory.
+    /// crash left uncommitted, before anything new, exactly once into dir:, pfs://
+    /// and the object stores. It keeps the sidecar's pfs:// writer name too
+    /// (PATH/writer-id). One sidecar per directory.
     #[arg(long, env = "SPOUT_SPOOL_DIR", value_name = "PATH")]
     pub spool_dir: Option<PathBuf>,
 
@@ -89,8 +94,9 @@ pub struct Options {
     #[arg(long, env = "SPOUT_SPOOL_SYNC", default_value = "always", value_name = "always|never|DUR")]
     pub spool_sync: SpoolSync,
 
-    /// With --spool-dir, the most bytes of messages the spool holds on disk; past
-    /// it, back-pressure as for a full buffer (--when-full).
+    /// With --spool-dir, the most bytes of messages the spool holds on disk, which
+    /// bounds a lagging sink's backlog; past it, back-pressure as for a full buffer
+    /// (--when-full).
     #[arg(long, env = "SPOUT_MAX_SPOOL_BYTES", default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_spool_bytes: u64,
 

@@ -13,6 +13,7 @@ use spout_sidecar::listeners::{BindError, Listeners};
 use spout_sidecar::pipeline::{Pipeline, StartError};
 use spout_sidecar::shutdown::{self, Signals};
 use spout_sidecar::sink::SinkSettings;
+use spout_sidecar::spool::{self, SpoolError};
 use spout_sidecar::supervisor::{self, Endpoints};
 
 /// Why the sidecar could not start or run: printed as `spout-sidecar: ...`, exit 2.
@@ -35,6 +36,8 @@ enum Fatal {
     OpenSink { sink: String, source: std::io::Error },
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("cannot open the spool: {0}")]
+    Spool(#[from] SpoolError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("cannot run {program}: {source}")]
@@ -79,6 +82,7 @@ async fn run(options: Options) -> Result<ExitCode, Fatal> {
         pachd_token: options.pachd_token.clone(),
         object_format: options.object_format,
         compression: options.compression,
+        writer: options.spool_dir.as_deref().map(spool::writer_id).transpose()?,
     };
     let sink = spec.open(&settings).map_err(|source| Fatal::OpenSink { sink: spec.to_string(), source })?;
     let pipeline = Pipeline::start(&options, sink).map_err(Fatal::Start)?;

@@ -36,8 +36,7 @@ const COMMITS_IN_FLIGHT: usize = 4;
 pub trait AsyncCommitter {
     /// Commits one batch and settles its acknowledgement, whatever happens. What
     /// must follow batch order (making the commit visible, settling) waits for
-    /// `turn` first. Work that must happen in batch order without waiting (taking
-    /// a commit id) is done before the future is returned.
+    /// `turn` first.
     fn commit(&self, commit: Commit, turn: Turn) -> impl Future<Output = ()>;
 
     /// Checks once that the destination is there, reporting to `Health`.

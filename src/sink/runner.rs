@@ -1,6 +1,8 @@
 //! The sink thread: takes sealed batches in order, lays each out as files, hands it
 //! to the sink and settles what is in flight, probing the sink while idle. Blocking
-//! writes happen here, never on the async runtime.
+//! writes happen here, never on the async runtime. A batch waiting on disk (the spool
+//! let its messages go) is read back here, once at most [`AHEAD_FROM_DISK`] batches
+//! are in flight, so a lagging sink does not pull the backlog back into memory.
 //!
 //! The sink's threads are watched ([`spawn_watched`]): a panic marks the sink dead
 //! (`/readyz` and `/healthz` 503, `spout_thread_panics_total`, one error line), the
@@ -17,6 +19,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::{Health, Sink, SinkContext};
 use crate::batch::Batch;
+
+/// Batches in flight past which a batch waiting on disk is not read back yet.
+pub const AHEAD_FROM_DISK: usize = 2;
 
 /// Starts the sink thread; it ends once the batcher closes and every batch settled
 /// (or the context gives up).
@@ -45,9 +50,13 @@ fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext, gate
     const PROBE_EVERY: Duration = Duration::from_millis(250);
     let mut fault = InjectedPanic::for_thread("sink");
     let mut in_flight = 0;
+    // A batch on disk taken while too many were in flight, to read back later.
+    let mut waiting: Option<Batch> = None;
     sink.probe(&ctx);
     loop {
-        let next = if in_flight > 0 {
+        let next = if let Some(batch) = waiting.take() {
+            Ok(batch)
+        } else if in_flight > 0 {
             batches.try_recv().map_err(|e| match e {
                 TryRecvError::Empty => RecvTimeoutError::Timeout,
                 TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
@@ -58,12 +67,18 @@ fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext, gate
         // With nothing new to submit, the sink does the waiting: it can wake as soon
         // as its pipe has room instead of when a fixed sleep ends.
         let wait = match next {
+            Ok(batch) if batch.on_disk() && in_flight >= AHEAD_FROM_DISK => {
+                waiting = Some(batch);
+                POLL
+            }
             Ok(batch) => {
                 fault.count_batch();
                 if let Some(gate) = &gate {
                     (gate.0)();
                 }
-                sink.submit(ctx.layout.apply(batch), &ctx);
+                if let Some(batch) = batch.load() {
+                    sink.submit(ctx.layout.apply(batch), &ctx);
+                }
                 Duration::ZERO
             }
             Err(RecvTimeoutError::Timeout) if in_flight == 0 => {

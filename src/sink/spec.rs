@@ -51,6 +51,9 @@ pub struct SinkSettings {
     pub object_format: object::ObjectFormat,
     /// `--compression`, likewise.
     pub compression: Option<object::Compression>,
+    /// The writer name for a `pfs://` URI that names none: the spool's, with
+    /// `--spool-dir`, so that a restart recognises the batches it replays.
+    pub writer: Option<String>,
 }
 
 /// A parsed `--sink`.

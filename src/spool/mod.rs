@@ -13,16 +13,23 @@
 //! and seal is at or below the mark is deleted. `--max-spool-bytes` bounds the message
 //! records held: admission waits or answers 503 past it, as for the memory budget.
 //!
+//! A sealed batch waiting for a lagging sink need not stay in memory: the spool notes
+//! where each request's records start, and [`Journal::read_back`] reads a batch from
+//! there ([`read_back`]) when the sink takes it.
+//!
 //! At start-up ([`Spool::open`]) every segment is read back ([`salvage`]: a torn tail
 //! is cut, damaged bytes are quarantined to `DIR/quarantine/`), and [`replay`] turns
 //! what is not committed into the batches to commit first. `DIR/lock` ([`lock`]) keeps a
-//! second sidecar out.
+//! second sidecar out. `DIR/writer-id` ([`writer_id`]) names the sidecar as a `pfs://`
+//! writer across restarts.
 
 pub mod lock;
+mod read_back;
 pub mod record;
 pub mod replay;
 pub mod salvage;
 mod syncer;
+mod writer_id;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -40,6 +47,7 @@ use tokio::sync::watch;
 use self::lock::SpoolLock;
 use self::record::{Header, Kind, HEADER_LEN};
 pub use self::replay::Recovered;
+pub use self::writer_id::writer_id;
 use crate::batch::{Journal, JournalError};
 use crate::buffer::Budget;
 use crate::message::{Incoming, Message};
@@ -150,6 +158,9 @@ struct State {
     /// The last sync failed (the syncer logged it and keeps trying).
     sync_failing: bool,
     committed: u64,
+    /// Where each request's records written this run start (by its first seq), not
+    /// yet committed: where a batch is read back from.
+    starts: std::collections::BTreeMap<u64, (PathBuf, u64)>,
     next_number: u64,
     /// The spool is being dropped: the syncer ends.
     closing: bool,
@@ -258,6 +269,7 @@ impl Spool {
                 synced_appended: 0,
                 sync_failing: false,
                 committed: recovered.committed,
+                starts: Default::default(),
                 next_number: numbered.last().map_or(1, |(n, _)| n + 1),
                 closing: false,
                 failure: None,
@@ -377,6 +389,7 @@ impl Spool {
 
     fn delete_committed(&self, mut state: MutexGuard<'_, State>) {
         let committed = state.committed;
+        state.starts = state.starts.split_off(&(committed + 1));
         let keep_active = state.active.is_some();
         let last = state.segments.len();
         let mut gone = Vec::new();
@@ -508,7 +521,29 @@ impl Journal for Spool {
         }
         let max_seq = messages.last().map_or(0, |m| m.seq);
         let mut state = self.shared.state.lock().unwrap();
-        self.write(&mut state, &chunks, charged, max_seq).map_err(|e| JournalError(e.to_string()))
+        self.write(&mut state, &chunks, charged, max_seq).map_err(|e| JournalError(e.to_string()))?;
+        if let (Some(first), Some(segment)) = (messages.first(), state.segments.back()) {
+            let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            let start = (segment.path.clone(), segment.len - len);
+            state.starts.insert(first.seq, start);
+        }
+        Ok(())
+    }
+
+    fn holds(&self, first: u64) -> bool {
+        self.shared.state.lock().unwrap().starts.contains_key(&first)
+    }
+
+    fn read_back(&self, first: u64, last: u64) -> Result<Vec<Message>, JournalError> {
+        let (segments, offset) = {
+            let state = self.shared.state.lock().unwrap();
+            let Some((path, offset)) = state.starts.get(&first).cloned() else {
+                return Err(JournalError(format!("the spool does not know where message {first} is")));
+            };
+            let later = state.segments.iter().skip_while(|s| s.path != path).map(|s| s.path.clone());
+            (later.collect::<Vec<_>>(), offset)
+        };
+        read_back::read_back(&segments, offset, first, last).map_err(|e| JournalError(e.to_string()))
     }
 
     fn sealed(&self, first: u64, last: u64) {
@@ -596,6 +631,32 @@ mod tests {
         assert!(recovered.open[0].line);
         assert_eq!(recovered.max_seq, 6);
         assert_eq!(spool.status().committed_seq, 3);
+    }
+
+    #[test]
+    fn a_batch_is_read_back_as_written_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments of 64 KiB: 1,000-byte messages fill one in about 64.
+        let (spool, _) = Spool::open(&config(dir.path(), 512 << 10)).unwrap();
+        for first in (1..=200).step_by(10) {
+            spool.append(&messages(first..=first + 9, 1000)).unwrap();
+            spool.sealed(first, first + 9);
+        }
+        assert!(spool.status().segments > 2);
+        let written = messages(1..=200, 1000);
+        let back = spool.read_back(1, 200).unwrap();
+        assert_eq!(seqs(&back), seqs(&written));
+        for (back, written) in back.iter().zip(&written) {
+            assert_eq!(
+                (&back.name, back.line, back.payload.to_vec()),
+                (&written.name, written.line, written.payload.to_vec())
+            );
+        }
+        assert_eq!(seqs(&spool.read_back(61, 70).unwrap()), (61..=70).collect::<Vec<_>>());
+        assert!(spool.holds(61) && !spool.holds(62), "only where a request's records start");
+        spool.committed(100);
+        assert!(!spool.holds(91) && spool.holds(101));
+        assert!(spool.read_back(91, 100).is_err());
     }
 
     #[test]

@@ -69,7 +69,8 @@ pub fn recover(records: impl IntoIterator<Item = Record>) -> Recovered {
     out
 }
 
-fn message(record: Record) -> Message {
+/// The message a message record holds.
+pub(super) fn message(record: Record) -> Message {
     let name_len = record.header.name_len as usize;
     let name = (name_len > 0).then(|| String::from_utf8_lossy(&record.body[..name_len]).into_owned());
     let payload: Bytes = record.body.slice(name_len..);

@@ -51,7 +51,10 @@ fn a_commit_pachd_finishes_with_an_error_fails_its_batch_and_the_next_still_goes
     let errored = state.commits_of("paths").into_iter().find(|c| !c.error.is_empty()).expect("an errored commit");
     assert_eq!(errored.error, "file / directory path collision (/x/y)");
     assert!(error.contains(&errored.id) && error.contains(&errored.error), "names the commit and why: {error}");
-    assert!(sidecar.log().contains(&errored.id), "the log names the commit:\n{}", sidecar.log());
+    // The 502 is sent as the batch fails, the log line a moment later.
+    eventually(Duration::from_secs(5), "the log to name the commit", || {
+        sidecar.log().contains(&errored.id).then_some(())
+    });
     assert_eq!(sidecar.metric("spout_batches_failed_total"), 1);
 
     let after = post(&sidecar.addr, "/messages?wait=commit&file=z", "text/plain", b"after");

@@ -3,13 +3,15 @@
 //!
 //! A failed attempt is retried with capped, jittered backoff under the same keys:
 //! only the objects not yet stored are sent again, and each PUT replaces whatever a
-//! failed one may have left, so nothing is doubled. The commit id is chosen once
-//! per batch. A batch given up at the shutdown timeout has no manifest written and
+//! failed one may have left, so nothing is doubled. The commit id is the batch's
+//! first sequence number, 20 digits (as `dir:` names commits), so a batch replayed
+//! from the disk spool after a crash has the keys it had before: its manifest already
+//! there means it committed, and it is not written again; otherwise its objects are
+//! written over whatever the crash left of them. A batch given up at the shutdown
+//! timeout has no manifest written and
 //! its objects removed, best effort; if its manifest PUT was under way, the
 //! manifest is looked for first: found, the batch did commit.
 
-use std::cell::RefCell;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +25,10 @@ use super::requests::{self, timed, Op, RequestError, UploadError};
 use super::uri::ObjectUri;
 use super::{Compression, ObjectFormat};
 use crate::ack::{BatchAck, Receipt};
+use crate::batch::SealReason;
 use crate::metrics::METRICS;
 use crate::sink::backoff::Backoff;
-use crate::sink::commit_id::CommitIds;
+use crate::sink::commit_id;
 use crate::sink::committer_thread::{AsyncCommitter, Turn};
 use crate::sink::{Commit, SinkContext, SinkState};
 
@@ -111,8 +114,6 @@ pub struct ObjectCommitter {
     store: Arc<dyn ObjectStore>,
     shape: Shape,
     ctx: SinkContext,
-    /// Taken in batch order, as each commit starts (the committer runs on one thread).
-    ids: RefCell<CommitIds>,
 }
 
 /// One batch on its way: its objects and those already stored.
@@ -122,8 +123,11 @@ struct InFlight<'a> {
     ack: &'a BatchAck,
     objects: Vec<Planned>,
     stored: Vec<Option<ObjectEntry>>,
-    /// A manifest PUT was started: it may have landed even if it failed.
+    /// A manifest PUT was started, in this run or (a replayed batch) before a crash:
+    /// it may have landed even if it failed.
     manifest_tried: bool,
+    /// Replayed from the spool and not yet looked for in the bucket.
+    unchecked_replay: bool,
 }
 
 impl ObjectCommitter {
@@ -134,7 +138,7 @@ impl ObjectCommitter {
         ctx: SinkContext,
     ) -> Self {
         let shape = Shape { format, compression, overwrite: ctx.overwrite };
-        Self { uri, store, shape, ctx, ids: RefCell::new(CommitIds::starting_now()) }
+        Self { uri, store, shape, ctx }
     }
 
     fn prefix(&self, id: &str) -> String {
@@ -151,6 +155,17 @@ impl ObjectCommitter {
     /// Stores what is missing of the batch, then, in its turn, its manifest.
     async fn attempt(&self, batch: &mut InFlight<'_>, turn: &mut Turn) -> Result<(), AttemptError> {
         let bucket = self.uri.bucket();
+        if batch.unchecked_replay {
+            // The run that sealed it may have committed it before the crash.
+            if self.manifest_there(&batch.prefix).await.map_err(|e| AttemptError::from_request(bucket, e))? {
+                tracing::info!(
+                    commit = batch.id,
+                    "a replayed batch had committed before the restart; not writing it again"
+                );
+                return Ok(());
+            }
+            (batch.unchecked_replay, batch.manifest_tried) = (false, false);
+        }
         let pending: Vec<usize> = (0..batch.objects.len()).filter(|&i| batch.stored[i].is_none()).collect();
         let (store, objects, compression) = (self.store.as_ref(), &batch.objects, self.shape.compression);
         let mut uploads = stream::iter(pending)
@@ -192,14 +207,23 @@ impl ObjectCommitter {
         Ok(())
     }
 
+    /// Whether the commit under `prefix` has its manifest, which makes it committed.
+    async fn manifest_there(&self, prefix: &str) -> Result<bool, RequestError> {
+        let key = Self::manifest_key(prefix);
+        match timed(Op::Head, &key, 0, self.store.head(&key)).await {
+            Ok(_) => Ok(true),
+            Err(RequestError { source: object_store::Error::NotFound { .. }, .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Gives the batch up: true if it turns out to be committed after all.
     async fn abandon(&self, batch: &InFlight<'_>) -> bool {
         let cleanup = async {
             if batch.manifest_tried {
-                let key = Self::manifest_key(&batch.prefix);
-                match timed(Op::Head, &key, 0, self.store.head(&key)).await {
-                    Ok(_) => return true,
-                    Err(RequestError { source: object_store::Error::NotFound { .. }, .. }) => {}
+                match self.manifest_there(&batch.prefix).await {
+                    Ok(true) => return true,
+                    Ok(false) => {}
                     // Unknown: keep the objects, so no manifest can point at a missing one.
                     Err(_) => return false,
                 }
@@ -222,33 +246,17 @@ impl ObjectCommitter {
 }
 
 impl AsyncCommitter for ObjectCommitter {
-    fn commit(&self, commit: Commit, turn: Turn) -> impl Future<Output = ()> {
-        let id = self.ids.borrow_mut().next_id();
-        self.commit_as(id, commit, turn)
-    }
-
-    /// Lists one page under `DIR/`: that needs the bucket and the credentials.
-    async fn probe(&self) {
-        let prefix = Path::from(self.uri.dir.as_str());
-        let listed =
-            timed(Op::List, &prefix, 0, async { self.store.list(Some(&prefix)).next().await.transpose().map(|_| ()) })
-                .await;
-        match listed {
-            Ok(()) => self.ctx.health.up(),
-            Err(error) => self.report(&AttemptError::from_request(self.uri.bucket(), error)),
-        }
-    }
-}
-
-impl ObjectCommitter {
-    /// Commits the batch as `id`, retrying until it is stored or the sidecar gives up.
-    async fn commit_as(&self, id: String, commit: Commit, mut turn: Turn) {
+    /// Commits the batch, retrying until it is stored or the sidecar gives up.
+    async fn commit(&self, commit: Commit, mut turn: Turn) {
         let Commit { files, ack } = commit;
+        let id = commit_id::id_of(ack.first_seq);
         let prefix = self.prefix(&id);
         let keys = self.shape.keys(&prefix, ack.first_seq);
         let objects = body::plan(&files, &keys, self.shape.overwrite);
         let stored = vec![None; objects.len()];
-        let mut batch = InFlight { id, prefix, ack: &ack, objects, stored, manifest_tried: false };
+        let replayed = ack.reason == SealReason::Replay;
+        let mut batch =
+            InFlight { id, prefix, ack: &ack, objects, stored, manifest_tried: replayed, unchecked_replay: replayed };
         let give_up = self.ctx.give_up.clone();
         let mut last_error = String::from("the sidecar was already giving up");
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
@@ -283,6 +291,18 @@ impl ObjectCommitter {
         match committed {
             true => ack.committed(Receipt { objects: Some(keys), ..self.ctx.receipt(id, &files) }),
             false => ack.failed(format_args!("gave up at shutdown; {last_error}")),
+        }
+    }
+
+    /// Lists one page under `DIR/`: that needs the bucket and the credentials.
+    async fn probe(&self) {
+        let prefix = Path::from(self.uri.dir.as_str());
+        let listed =
+            timed(Op::List, &prefix, 0, async { self.store.list(Some(&prefix)).next().await.transpose().map(|_| ()) })
+                .await;
+        match listed {
+            Ok(()) => self.ctx.health.up(),
+            Err(error) => self.report(&AttemptError::from_request(self.uri.bucket(), error)),
         }
     }
 }

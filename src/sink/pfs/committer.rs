@@ -13,8 +13,10 @@
 //!
 //! A failed stream does not say whether pachd made the commit before the answer was
 //! lost, so each stream also replaces this writer's marker file (see `marker`), and
-//! the attempt after a failure first reads the marker at the branch head: the
-//! batch's mark there means it landed, and it is not sent again.
+//! the attempt after a failure first reads the marker at the branch head: a marker
+//! that reaches the batch's last message means it landed, and it is not sent again.
+//! A batch replayed from the disk spool is checked the same way before its first
+//! stream: its earlier run may have landed it just before the crash.
 //!
 //! A branch-only ModifyFile joins the head if it is an open commit, so before each
 //! stream the head is checked: an open head (someone's `start commit`) blocks the
@@ -27,7 +29,7 @@ use bytes::Bytes;
 use tonic::{Code, Status};
 
 use super::client::{BadAddress, BadToken, Pachd};
-use super::marker::{Writer, MARKER_LIMIT};
+use super::marker::{Span, Writer, MARKER_LIMIT};
 use super::requests::modify_file_requests;
 use crate::cancel::Cancel;
 use crate::encode::CommitFile;
@@ -90,8 +92,8 @@ pub struct GaveUp(String);
 pub struct BatchFiles<'a> {
     pub files: &'a Arc<[CommitFile]>,
     pub bytes: u64,
-    /// The batch's number, for its mark.
-    pub no: u64,
+    /// The batch's messages, for its mark.
+    pub span: Span,
 }
 
 pub struct Committer {
@@ -117,20 +119,22 @@ impl Committer {
         }
     }
 
-    /// Takes the batch into the branch; on success its mark, by which the finisher
-    /// finds the commit (which pachd may still be finishing), else why it was given up.
-    pub async fn commit(&mut self, batch: BatchFiles<'_>) -> Result<Bytes, GaveUp> {
+    /// Takes the batch into the branch; on success the finisher finds its commit (which
+    /// pachd may still be finishing) by its span; else why it was given up.
+    pub async fn commit(&mut self, batch: BatchFiles<'_>) -> Result<(), GaveUp> {
         let give_up = self.ctx.give_up.clone();
-        let mark = self.writer.mark(batch.no);
-        // A stream failed: it may have landed all the same.
-        let mut unsure = false;
+        let mark = self.writer.mark(&batch.span);
+        // A stream failed, or the run that sealed the batch crashed: it may have landed.
+        let mut unsure = batch.span.replayed;
         let mut last_error = String::from("the sidecar was already giving up");
         let mut attempt = 0u64;
         loop {
             if give_up.is_cancelled() {
                 let landed = unsure
-                    && tokio::time::timeout(LAST_CHECK, self.landed(&mark)).await.is_ok_and(|r| r.unwrap_or(false));
-                return if landed { Ok(mark) } else { Err(GaveUp(last_error)) };
+                    && tokio::time::timeout(LAST_CHECK, self.landed(&batch.span))
+                        .await
+                        .is_ok_and(|r| r.unwrap_or(false));
+                return if landed { Ok(()) } else { Err(GaveUp(last_error)) };
             }
             attempt += 1;
             if attempt > 1 {
@@ -144,7 +148,7 @@ impl Committer {
                 Ok(()) => {
                     self.ctx.health.up();
                     self.backoff.reset();
-                    return Ok(mark);
+                    return Ok(());
                 }
                 Err(error) => {
                     self.report(&error);
@@ -162,8 +166,15 @@ impl Committer {
             self.ensure_repo().await?;
         }
         if *unsure {
-            if self.landed(mark).await? {
-                tracing::info!("a batch whose answer was lost had landed; not sending it again");
+            if self.landed(&batch.span).await? {
+                match batch.span.replayed {
+                    true => tracing::info!(
+                        first_seq = batch.span.first,
+                        last_seq = batch.span.last,
+                        "a replayed batch had landed before the restart; not sending it again"
+                    ),
+                    false => tracing::info!("a batch whose answer was lost had landed; not sending it again"),
+                }
                 return Ok(());
             }
             *unsure = false;
@@ -183,11 +194,11 @@ impl Committer {
         Ok(())
     }
 
-    /// Whether the branch head carries `mark` in this writer's marker: the batch landed.
-    async fn landed(&mut self, mark: &Bytes) -> Result<bool, AttemptError> {
+    /// Whether this writer's marker at the branch head covers `span`: the batch landed.
+    async fn landed(&mut self, span: &Span) -> Result<bool, AttemptError> {
         let head = self.pachd.branch_target();
         let marker = self.pachd.get_small_file(&head, self.writer.path(), MARKER_LIMIT).await;
-        Ok(marker.map_err(|s| self.rpc_error("GetFile", s))?.as_ref() == Some(mark))
+        Ok(marker.map_err(|s| self.rpc_error("GetFile", s))?.is_some_and(|m| self.writer.covers(&m, span)))
     }
 
     /// An error if the branch head is an open commit, which the stream would join.

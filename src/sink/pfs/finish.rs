@@ -9,20 +9,20 @@
 //! like any call.
 //!
 //! A one-off ModifyFile does not answer with its commit, so the finisher finds it by
-//! the batch's mark (see `marker`): walking back from the branch head to this
-//! writer's previous commit, the oldest commit whose marker holds the mark. Reading a
+//! this writer's marker (see `marker`): walking back from the branch head, the oldest
+//! commit whose marker reaches the batch's last message (the walk stops at the first
+//! commit whose marker does not, or at this writer's previous commit). Reading a
 //! finishing commit's file waits until pachd has finished it, so this runs here, not
 //! in the committer, which meanwhile streams the next batch. The finisher takes one
 //! batch after the other, so acknowledgements go out in order.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tonic::{Code, Status};
 
 use super::client::Pachd;
 use super::committer::{classify, pause, AttemptError};
-use super::marker::{Writer, MARKER_LIMIT};
+use super::marker::{Span, Writer, MARKER_LIMIT};
 use super::proto::pfs_v2::{Commit, CommitInfo};
 use crate::sink::backoff::Backoff;
 use crate::sink::SinkContext;
@@ -53,7 +53,7 @@ struct Walk {
     started: bool,
     /// The next commit to look at.
     at: Option<CommitInfo>,
-    /// The oldest commit marked with the batch's mark so far.
+    /// The oldest commit whose marker covers the batch so far.
     found: Option<Commit>,
 }
 
@@ -72,9 +72,9 @@ impl Finisher {
         Self { pachd, ctx, writer, backoff, previous: None }
     }
 
-    /// Finds the commit holding the batch marked `mark` and waits until pachd has
-    /// finished it: its id if without error.
-    pub async fn finished(&mut self, mark: &Bytes) -> Result<String, NotFinished> {
+    /// Finds the commit holding the batch `span` and waits until pachd has finished
+    /// it: its id if without error.
+    pub async fn finished(&mut self, span: &Span) -> Result<String, NotFinished> {
         let give_up = self.ctx.give_up.clone();
         // Kept across retries: a failed call resumes the walk where it was, so the
         // walk back over other writers' commits does not start over each time.
@@ -84,10 +84,10 @@ impl Finisher {
             let limit = give_up.is_cancelled().then_some(LAST_WAIT);
             let waited = match limit {
                 None => tokio::select! {
-                    result = self.find_and_wait(mark, &mut walk) => result,
+                    result = self.find_and_wait(span, &mut walk) => result,
                     () = give_up.cancelled() => continue,
                 },
-                Some(limit) => tokio::time::timeout(limit, self.find_and_wait(mark, &mut walk))
+                Some(limit) => tokio::time::timeout(limit, self.find_and_wait(span, &mut walk))
                     .await
                     .unwrap_or_else(|_| Err(Status::deadline_exceeded("pachd has not finished the commit yet"))),
             };
@@ -117,17 +117,17 @@ impl Finisher {
         }
     }
 
-    /// The finished commit marked `mark`, if it is on the branch.
-    async fn find_and_wait(&mut self, mark: &Bytes, walk: &mut Walk) -> Result<Option<CommitInfo>, Status> {
-        let Some(commit) = self.find(mark, walk).await? else {
+    /// The finished commit holding `span`, if it is on the branch.
+    async fn find_and_wait(&mut self, span: &Span, walk: &mut Walk) -> Result<Option<CommitInfo>, Status> {
+        let Some(commit) = self.find(span, walk).await? else {
             return Ok(None);
         };
         self.pachd.wait_finished(&commit).await.map(Some)
     }
 
     /// Walks back from the branch head to this writer's previous commit (or to a
-    /// commit marked by no batch of this run): the oldest commit marked `mark`.
-    async fn find(&mut self, mark: &Bytes, walk: &mut Walk) -> Result<Option<Commit>, Status> {
+    /// commit whose marker does not cover `span`): the oldest commit whose marker does.
+    async fn find(&mut self, span: &Span, walk: &mut Walk) -> Result<Option<Commit>, Status> {
         if !walk.started {
             walk.at = self.pachd.inspect_head().await?;
             walk.started = true;
@@ -137,16 +137,15 @@ impl Finisher {
                 break;
             }
             let marker = self.pachd.get_small_file(commit, self.writer.path(), MARKER_LIMIT).await?;
-            let found = match marker {
-                Some(marker) if marker == mark => Some(commit.clone()),
-                Some(marker) if self.writer.is_this_run(&marker) => None,
-                _ => break,
-            };
+            if !marker.is_some_and(|marker| self.writer.covers(&marker, span)) {
+                break;
+            }
+            let found = commit.clone();
             let parent = match parent_commit {
                 Some(parent) => Some(self.pachd.inspect_commit(parent).await?),
                 None => None,
             };
-            walk.found = found.or(walk.found.take());
+            walk.found = Some(found);
             walk.at = parent;
         }
         Ok(walk.found.clone())

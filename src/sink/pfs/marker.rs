@@ -1,28 +1,45 @@
 //! The marker file: how a sidecar, one of any number writing the same branch, tells
-//! its own commits apart and learns after a lost answer whether a batch landed.
+//! its own commits apart and learns after a lost answer, or a crash, whether a batch
+//! landed.
 //!
 //! Each batch's commit also writes `.spout-sidecar/WRITER` (replacing it), holding
-//! `RUN BATCH`: `RUN` is random per process, so a restarted sidecar never takes an
-//! earlier life's marker for its own, and `BATCH` is the batch's number. Commits are
-//! snapshots, so every later commit on the branch carries the marker as the last
-//! batch of this writer left it: the branch head says which batch landed last, and
-//! walking back from the head, the oldest commit whose marker holds a batch's mark
-//! is the commit that wrote it. Pachyderm's own 1.x spouts kept their resume state
-//! in a `marker` the same way.
+//! `RUN FIRST LAST`: `RUN` is random per process, and `FIRST LAST` are the sequence
+//! numbers of the batch's first and last message. Commits are snapshots, so every
+//! later commit on the branch carries the marker as the last batch of this writer
+//! left it, and a writer's batches land in order of their sequence numbers: the branch
+//! head says up to which message this writer's batches have landed, and walking back
+//! from the head, the oldest commit whose marker reaches a batch's last message is the
+//! commit that wrote it. Pachyderm's own 1.x spouts kept their resume state in a
+//! `marker` the same way.
 //!
-//! `WRITER` must differ between sidecars writing one branch at the same time; it
-//! defaults to `HOST-PID`: in Kubernetes the pod's name and the process id, which is
-//! the same after a container restart, so a pod keeps one marker file; on a shared
-//! host, sidecars differ by process id.
-
-use std::hash::{BuildHasher, Hasher};
+//! Within one run, sequence numbers only grow. Across runs they may not (the clock
+//! seeds them), so a marker speaks for a batch only if this run wrote it, except for a
+//! batch replayed from the disk spool: its numbers are the ones its first run gave it,
+//! and the spool numbers its messages past every earlier one, so an earlier run's
+//! marker that reaches its last message means it landed before the crash.
+//!
+//! `WRITER` must differ between sidecars writing one branch at the same time and must
+//! stay the same across restarts for a replayed batch to be recognised; it defaults to
+//! the spool's writer id with `--spool-dir`, else to `HOST-PID`: in Kubernetes the
+//! pod's name and the process id, the same after a container restart.
 
 use bytes::Bytes;
 
+use crate::message::random_u64;
+
 /// The directory of marker files in the repo.
 pub const MARKER_DIR: &str = ".spout-sidecar";
-/// The largest marker worth reading: `RUN BATCH\n` is about 40 bytes.
+/// The largest marker worth reading: `RUN FIRST LAST\n` is about 60 bytes.
 pub const MARKER_LIMIT: usize = 256;
+
+/// One batch as markers name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first: u64,
+    pub last: u64,
+    /// Sealed by an earlier run and replayed from the spool: that run's markers count.
+    pub replayed: bool,
+}
 
 /// This process as one writer of the branch.
 #[derive(Debug, Clone)]
@@ -33,10 +50,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(id: &str) -> Self {
-        // A random run id, without a dependency: std's hasher keys are random per process.
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        Self { path: format!("{MARKER_DIR}/{id}"), run: format!("{:016x}", hasher.finish()) }
+        Self { path: format!("{MARKER_DIR}/{id}"), run: format!("{:016x}", random_u64()) }
     }
 
     /// The marker file's path in the repo.
@@ -44,18 +58,24 @@ impl Writer {
         &self.path
     }
 
-    /// What the marker holds once batch `no` has landed.
-    pub fn mark(&self, no: u64) -> Bytes {
-        Bytes::from(format!("{} {no}\n", self.run))
+    /// What the marker holds once `span` has landed.
+    pub fn mark(&self, span: &Span) -> Bytes {
+        Bytes::from(format!("{} {} {}\n", self.run, span.first, span.last))
     }
 
-    /// Whether a marker read back was written by this process (any batch).
-    pub fn is_this_run(&self, marker: &[u8]) -> bool {
-        marker.strip_prefix(self.run.as_bytes()).is_some_and(|rest| rest.first() == Some(&b' '))
+    /// Whether `marker`, read back at some commit, shows that `span` had landed by then.
+    pub fn covers(&self, marker: &[u8], span: &Span) -> bool {
+        let text = std::str::from_utf8(marker).unwrap_or("");
+        let mut fields = text.split_ascii_whitespace();
+        let (Some(run), Some(_first), Some(last), None) = (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        (run == self.run || span.replayed) && last.parse::<u64>().is_ok_and(|last| last >= span.last)
     }
 }
 
-/// The writer id to use when none is given: `HOST-PID`.
+/// The writer id to use when neither the URI nor the spool gives one: `HOST-PID`.
 pub fn default_writer_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -69,13 +89,30 @@ pub fn default_writer_id() -> String {
 mod tests {
     use super::*;
 
+    const fn span(first: u64, last: u64, replayed: bool) -> Span {
+        Span { first, last, replayed }
+    }
+
     #[test]
-    fn marks_are_per_run_and_per_batch() {
-        let (a, b) = (Writer::new("pod-1"), Writer::new("pod-1"));
+    fn a_marker_covers_the_batches_up_to_its_last_message() {
+        let a = Writer::new("pod-1");
         assert_eq!(a.path(), ".spout-sidecar/pod-1");
-        assert_ne!(a.mark(1), b.mark(1), "another run of the same writer");
-        assert_ne!(a.mark(1), a.mark(2));
-        assert!(a.is_this_run(&a.mark(7)) && !a.is_this_run(&b.mark(7)));
-        assert!(!a.is_this_run(b""));
+        let marker = a.mark(&span(10, 19, false));
+        assert!(a.covers(&marker, &span(10, 19, false)));
+        assert!(a.covers(&marker, &span(3, 9, false)), "an earlier batch landed before it");
+        assert!(!a.covers(&marker, &span(20, 29, false)), "a later batch has not landed");
+        assert!(!a.covers(b"", &span(1, 1, false)));
+        assert!(!a.covers(b"garbage 1 2 3", &span(1, 1, true)));
+        assert!(!a.covers(b"run 1 x", &span(1, 1, true)));
+    }
+
+    #[test]
+    fn another_run_s_marker_counts_only_for_a_replayed_batch() {
+        let (before, now) = (Writer::new("pod-1"), Writer::new("pod-1"));
+        let marker = before.mark(&span(10, 19, false));
+        assert_ne!(marker, now.mark(&span(10, 19, false)));
+        assert!(!now.covers(&marker, &span(10, 19, false)), "a fresh batch with numbers from a clock set back");
+        assert!(now.covers(&marker, &span(10, 19, true)));
+        assert!(!now.covers(&marker, &span(20, 29, true)));
     }
 }

@@ -34,14 +34,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::mpsc;
 
 use self::client::Pachd;
 use self::committer::{AttemptError, BatchFiles, Committer, GaveUp};
 use self::finish::Finisher;
-use self::marker::{default_writer_id, Writer};
+use self::marker::{default_writer_id, Span, Writer};
 use self::reader::PfsReader;
 pub use self::target::{detect_worker, Target, TokenSource};
 use super::reader::CommitReader;
@@ -49,6 +48,7 @@ use super::runner::{spawn_watched, InjectedPanic};
 use super::spec::{BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
 use super::{Commit, Sink, SinkContext};
 use crate::ack::BatchAck;
+use crate::batch::SealReason;
 use crate::encode::CommitFile;
 
 pub const SCHEME: Scheme = Scheme { prefix: "pfs:", form: "pfs://HOST:PORT/REPO@BRANCH", parse };
@@ -62,6 +62,9 @@ impl Target {
     /// without them, the pachctl config's.
     fn with_token(&self, settings: &SinkSettings) -> Target {
         let mut target = self.clone();
+        if target.writer.is_none() {
+            target.writer.clone_from(&settings.writer);
+        }
         if target.token == TokenSource::Unset {
             target.token = TokenSource::from_options(settings.pachd_token_file.clone(), settings.pachd_token.clone());
         }
@@ -211,8 +214,9 @@ fn commit_in_order(
             };
             fault.count_batch();
             let files: Arc<[CommitFile]> = files.into();
-            let batch = BatchFiles { files: &files, bytes: ack.bytes, no: ack.no };
-            let outcome = committer.commit(batch).await;
+            let span = Span { first: ack.first_seq, last: ack.last_seq, replayed: ack.reason == SealReason::Replay };
+            let batch = BatchFiles { files: &files, bytes: ack.bytes, span };
+            let outcome = committer.commit(batch).await.map(|()| span);
             // The finisher settles in order, so a failure queues behind the commits before it.
             let _ = finishing.send(Finishing { outcome, files, ack });
         }
@@ -240,9 +244,9 @@ async fn fail_every_batch(
     }
 }
 
-/// A batch pachd took, by its mark (or one given up), for the finisher.
+/// A batch pachd took, by its span (or one given up), for the finisher.
 struct Finishing {
-    outcome: Result<Bytes, GaveUp>,
+    outcome: Result<Span, GaveUp>,
     files: Arc<[CommitFile]>,
     ack: BatchAck,
 }
@@ -257,7 +261,7 @@ async fn settle_in_order(
 ) {
     while let Some(Finishing { outcome, files, ack }) = queue.recv().await {
         match outcome {
-            Ok(mark) => match finisher.finished(&mark).await {
+            Ok(span) => match finisher.finished(&span).await {
                 Ok(id) => ack.committed(ctx.receipt(id, &files)),
                 Err(error) => {
                     tracing::error!(batch = ack.no, "{error}");

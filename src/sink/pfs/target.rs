@@ -20,7 +20,8 @@ pub const DEFAULT_PROJECT: &str = "default";
 const WORKER_PACH_CONFIG: &str = "/pachctl/config.json";
 
 const USAGE: &str = "expected pfs://HOST:PORT/REPO@BRANCH?project=PROJECT&writer=NAME \
-                     (port defaults to 30650, branch to master, project to default, writer to HOST-PID)";
+                     (port defaults to 30650, branch to master, project to default, writer to the spool's \
+                     writer id or HOST-PID)";
 
 /// A parsed `pfs://HOST:PORT/REPO@BRANCH?project=P`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub struct Target {
     pub repo: String,
     pub branch: String,
     /// `writer=`: this sidecar's name among those writing the branch, naming its
-    /// marker file (see `marker`); `None` for `HOST-PID`.
+    /// marker file (see `marker`); `None` for the spool's writer id, or `HOST-PID`.
     pub writer: Option<String>,
     pub token: TokenSource,
 }

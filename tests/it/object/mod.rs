@@ -4,5 +4,5 @@
 
 mod gs;
 mod s3;
-mod servers;
+pub(crate) mod servers;
 mod wasb;
