@@ -12,7 +12,7 @@ use spout_sidecar::config::{Listen, Options};
 use spout_sidecar::listeners::{BindError, Listeners};
 use spout_sidecar::pipeline::{Pipeline, StartError};
 use spout_sidecar::shutdown::{self, Signals};
-use spout_sidecar::sink::SinkSettings;
+use spout_sidecar::sink::{fifo_holder, SinkSettings};
 use spout_sidecar::supervisor::{self, Endpoints};
 
 /// Why the sidecar could not start or run: printed as `spout-sidecar: ...`, exit 2.
@@ -44,6 +44,9 @@ enum Fatal {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os(fifo_holder::HOLDER_ENV).is_some() {
+        return fifo_holder::run();
+    }
     let options = Options::parse();
     init_logging(&options.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -79,6 +82,8 @@ async fn run(options: Options) -> Result<ExitCode, Fatal> {
         pachd_token: options.pachd_token.clone(),
         object_format: options.object_format,
         compression: options.compression,
+        fifo_holder: !options.no_fifo_holder,
+        spool_dir: options.spool_dir.clone(),
     };
     let sink = spec.open(&settings).map_err(|source| Fatal::OpenSink { sink: spec.to_string(), source })?;
     let pipeline = Pipeline::start(&options, sink).map_err(Fatal::Start)?;

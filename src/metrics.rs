@@ -47,6 +47,8 @@ pub struct Metrics {
     pub spool_sync_duration: Histogram,
     pub spool_replayed_messages: IntCounter,
     pub spool_quarantined: IntCounterVec,
+    pub fifo_handed_over: IntCounter,
+    pub fifo_unsure_archives: IntCounter,
 }
 
 /// Latencies from 100 µs to ~100 s.
@@ -167,6 +169,8 @@ impl Metrics {
                 }
                 metric
             },
+            fifo_handed_over: counter(r, "fifo_handed_over_batches_total", "fifo: batches acknowledged without writing them again: a previous sidecar died before it saw its reader read them, and its pipe holder saw it (--spool-dir)."),
+            fifo_unsure_archives: counter(r, "fifo_unsure_archives_total", "fifo: archives a pipe holder could not tell committed or not (the sidecar was killed between a write that may have ended the archive and its note of it); each may be committed twice by the replay. Counted from the spool's handoff file."),
             registry,
         }
     }

@@ -34,7 +34,7 @@ use rustix::io::Errno;
 
 use super::backoff::Backoff;
 use super::commit_id::{self, CommitIds};
-use super::spec::{BadSinkUri, PathSink, Scheme, SinkSpec};
+use super::spec::{BadSinkUri, PathSink, Scheme, SinkSettings, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::batch::SealReason;
@@ -53,7 +53,7 @@ pub fn spec(path: PathBuf) -> SinkSpec {
     PathSink::spec("dir", path, open)
 }
 
-fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
+fn open(path: PathBuf, _: &SinkSettings) -> io::Result<Box<dyn Sink>> {
     Ok(Box::new(DirSink::open(path)?))
 }
 

@@ -6,6 +6,7 @@
 //! sink is given), [`runner`] (the thread that drives it), [`spec`] (the `--sink`
 //! URI and `auto`), [`health`] (its state for `/readyz`), [`commit_id`],
 //! [`backoff`], and [`committer_thread`] for sinks whose commits are async work.
+//! [`fifo_holder`] is the process that holds `fifo:`'s pipe across a crash.
 //!
 //! | URI | sink |
 //! |---|---|
@@ -23,6 +24,7 @@ pub mod committer_thread;
 pub mod context;
 pub mod dir;
 pub mod fifo;
+pub mod fifo_holder;
 pub mod health;
 pub mod object;
 pub mod pfs;

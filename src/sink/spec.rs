@@ -44,6 +44,10 @@ pub struct SinkSettings {
     pub object_format: object::ObjectFormat,
     /// `--compression`, likewise.
     pub compression: Option<object::Compression>,
+    /// Not `--no-fifo-holder`: `fifo:` starts a pipe holder with each open.
+    pub fifo_holder: bool,
+    /// `--spool-dir`, where the `fifo:` pipe holder hands over to a restarted sidecar.
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// A parsed `--sink`.
@@ -108,11 +112,15 @@ impl fmt::Display for SinkSpec {
 pub struct PathSink {
     scheme: &'static str,
     path: PathBuf,
-    open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
+    open: fn(PathBuf, &SinkSettings) -> std::io::Result<Box<dyn Sink>>,
 }
 
 impl PathSink {
-    pub fn spec(scheme: &'static str, path: PathBuf, open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>) -> SinkSpec {
+    pub fn spec(
+        scheme: &'static str,
+        path: PathBuf,
+        open: fn(PathBuf, &SinkSettings) -> std::io::Result<Box<dyn Sink>>,
+    ) -> SinkSpec {
         SinkSpec::new(PathSink { scheme, path, open })
     }
 
@@ -120,7 +128,7 @@ impl PathSink {
     pub fn parse(
         uri: &str,
         scheme: &'static str,
-        open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
+        open: fn(PathBuf, &SinkSettings) -> std::io::Result<Box<dyn Sink>>,
     ) -> Result<SinkSpec, BadSinkUri> {
         match uri.strip_prefix(scheme).and_then(|rest| rest.strip_prefix(':')) {
             Some(path) if !path.is_empty() => Ok(Self::spec(scheme, path.into(), open)),
@@ -136,8 +144,8 @@ impl fmt::Display for PathSink {
 }
 
 impl OpenSink for PathSink {
-    fn open(&self, _: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
-        (self.open)(self.path.clone())
+    fn open(&self, settings: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
+        (self.open)(self.path.clone(), settings)
     }
 }
 

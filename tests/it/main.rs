@@ -16,6 +16,7 @@ mod crash;
 mod deploy;
 mod docs_pages;
 mod fifo_chaos;
+mod fifo_holder;
 mod fifo_sink;
 mod fuzz_checks;
 mod hostile_clients;
