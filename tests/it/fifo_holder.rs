@@ -11,11 +11,15 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
+
+use bytes::Bytes;
+use spout_sidecar::encode::{self, CommitFile};
 
 use crate::support::client::{self, Connection};
 use crate::support::ndjson_lines::line;
-use crate::support::pachyderm_reader::{fifo_in, Commit, Mode, PachydermReader};
+use crate::support::pachyderm_reader::{at_writer_eof, fifo_in, Commit, Mode, Next, PachydermReader};
 use crate::support::sidecar::{eventually, Sidecar};
 
 const BLOCK: usize = 512;
@@ -86,6 +90,46 @@ fn the_reader_commits_what_gos_tar_reader_would() {
     spoiled.extend_from_slice(&[0xFF; BLOCK]);
     let (commits, failed, cut_short) = feed(&spoiled);
     assert_eq!((names(&commits).len(), failed, cut_short), (0, 1, 0));
+}
+
+/// The reader's rules against Go's own `archive/tar`, at every byte a writer could
+/// stop at, in archives as the sidecar writes them: long names (a GNU long-name
+/// entry), an empty file, a payload that fills its blocks exactly.
+#[test]
+fn the_readers_rules_are_gos_at_every_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = format!("dir/{}", "n".repeat(150));
+    let files = [("a", &b"x"[..]), (long.as_str(), &[b'l'; 700][..]), ("empty", &b""[..]), ("full", &[b'f'; 512][..])];
+    let files: Vec<CommitFile> = files
+        .iter()
+        .map(|(name, data)| CommitFile { name: (*name).into(), data: Bytes::copy_from_slice(data).into() })
+        .collect();
+    let archive: Vec<u8> = encode::tar::encode(&files, 0).chunks.concat();
+    let path = tmp.path().join("archive.tar");
+    std::fs::write(&path, &archive).unwrap();
+    let go = Command::new("go")
+        .arg("run")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/go_spout_reader.go"))
+        .arg(&path)
+        .env("GOCACHE", tmp.path().join("gocache"))
+        .output()
+        .expect("run go (golang-go; `cargo xtask test` installs it)");
+    assert!(go.status.success(), "{}", String::from_utf8_lossy(&go.stderr));
+    let go = String::from_utf8(go.stdout).unwrap();
+    let mut prefixes = 0;
+    for (cut, line) in go.lines().enumerate() {
+        let ours = match at_writer_eof(&mut &archive[..cut]) {
+            Next::Commit(commit) => {
+                prefixes += usize::from(commit.len() < files.len());
+                format!("commit:{}", commit.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(","))
+            }
+            Next::End => "eof".into(),
+            Next::Truncated => "fail".into(),
+        };
+        assert_eq!(line, format!("{cut} {ours}"), "Go's reader and ours differ on the archive cut at byte {cut}");
+    }
+    assert_eq!(go.lines().count(), archive.len() + 1);
+    assert!(prefixes > 0, "no cut commits a prefix: the rules checked nothing");
 }
 
 /// Batches of `batch` messages, as many as a request holds: archives of a few MiB.

@@ -67,6 +67,17 @@ pub fn next_commit(stream: &mut impl Read) -> Next {
     }
 }
 
+/// What the reader does with the first archive of `stream` when the writer's EOF
+/// ends the stream: commit it (whole or a prefix), wait for the next writer
+/// (`End`), or fail (`Truncated`). For checks of these rules against Go's.
+pub fn at_writer_eof(stream: &mut impl Read) -> Next {
+    match read_archive(stream, &Control::default()) {
+        Outcome::Archive(bytes) | Outcome::Prefix(bytes) => Next::Commit(decode(&bytes)),
+        Outcome::Eof => Next::End,
+        Outcome::Failed(_) | Outcome::Died => Next::Truncated,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Pachyderm >= 1.11.3: one open pipe, archive after archive.
