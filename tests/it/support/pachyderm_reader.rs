@@ -288,7 +288,7 @@ fn read_archive(pipe: &mut impl Read, control: &Control) -> Outcome {
     // `skipReader`: whole zero blocks are dropped; EOF before a whole non-zero block,
     // even a partial one, is the first `Next()` returning io.EOF.
     loop {
-        match fill(pipe, &mut block, control) {
+        match fill(pipe, &mut block, control, true) {
             Fill::Full if is_zero(&block) => continue,
             Fill::Full => break,
             Fill::Short(_) => return Outcome::Eof,
@@ -300,7 +300,9 @@ fn read_archive(pipe: &mut impl Read, control: &Control) -> Outcome {
     loop {
         if is_zero(&block) {
             archive.extend_from_slice(&block);
-            return match fill(pipe, &mut block, control) {
+            // Never dies on the read that ends the archive: it would be read whole
+            // and not committed, which no real reader's death looks like to a writer.
+            return match fill(pipe, &mut block, control, false) {
                 Fill::Full if is_zero(&block) => {
                     archive.extend_from_slice(&block);
                     Outcome::Archive(archive)
@@ -319,7 +321,7 @@ fn read_archive(pipe: &mut impl Read, control: &Control) -> Outcome {
         let size = header.entry_size().expect("a header's size") as usize;
         let regular = header.entry_type() == tar::EntryType::Regular;
         let mut data = vec![0; size.div_ceil(BLOCK) * BLOCK];
-        match fill(pipe, &mut data, control) {
+        match fill(pipe, &mut data, control, true) {
             Fill::Full => {}
             // Go's reader returns the data, then io.EOF from `Next()` in the padding.
             Fill::Short(read) if read >= size => {
@@ -334,7 +336,7 @@ fn read_archive(pipe: &mut impl Read, control: &Control) -> Outcome {
         if regular {
             committed_end = Some(archive.len() - (data.len() - size));
         }
-        match fill(pipe, &mut block, control) {
+        match fill(pipe, &mut block, control, true) {
             Fill::Full => {}
             Fill::Short(0) => return clean_eof(archive, committed_end),
             Fill::Short(_) => return Outcome::Failed("unexpected EOF in a header"),
@@ -353,9 +355,11 @@ fn clean_eof(mut archive: Vec<u8>, committed_end: Option<usize>) -> Outcome {
     Outcome::Prefix(archive)
 }
 
-/// Reads until `buf` is full or EOF; counts what it reads and dies when told.
-fn fill(pipe: &mut impl Read, buf: &mut [u8], control: &Control) -> Fill {
-    let must_die = || control.die_after.is_some_and(|limit| control.bytes_read.load(Ordering::SeqCst) >= limit);
+/// Reads until `buf` is full or EOF; counts what it reads and, if it `may_die`,
+/// dies when told.
+fn fill(pipe: &mut impl Read, buf: &mut [u8], control: &Control, may_die: bool) -> Fill {
+    let must_die =
+        || may_die && control.die_after.is_some_and(|limit| control.bytes_read.load(Ordering::SeqCst) >= limit);
     while control.paused.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(2));
     }
