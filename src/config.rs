@@ -163,6 +163,15 @@ pub struct Options {
     #[arg(long, env = "SPOUT_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// fifo: without the pipe holder. By default the sink hands its end of the pipe
+    /// to a small helper process too (this binary, started again), so that a
+    /// sidecar killed inside an archive cannot leave Pachyderm's reader a clean
+    /// end of file there, where it would commit part of the batch; the helper spoils
+    /// the broken archive instead, the reader commits none of it, and the spool
+    /// replays the batch whole. Turn it off only where a second process cannot run.
+    #[arg(long, env = "SPOUT_NO_FIFO_HOLDER")]
+    pub no_fifo_holder: bool,
+
     /// Listen on a non-loopback TCP address without --auth-token-file. A spout
     /// `service` exposes the port to the whole cluster: only do this on purpose.
     #[arg(long, env = "SPOUT_ALLOW_UNAUTHENTICATED")]

@@ -12,7 +12,7 @@ use spout_sidecar::config::{Listen, Options};
 use spout_sidecar::listeners::{BindError, Listeners};
 use spout_sidecar::pipeline::{Pipeline, StartError};
 use spout_sidecar::shutdown::{self, Signals};
-use spout_sidecar::sink::SinkSettings;
+use spout_sidecar::sink::{fifo_holder, SinkSettings};
 use spout_sidecar::spool::{self, SpoolError};
 use spout_sidecar::supervisor::{self, Endpoints};
 
@@ -47,6 +47,9 @@ enum Fatal {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os(fifo_holder::HOLDER_ENV).is_some() {
+        return fifo_holder::run();
+    }
     let options = Options::parse();
     init_logging(&options.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -83,6 +86,8 @@ async fn run(options: Options) -> Result<ExitCode, Fatal> {
         object_format: options.object_format,
         compression: options.compression,
         writer: options.spool_dir.as_deref().map(spool::writer_id).transpose()?,
+        fifo_holder: !options.no_fifo_holder,
+        spool_dir: options.spool_dir.clone(),
     };
     let sink = spec.open(&settings).map_err(|source| Fatal::OpenSink { sink: spec.to_string(), source })?;
     let pipeline = Pipeline::start(&options, sink).map_err(Fatal::Start)?;

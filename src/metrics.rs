@@ -47,6 +47,8 @@ pub struct Metrics {
     pub spool_sync_duration: Histogram,
     pub spool_replayed_messages: IntCounter,
     pub spool_quarantined: IntCounterVec,
+    pub fifo_handed_over: IntCounter,
+    pub fifo_unsure_archives: IntCounter,
 }
 
 /// Latencies from 100 µs to ~100 s.
@@ -154,6 +156,8 @@ impl Metrics {
             spool_sync_duration: histogram(r, "spool_sync_duration_seconds", "Time each fdatasync of the disk spool took; with --spool-sync always, one covers every request written while the previous one ran.", latency_buckets()),
             spool_replayed_messages: counter(r, "spool_replayed_messages_total", "Messages read back from the disk spool at start-up, to be committed before new ones."),
             spool_quarantined: counter_vec(r, "spool_quarantined_total", "Damaged stretches of spool segments found at start-up and moved to DIR/quarantine/, by kind (corrupt: a CRC or header failed; torn: a record cut short at the end).", &["kind"]),
+            fifo_handed_over: counter(r, "fifo_handed_over_batches_total", "fifo: batches acknowledged without writing them again: a previous sidecar died before it saw its reader read them, and its pipe holder saw it (--spool-dir)."),
+            fifo_unsure_archives: counter(r, "fifo_unsure_archives_total", "fifo: archives a pipe holder could not tell committed or not (the sidecar was killed between a write that may have ended the archive and its note of it); each may be committed twice by the replay. Counted from the spool's handoff file."),
             registry,
         }
     }
@@ -221,6 +225,7 @@ mod known {
     pub const SINK_ERROR_KINDS: &[&str] = &[
         "no_reader",
         "not_a_fifo",
+        "previous_writer",
         "open",
         "epipe",
         "reader_gone",

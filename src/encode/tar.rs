@@ -18,7 +18,7 @@ use tar::{EntryType, Header};
 
 use super::CommitFile;
 
-const BLOCK: usize = 512;
+pub const BLOCK: usize = 512;
 /// The longest name a header's own name field holds.
 const NAME_FIELD: usize = 100;
 const LONG_LINK: &[u8] = b"././@LongLink";
@@ -31,6 +31,9 @@ static ZEROS: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 pub struct Archive {
     pub chunks: Vec<Bytes>,
     pub len: u64,
+    /// The most bytes one file takes: its headers, payload and padding. From any
+    /// byte of the archive, the next header (or end marker) is at most this far.
+    pub longest_entry: u64,
 }
 
 impl Archive {
@@ -60,8 +63,11 @@ pub fn encode(files: &[CommitFile], mtime: u64) -> Archive {
     }
     let mut headers = headers.freeze();
     let payload_chunks: usize = files.iter().map(|f| f.data.chunks().len()).sum();
-    let mut archive = Archive { chunks: Vec::with_capacity(payload_chunks + 2 * files.len() + 1), len: 0 };
+    let chunks = Vec::with_capacity(payload_chunks + 2 * files.len() + 1);
+    let mut archive = Archive { chunks, len: 0, longest_entry: 0 };
     for file in files {
+        let entry = header_len(&file.name) as u64 + file.data.len().div_ceil(BLOCK as u64) * BLOCK as u64;
+        archive.longest_entry = archive.longest_entry.max(entry);
         archive.push(headers.split_to(header_len(&file.name)));
         for chunk in file.data.chunks() {
             archive.push(chunk.clone());

@@ -37,7 +37,7 @@ use super::backoff::Backoff;
 use super::commit_id::{self, CommitIds};
 use super::dir_reader::DirReader;
 use super::reader::CommitReader;
-use super::spec::{BadSinkUri, PathKind, PathSink, Scheme, SinkSpec};
+use super::spec::{BadSinkUri, PathKind, PathSink, Scheme, SinkSettings, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::batch::SealReason;
@@ -58,7 +58,7 @@ pub fn spec(path: PathBuf) -> SinkSpec {
     PathSink::spec(&KIND, path)
 }
 
-fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
+fn open(path: PathBuf, _: &SinkSettings) -> io::Result<Box<dyn Sink>> {
     Ok(Box::new(DirSink::open(path)?))
 }
 

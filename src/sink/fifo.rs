@@ -29,6 +29,14 @@
 //! milliseconds keeps the window short; a restarted Pachyderm worker takes far
 //! longer to reopen the pipe.
 //!
+//! **When the sidecar itself dies inside an archive**, the reader would see EOF
+//! there, and Go's tar reader commits the entries read so far when that EOF falls
+//! at an entry's end. So the sink hands a [`Holder`] process its write end of the
+//! pipe whenever it opens it: see [`super::fifo_holder`]. The sink takes an
+//! exclusive `flock` on the pipe with every open, which the holder shares; a
+//! restarted sidecar that finds it taken waits (`previous_writer`) until the old
+//! holder has ended the broken archive, so its own archives never follow one.
+//!
 //! Memory: an archive's bytes are released from the budget only when it is
 //! committed, so a stalled reader stops ingest by itself; the queue holds nothing
 //! the budget does not count but headers. Everything here runs on the sink thread.
@@ -38,15 +46,16 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustix::fs::OFlags;
+use rustix::fs::{FlockOperation, OFlags};
 use rustix::io::Errno;
 
 use super::backoff::Backoff;
 use super::commit_id::CommitIds;
-use super::spec::{BadSinkUri, PathKind, PathSink, Scheme, SinkSpec};
+use super::fifo_holder::{self, Handoff, Holder, Note};
+use super::spec::{BadSinkUri, PathKind, PathSink, Scheme, SinkSettings, SinkSpec};
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::ack::{BatchAck, Receipt};
@@ -66,8 +75,9 @@ pub fn spec(path: PathBuf) -> SinkSpec {
     PathSink::spec(&KIND, path)
 }
 
-fn open(path: PathBuf) -> io::Result<Box<dyn Sink>> {
-    Ok(Box::new(FifoSink::new(path)))
+fn open(path: PathBuf, settings: &SinkSettings) -> io::Result<Box<dyn Sink>> {
+    let sink = FifoSink::new(path);
+    Ok(Box::new(if settings.fifo_holder { sink.holding(settings.spool_dir.as_deref()) } else { sink }))
 }
 
 /// The longest the sink sleeps between looks at the pipe while waiting.
@@ -84,6 +94,17 @@ pub struct FifoSink {
     backoff: Backoff,
     /// When to try opening the pipe again.
     reopen_at: Instant,
+    /// Whether each open of the pipe gets a [`Holder`], and the handoff file it
+    /// writes when there is a spool.
+    holding: Option<Holding>,
+}
+
+struct Holding {
+    handoff: Option<PathBuf>,
+    /// Batches up to this seq were committed by a dead sidecar's reader.
+    handed_over: u64,
+    /// The handoff file's count of unsure archives, as last counted.
+    unsure: u64,
 }
 
 struct InFlight {
@@ -110,6 +131,7 @@ struct Pipe {
     cursor: Cursor,
     /// The reader left between two archives; the pipe waits for the next one.
     absent: Option<Absence>,
+    holder: Option<Holder>,
 }
 
 struct Absence {
@@ -118,6 +140,12 @@ struct Absence {
 }
 
 impl Pipe {
+    fn note(&mut self, note: Note) {
+        if let Some(holder) = &mut self.holder {
+            holder.note(note);
+        }
+    }
+
     /// Whether a reader has the pipe open; notes and, past a grace period, reports
     /// its absence (older Pachyderm leaves between archives and comes right back).
     fn reader_present(&mut self, ctx: &SinkContext) -> bool {
@@ -147,7 +175,16 @@ impl FifoSink {
             pipe: None,
             backoff: Backoff::default(),
             reopen_at: Instant::now(),
+            holding: None,
         }
+    }
+
+    /// The sink with a [`Holder`] for every open of the pipe (the binary's; the
+    /// holder is the binary started again), handing over through the spool
+    /// directory `spool_dir` if there is one.
+    pub fn holding(self, spool_dir: Option<&Path>) -> Self {
+        let handoff = spool_dir.map(|dir| dir.join(fifo_holder::HANDOFF));
+        Self { holding: Some(Holding { handoff, handed_over: 0, unsure: 0 }), ..self }
     }
 
     /// Writes, settles and reopens as far as possible within `wait`; returns early
@@ -182,12 +219,25 @@ impl FifoSink {
         let opened = OpenOptions::new().write(true).custom_flags(OFlags::NONBLOCK.bits() as i32).open(&self.path);
         let failure = match opened {
             Ok(file) => match file.metadata() {
-                Ok(meta) if meta.file_type().is_fifo() => {
-                    ctx.health.up();
-                    self.backoff.reset();
-                    self.pipe = Some(Pipe { file, written: 0, next: 0, cursor: Cursor::default(), absent: None });
-                    return;
-                }
+                Ok(meta) if meta.file_type().is_fifo() => match self.lock(&file) {
+                    Ok(handoff_lock) => {
+                        ctx.health.up();
+                        self.backoff.reset();
+                        let holder = self.take_over(&file, handoff_lock);
+                        self.pipe =
+                            Some(Pipe { file, written: 0, next: 0, cursor: Cursor::default(), absent: None, holder });
+                        self.skip_handed_over();
+                        return;
+                    }
+                    Err(Errno::WOULDBLOCK) => (
+                        "previous_writer",
+                        format!(
+                            "a previous sidecar's pipe holder is still ending its archive in {}",
+                            self.path.display()
+                        ),
+                    ),
+                    Err(err) => ("open", format!("flock {}: {err}", self.path.display())),
+                },
                 Ok(_) => ("not_a_fifo", format!("{} is not a named pipe", self.path.display())),
                 Err(err) => ("open", err.to_string()),
             },
@@ -198,6 +248,57 @@ impl FifoSink {
         };
         ctx.health.failing(SinkState::Down, failure.0, &failure.1);
         self.reopen_at = Instant::now() + self.backoff.next_delay();
+    }
+
+    /// Takes the pipe's lock, and with a spool the handoff lock: both free means
+    /// no holder of an earlier open is left. Returns the handoff lock, if any.
+    fn lock(&self, pipe: &File) -> Result<Option<File>, Errno> {
+        rustix::fs::flock(pipe, FlockOperation::NonBlockingLockExclusive)?;
+        let Some(handoff) = self.holding.as_ref().and_then(|h| h.handoff.as_deref()) else { return Ok(None) };
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(handoff.with_file_name(fifo_holder::HANDOFF_LOCK))
+            .map_err(|err| Errno::from_io_error(&err).unwrap_or(Errno::IO))?;
+        rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
+        Ok(Some(lock))
+    }
+
+    /// With the locks just taken (no older holder is left), reads what the last one
+    /// handed over and starts this open's holder, which shares the locks.
+    fn take_over(&mut self, file: &File, handoff_lock: Option<File>) -> Option<Holder> {
+        let holding = self.holding.as_mut()?;
+        if let Some(handoff) = &holding.handoff {
+            let found = Handoff::read(handoff);
+            if found.last_seq > holding.handed_over {
+                tracing::info!("a previous sidecar's reader committed the batches up to seq {}", found.last_seq);
+                holding.handed_over = found.last_seq;
+            }
+            if found.unsure > holding.unsure {
+                let new = found.unsure - holding.unsure;
+                tracing::warn!("{new} archive(s) a previous sidecar was killed writing may be committed twice");
+                METRICS.fifo_unsure_archives.inc_by(new);
+                holding.unsure = found.unsure;
+            }
+        }
+        let handoff = holding.handoff.as_deref().zip(handoff_lock.as_ref());
+        Holder::spawn(file, handoff)
+            .inspect_err(|err| {
+                tracing::warn!("cannot start the pipe holder ({err}): a crash inside an archive may commit part of it");
+            })
+            .ok()
+    }
+
+    /// Acknowledges, without writing them, the batches a dead sidecar's reader
+    /// committed (replayed from the spool, they are the oldest in the queue).
+    fn skip_handed_over(&mut self) {
+        let Some(holding) = &self.holding else { return };
+        while self.queue.front().is_some_and(|a| a.end.is_none() && a.ack.last_seq <= holding.handed_over) {
+            let done = self.queue.pop_front().expect("checked above");
+            METRICS.fifo_handed_over.inc();
+            done.ack.committed(done.receipt);
+        }
     }
 
     /// With the pipe open: notices a returning reader, writes what fits, settles
@@ -216,10 +317,18 @@ impl FifoSink {
     fn write_more(&mut self) -> io::Result<()> {
         let pipe = self.pipe.as_mut().expect("called with the pipe open");
         while let Some(next) = self.queue.get_mut(pipe.next) {
-            next.end.get_or_insert(pipe.written - pipe.cursor.done() + next.archive.len);
+            if next.end.is_none() {
+                let (start, end) = (pipe.written, pipe.written + next.archive.len);
+                next.end = Some(end);
+                // Enough to reach a header from any byte, and to spoil it.
+                let poison = next.archive.longest_entry + tar::BLOCK as u64;
+                pipe.note(Note::Archive { start, end, poison, last_seq: next.ack.last_seq });
+            }
+            pipe.note(Note::Writing { from: pipe.written });
             let before = pipe.cursor.done();
             let result = vectored::write_from(&mut pipe.file, &next.archive.chunks, &mut pipe.cursor);
             pipe.written += pipe.cursor.done() - before;
+            pipe.note(Note::Wrote { total: pipe.written });
             match result {
                 Ok(()) => {
                     pipe.next += 1;
@@ -273,7 +382,10 @@ impl FifoSink {
             }
         }
         // Closed first, then reported: whoever sees the report knows the pipe is gone.
-        self.pipe = None;
+        // The holder goes quietly: no reader is left to spare a partial archive.
+        if let Some(holder) = self.pipe.take().and_then(|mut pipe| pipe.holder.take()) {
+            holder.release();
+        }
         let resent = self.queue.iter_mut().filter_map(|a| a.end.take()).count();
         METRICS.sink_retries.inc_by(resent as u64);
         ctx.health.failing(SinkState::Retrying, kind, error);
@@ -303,6 +415,7 @@ impl Sink for FifoSink {
         let archive = tar::encode_now(&commit.files);
         let receipt = ctx.receipt(self.ids.next_id(), &commit.files);
         self.queue.push_back(InFlight { archive, receipt, ack: commit.ack, end: None });
+        self.skip_handed_over();
         self.progress(Duration::ZERO, ctx);
     }
 

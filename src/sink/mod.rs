@@ -6,7 +6,8 @@
 //! sink is given), [`runner`] (the thread that drives it), [`spec`] (the `--sink`
 //! URI and `auto`), [`health`] (its state for `/readyz`), [`commit_id`],
 //! [`backoff`], and [`committer_thread`] for sinks whose commits are async work;
-//! [`reader`] reads commits back out for the HTTP API (`pfs://` and `dir:`).
+//! [`reader`] reads commits back out for the HTTP API (`pfs://` and `dir:`), and
+//! [`fifo_holder`] is the process that holds `fifo:`'s pipe across a crash.
 //!
 //! | URI | sink |
 //! |---|---|
@@ -25,6 +26,7 @@ pub mod context;
 pub mod dir;
 pub mod dir_reader;
 pub mod fifo;
+pub mod fifo_holder;
 pub mod health;
 pub mod object;
 pub mod pfs;

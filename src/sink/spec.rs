@@ -54,6 +54,10 @@ pub struct SinkSettings {
     /// The writer name for a `pfs://` URI that names none: the spool's, with
     /// `--spool-dir`, so that a restart recognises the batches it replays.
     pub writer: Option<String>,
+    /// Not `--no-fifo-holder`: `fifo:` starts a pipe holder with each open.
+    pub fifo_holder: bool,
+    /// `--spool-dir`, where the `fifo:` pipe holder hands over to a restarted sidecar.
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// A parsed `--sink`.
@@ -117,7 +121,7 @@ impl fmt::Display for SinkSpec {
 #[derive(Debug)]
 pub struct PathKind {
     pub scheme: &'static str,
-    pub open: fn(PathBuf) -> std::io::Result<Box<dyn Sink>>,
+    pub open: fn(PathBuf, &SinkSettings) -> std::io::Result<Box<dyn Sink>>,
     /// What reads its commits back, if it keeps them readable.
     pub read: Option<fn(PathBuf) -> Arc<dyn CommitReader>>,
 }
@@ -151,8 +155,8 @@ impl fmt::Display for PathSink {
 }
 
 impl OpenSink for PathSink {
-    fn open(&self, _: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
-        (self.kind.open)(self.path.clone())
+    fn open(&self, settings: &SinkSettings) -> std::io::Result<Box<dyn Sink>> {
+        (self.kind.open)(self.path.clone(), settings)
     }
 
     fn reader(&self, _: &SinkSettings) -> Arc<dyn CommitReader> {

@@ -17,6 +17,7 @@ mod deploy;
 mod docs_pages;
 mod downstream;
 mod fifo_chaos;
+mod fifo_holder;
 mod fifo_sink;
 mod fuzz_checks;
 mod hostile_clients;

@@ -1,10 +1,23 @@
 //! A named-pipe reader that behaves as a Pachyderm 1.x spout's reader does, for
 //! tests of anything that writes spout archives into a FIFO.
 //!
-//! Like Pachyderm >= 1.11.3 it keeps the pipe open, skips stray zero blocks between
-//! archives, reads exactly one archive per commit in 512-byte blocks (never a byte
-//! past the end-of-archive marker) and discards an archive cut short by EOF. In
-//! [`Mode::ReopenEachArchive`] it closes the pipe after each archive and opens it
+//! It follows Pachyderm v1.11.3 to v1.13.4 (`ReceiveSpout`, `getNextTarStream`,
+//! `skipReader` in `src/server/worker/pipeline/common.go`) and Go's `archive/tar`
+//! under it: it keeps the pipe open, skips stray zero blocks between archives,
+//! reads one archive through the tar reader (never a byte past its end-of-archive
+//! marker) and commits it. What a writer that vanishes inside an archive leaves
+//! depends on where its bytes stop, as in Go:
+//! - inside a header, or inside an entry's data (`io.ErrUnexpectedEOF`), or on a
+//!   header whose checksum fails (`tar.ErrHeader`): nothing is committed; the spout
+//!   fails and its worker restarts it on a new FIFO after a backoff;
+//! - exactly at an entry's end, inside its padding, or after one end-of-archive
+//!   block: Go's reader sees a clean io.EOF, and **the entries read whole so far are
+//!   committed**, a prefix of the batch;
+//! - where an archive would start (or inside stray zero blocks): the writer left
+//!   between archives; the reader keeps its end open and waits for the next writer
+//!   (`openAndWait`).
+//!
+//! In [`Mode::ReopenEachArchive`] it closes the pipe after each archive and opens it
 //! again, as older Pachyderm did. A reader can also be started paused (it holds the
 //! pipe open and reads nothing: a stalled consumer) or made to die inside an
 //! archive (it closes the pipe there, as a killed process would) or leave after a
@@ -26,6 +39,8 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{mkfifoat, OFlags, CWD};
 
 const BLOCK: usize = 512;
+/// How long a failed spout waits before its worker starts it again.
+const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 
 /// One committed archive: its files as (name, bytes), in archive order.
 pub type Commit = Vec<(String, Vec<u8>)>;
@@ -36,18 +51,30 @@ pub enum Next {
     Commit(Commit),
     /// The stream ended where an archive would start.
     End,
-    /// The stream ended inside an archive, which the reader discards.
+    /// The stream ended inside an archive, or went wrong there.
     Truncated,
 }
 
 /// Reads the next archive from `stream` as the reader does from its pipe: never a
-/// byte past the archive's end. For readers of other streams (another process's
-/// record of what it consumed) that must draw the same boundaries.
+/// byte past the archive's end. For another process's record of what it consumed,
+/// whose end is that process dying: an archive it did not read whole it never
+/// committed, even where a writer's EOF there would have committed a prefix.
 pub fn next_commit(stream: &mut impl Read) -> Next {
     match read_archive(stream, &Control::default()) {
         Outcome::Archive(bytes) => Next::Commit(decode(&bytes)),
         Outcome::Eof => Next::End,
-        Outcome::Truncated | Outcome::Died => Next::Truncated,
+        Outcome::Prefix(_) | Outcome::Failed(_) | Outcome::Died => Next::Truncated,
+    }
+}
+
+/// What the reader does with the first archive of `stream` when the writer's EOF
+/// ends the stream: commit it (whole or a prefix), wait for the next writer
+/// (`End`), or fail (`Truncated`). For checks of these rules against Go's.
+pub fn at_writer_eof(stream: &mut impl Read) -> Next {
+    match read_archive(stream, &Control::default()) {
+        Outcome::Archive(bytes) | Outcome::Prefix(bytes) => Next::Commit(decode(&bytes)),
+        Outcome::Eof => Next::End,
+        Outcome::Failed(_) | Outcome::Died => Next::Truncated,
     }
 }
 
@@ -68,6 +95,10 @@ struct Control {
     /// Close the pipe and end after this many archives, between two archives.
     leave_after: Option<usize>,
     bytes_read: AtomicU64,
+    /// Archives that failed (the spout restarted on a new FIFO).
+    failures: AtomicU64,
+    /// Archives cut short at a clean EOF, whose first entries were committed.
+    prefixes: AtomicU64,
 }
 
 /// A reader running on its own thread; see the module comment.
@@ -80,10 +111,13 @@ pub struct PachydermReader {
 /// How one attempt to read an archive ended.
 enum Outcome {
     Archive(Vec<u8>),
+    /// A clean EOF inside an archive: the entries read whole, ended as Go's tar
+    /// writer ends the copy Pachyderm commits.
+    Prefix(Vec<u8>),
     /// EOF where an archive would start: the writer closed between archives.
     Eof,
-    /// EOF inside an archive: discarded, as Pachyderm does.
-    Truncated,
+    /// Go's tar reader returned an error: nothing committed, the spout restarts.
+    Failed(&'static str),
     /// Told to die inside an archive.
     Died,
 }
@@ -120,6 +154,16 @@ impl PachydermReader {
 
     pub fn resume(&self) {
         self.control.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Archives that failed, each restarting the spout on a new FIFO.
+    pub fn failures(&self) -> u64 {
+        self.control.failures.load(Ordering::SeqCst)
+    }
+
+    /// Archives cut short at a clean EOF, of which the reader committed a prefix.
+    pub fn prefixes(&self) -> u64 {
+        self.control.prefixes.load(Ordering::SeqCst)
     }
 
     pub fn bytes_read(&self) -> u64 {
@@ -181,92 +225,174 @@ pub fn is_full(fifo: &Path) -> bool {
 
 fn read_commits(path: &Path, mode: Mode, control: &Control) -> Vec<Commit> {
     let mut commits = Vec::new();
+    // Blocks until a writer has the pipe open, as Pachyderm's open does.
+    let mut pipe = File::open(path).expect("open the FIFO for reading");
     while !control.stop.load(Ordering::SeqCst) {
-        // Blocks until a writer has the pipe open, as Pachyderm's open does.
-        let mut pipe = File::open(path).expect("open the FIFO for reading");
-        loop {
-            match read_archive(&mut pipe, control) {
-                Outcome::Archive(bytes) => {
-                    commits.push(decode(&bytes));
-                    if control.leave_after == Some(commits.len()) {
-                        return commits;
-                    }
-                    if mode == Mode::ReopenEachArchive || control.stop.load(Ordering::SeqCst) {
-                        break;
-                    }
+        match read_archive(&mut pipe, control) {
+            Outcome::Archive(bytes) => {
+                commits.push(decode(&bytes));
+                if control.leave_after == Some(commits.len()) {
+                    return commits;
                 }
-                Outcome::Eof | Outcome::Truncated => break,
-                Outcome::Died => return commits,
+                if mode == Mode::ReopenEachArchive {
+                    drop(pipe);
+                    pipe = File::open(path).expect("open the FIFO for reading");
+                }
             }
+            // Pachyderm's `openAndWait`: the same read end stays open, and opening
+            // the path again blocks until a writer is there.
+            Outcome::Eof if !control.stop.load(Ordering::SeqCst) => drop(File::open(path)),
+            Outcome::Eof => {}
+            Outcome::Prefix(bytes) => {
+                control.prefixes.fetch_add(1, Ordering::SeqCst);
+                let files = decode(&bytes);
+                eprintln!("pachyderm reader: a clean EOF inside an archive; committing the {} files read", files.len());
+                commits.push(files);
+            }
+            Outcome::Failed(why) => {
+                control.failures.fetch_add(1, Ordering::SeqCst);
+                eprintln!("pachyderm reader: {why}; the spout restarts on a new FIFO");
+                drop(pipe);
+                renew_fifo(path);
+                std::thread::sleep(RESTART_BACKOFF);
+                pipe = File::open(path).expect("open the new FIFO for reading");
+            }
+            Outcome::Died => return commits,
         }
     }
     commits
 }
 
+/// A failed spout's worker makes `/pfs/out` afresh: a writer still holding the old
+/// pipe has no reader any more, and whatever was left in it is gone.
+fn renew_fifo(path: &Path) {
+    std::fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+    mkfifoat(CWD, path, rustix::fs::Mode::from_raw_mode(0o600))
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
+}
+
+/// How a short read ended a stretch of the stream.
+enum Fill {
+    Full,
+    /// EOF after this many bytes (fewer than asked).
+    Short(usize),
+    Died,
+}
+
+/// One archive as Pachyderm's `getNextTarStream` reads it through Go's `archive/tar`:
+/// stray zero blocks first (its `skipReader`), then header after header. Where EOF
+/// lands decides the outcome, exactly as Go's reader decides it: see [`Outcome`].
 fn read_archive(pipe: &mut impl Read, control: &Control) -> Outcome {
-    let must_die = || control.die_after.is_some_and(|limit| control.bytes_read.load(Ordering::SeqCst) >= limit);
     let mut archive = Vec::new();
+    let mut block = [0; BLOCK];
+    // `skipReader`: whole zero blocks are dropped; EOF before a whole non-zero block,
+    // even a partial one, is the first `Next()` returning io.EOF.
     loop {
-        let Some(header) = read_block(pipe, control) else {
-            return if archive.is_empty() { Outcome::Eof } else { Outcome::Truncated };
-        };
-        if is_zero(&header) {
-            if archive.is_empty() {
-                continue; // a stray zero block between archives
-            }
-            archive.extend_from_slice(&header);
-            // The end-of-archive marker is two zero blocks; the archive ends after both.
-            let Some(second) = read_block(pipe, control) else { return Outcome::Truncated };
-            archive.extend_from_slice(&second);
-            return Outcome::Archive(archive);
+        match fill(pipe, &mut block, control, true) {
+            Fill::Full if is_zero(&block) => continue,
+            Fill::Full => break,
+            Fill::Short(_) => return Outcome::Eof,
+            Fill::Died => return Outcome::Died,
         }
-        archive.extend_from_slice(&header);
-        if must_die() {
-            return Outcome::Died;
+    }
+    // The end of the last regular entry's data: what a clean EOF commits.
+    let mut committed_end = None;
+    loop {
+        if is_zero(&block) {
+            archive.extend_from_slice(&block);
+            // Never dies on the read that ends the archive: it would be read whole
+            // and not committed, which no real reader's death looks like to a writer.
+            return match fill(pipe, &mut block, control, false) {
+                Fill::Full if is_zero(&block) => {
+                    archive.extend_from_slice(&block);
+                    Outcome::Archive(archive)
+                }
+                Fill::Full => Outcome::Failed("tar: invalid header (a zero block, then a non-zero one)"),
+                Fill::Short(0) => clean_eof(archive, committed_end),
+                Fill::Short(_) => Outcome::Failed("unexpected EOF in the second end-of-archive block"),
+                Fill::Died => Outcome::Died,
+            };
         }
-        let header = tar::Header::from_byte_slice(&header);
-        assert_eq!(
-            header.cksum().ok(),
-            Some(checksum(header.as_bytes())),
-            "a valid tar header: did the reader start inside an archive?"
-        );
-        let size = header.entry_size().expect("a header's size");
-        for _ in 0..size.div_ceil(BLOCK as u64) {
-            let Some(data) = read_block(pipe, control) else { return Outcome::Truncated };
-            archive.extend_from_slice(&data);
-            if must_die() {
-                return Outcome::Died;
+        if !checksum_ok(&block) {
+            return Outcome::Failed("tar: invalid header (checksum)");
+        }
+        archive.extend_from_slice(&block);
+        let header = tar::Header::from_byte_slice(&block);
+        let size = header.entry_size().expect("a header's size") as usize;
+        let regular = header.entry_type() == tar::EntryType::Regular;
+        let mut data = vec![0; size.div_ceil(BLOCK) * BLOCK];
+        match fill(pipe, &mut data, control, true) {
+            Fill::Full => {}
+            // Go's reader returns the data, then io.EOF from `Next()` in the padding.
+            Fill::Short(read) if read >= size => {
+                archive.extend_from_slice(&data[..size]);
+                let end = if regular { Some(archive.len()) } else { committed_end };
+                return clean_eof(archive, end);
             }
+            Fill::Short(_) => return Outcome::Failed("unexpected EOF in an entry's data"),
+            Fill::Died => return Outcome::Died,
+        }
+        archive.extend_from_slice(&data);
+        if regular {
+            committed_end = Some(archive.len() - (data.len() - size));
+        }
+        match fill(pipe, &mut block, control, true) {
+            Fill::Full => {}
+            Fill::Short(0) => return clean_eof(archive, committed_end),
+            Fill::Short(_) => return Outcome::Failed("unexpected EOF in a header"),
+            Fill::Died => return Outcome::Died,
         }
     }
 }
 
-/// Reads one 512-byte block; `None` at EOF (whole or partial block).
-fn read_block(pipe: &mut impl Read, control: &Control) -> Option<[u8; BLOCK]> {
+/// Go's `Next()` returned io.EOF inside an archive: `copyTar` takes it for the end,
+/// and Pachyderm commits the entries read whole so far (a GNU long name whose entry
+/// never came is dropped). Before the first entry, it is the end of the stream.
+fn clean_eof(mut archive: Vec<u8>, committed_end: Option<usize>) -> Outcome {
+    let Some(end) = committed_end else { return Outcome::Eof };
+    archive.truncate(end);
+    archive.resize(end.div_ceil(BLOCK) * BLOCK + 2 * BLOCK, 0);
+    Outcome::Prefix(archive)
+}
+
+/// Reads until `buf` is full or EOF; counts what it reads and, if it `may_die`,
+/// dies when told.
+fn fill(pipe: &mut impl Read, buf: &mut [u8], control: &Control, may_die: bool) -> Fill {
+    let must_die =
+        || may_die && control.die_after.is_some_and(|limit| control.bytes_read.load(Ordering::SeqCst) >= limit);
     while control.paused.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let mut block = [0; BLOCK];
     let mut filled = 0;
-    while filled < BLOCK {
-        match pipe.read(&mut block[filled..]) {
-            Ok(0) => return None,
+    while filled < buf.len() {
+        // Never more than a block at a time, so that dying lands inside an archive.
+        let upto = buf.len().min(filled + BLOCK);
+        match pipe.read(&mut buf[filled..upto]) {
+            Ok(0) => return Fill::Short(filled),
             Ok(n) => {
                 filled += n;
                 control.bytes_read.fetch_add(n as u64, Ordering::SeqCst);
+                if must_die() {
+                    return Fill::Died;
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!("reading the FIFO: {e}"),
         }
     }
-    Some(block)
+    Fill::Full
 }
 
-/// A header's checksum: the sum of its bytes, the checksum field counted as spaces.
-fn checksum(header: &[u8; BLOCK]) -> u32 {
-    let field = 148..156;
-    let sum: u32 = header.iter().enumerate().filter(|(i, _)| !field.contains(i)).map(|(_, &b)| u32::from(b)).sum();
-    sum + 8 * u32::from(b' ')
+/// Go's `getFormat`: the checksum field, octal, must equal the header's sum with
+/// that field counted as spaces (unsigned or signed bytes).
+fn checksum_ok(block: &[u8; BLOCK]) -> bool {
+    let field = std::str::from_utf8(&block[148..156]).ok().map(|f| f.trim_matches([' ', '\0']));
+    let Some(Ok(stored)) = field.filter(|f| !f.is_empty()).map(|f| u32::from_str_radix(f, 8)) else { return false };
+    let spaces = 8 * u32::from(b' ');
+    let outside = |i: &usize| !(148..156).contains(i);
+    let unsigned: u32 = block.iter().enumerate().filter(|(i, _)| outside(i)).map(|(_, &b)| u32::from(b)).sum();
+    let signed: i64 = block.iter().enumerate().filter(|(i, _)| outside(i)).map(|(_, &b)| i64::from(b as i8)).sum();
+    stored == unsigned + spaces || i64::from(stored) == signed + i64::from(spaces)
 }
 
 fn is_zero(block: &[u8]) -> bool {
