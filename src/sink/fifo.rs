@@ -10,8 +10,10 @@
 //! many of them still sit unread in the pipe, so `consumed = written - unread`, and
 //! every archive that ends at or before `consumed` is acknowledged.
 //!
-//! **When the reader goes away** (`EPIPE` on a write, `POLLERR` from poll), the sink
-//! first settles what the reader consumed, while the pipe can still tell. Then:
+//! **When the reader goes away** (`EPIPE` on a write, `POLLERR` from poll) and is
+//! not back already (a reader that reopens the pipe after each archive often is,
+//! reading on), the sink first settles what the reader consumed, while the pipe
+//! can still tell. Then:
 //! - the reader left between two archives (`consumed` is an archive's first byte):
 //!   what is left in the pipe begins with a whole archive, so the pipe stays open
 //!   for the next reader. Older Pachyderm closes and reopens the pipe after each
@@ -373,6 +375,15 @@ impl FifoSink {
 
     /// The reader is gone: see the module comment for what happens and why.
     fn reader_left(&mut self, kind: &str, error: &dyn std::fmt::Display, ctx: &SinkContext) {
+        let pipe = self.pipe.as_ref().expect("called with the pipe open");
+        if vectored::poll_writable(pipe.file.as_fd(), false, Duration::ZERO).is_ok_and(|ready| !ready.reader_gone) {
+            // A reader is back already: one that reopens the pipe after each archive
+            // (older Pachyderm) and is reading on where it left. What it has read of
+            // the next archive says nothing of where it left, and closing the pipe
+            // now would not drop what is in it but hand it to this reader, archives
+            // it then reads whole included, to be sent again. So the pipe stays.
+            return;
+        }
         if let Ok(consumed) = self.commit_consumed() {
             let between_archives = self.queue.front().and_then(InFlight::start).is_none_or(|s| s == consumed);
             if between_archives {
