@@ -1,11 +1,13 @@
 //! The HTTP API, served the same on TCP and on a Unix socket.
 //!
-//! This module owns connections and routing; `messages` is the ingest endpoint,
+//! This module owns connections and routing; `messages` is the ingest endpoint
+//! (`encoding` undoes its bodies' `Content-Encoding`, `query` reads its options),
 //! `admin` the flush, health, status and metrics endpoints, `reply` the JSON
 //! answers. Every answer is counted in `spout_requests_total{code}` and timed in
 //! `spout_request_duration_seconds{route,code}`.
 
 mod admin;
+mod encoding;
 mod messages;
 mod query;
 mod reply;
