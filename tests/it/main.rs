@@ -15,6 +15,7 @@ mod clients;
 mod crash;
 mod deploy;
 mod docs_pages;
+mod encodings;
 mod fifo_chaos;
 mod fifo_sink;
 mod fuzz_checks;

@@ -1,5 +1,5 @@
 //! `POST /messages`: read the body within its limits, undoing its `Content-Encoding` as it
-//! arrives, cut it into messages by its `Content-Type`,
+//! arrives, cut it into messages by the framing it names or its `Content-Type`,
 //! admit it all or nothing, and answer 202, or 200 once committed with `wait=commit`.
 //! A request with `Idempotency-Key` that was seen before is answered from the first.
 
@@ -92,7 +92,7 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
     let ticket = match idempotency_key(&headers)? {
         None => None,
         Some(key) => {
-            let fingerprint = fingerprint(&body, content_type.as_deref(), options.file.as_deref());
+            let fingerprint = fingerprint(&body, content_type.as_deref(), options.framing, options.file.as_deref());
             loop {
                 match api.idempotency.begin(key, fingerprint) {
                     Begin::First(ticket) => break Some(ticket),
@@ -174,7 +174,7 @@ async fn receive(api: &Api, request: Request<Body>) -> Result<Received, Rejectio
     }
     let headers = request.headers().clone();
     let content_type = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
-    let framing = Framing::from_content_type(content_type.as_deref())?;
+    let framing = Framing::choose(options.framing, content_type.as_deref())?;
     let coding = Coding::from_headers(&headers).map_err(|e| undecodable(e, Coding::Identity, false))?;
     let body =
         tokio::time::timeout(api.body_timeout, read_body(api, request, coding, &framing)).await.map_err(|_| {

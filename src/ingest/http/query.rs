@@ -2,12 +2,16 @@
 
 use hyper::header::HeaderMap;
 
+use crate::ingest::framing::Named;
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RequestOptions {
     /// `?file=` or `Spout-File:`: the file name of the request's messages.
     pub file: Option<String>,
     /// `?wait=commit` or `Spout-Wait: commit`.
     pub wait_commit: bool,
+    /// `?framing=` or `Spout-Framing:`: how to cut the body, whatever its `Content-Type`.
+    pub framing: Option<Named>,
 }
 
 /// A request option that cannot be understood (answered 400 `bad_request`).
@@ -17,6 +21,8 @@ pub enum BadOption {
     NotUtf8(&'static str),
     #[error("wait must be `commit` (or `none`), not `{0}`")]
     Wait(String),
+    #[error("framing must be one of raw, ndjson, frames, multipart, json-array, not `{0}`")]
+    Framing(String),
 }
 
 impl RequestOptions {
@@ -33,10 +39,14 @@ impl RequestOptions {
         if let Some(value) = header("spout-wait", "Spout-Wait")? {
             options.wait_commit = wait_value(value)?;
         }
+        if let Some(value) = header("spout-framing", "Spout-Framing")? {
+            options.framing = Some(framing_value(value)?);
+        }
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*key {
                 "file" => options.file = Some(value.into_owned()),
                 "wait" => options.wait_commit = wait_value(&value)?,
+                "framing" => options.framing = Some(framing_value(&value)?),
                 _ => {}
             }
         }
@@ -52,6 +62,10 @@ fn wait_value(value: &str) -> Result<bool, BadOption> {
     }
 }
 
+fn framing_value(value: &str) -> Result<Named, BadOption> {
+    value.trim().parse().map_err(|_| BadOption::Framing(value.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,7 +75,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("spout-file", "from/header.txt".parse().unwrap());
         let options = RequestOptions::parse(Some("wait=commit&file=a%2Fb.json&x=1"), &headers).unwrap();
-        assert_eq!(options, RequestOptions { file: Some("a/b.json".into()), wait_commit: true });
+        assert_eq!(options, RequestOptions { file: Some("a/b.json".into()), wait_commit: true, framing: None });
         let options = RequestOptions::parse(None, &headers).unwrap();
         assert_eq!(options.file.as_deref(), Some("from/header.txt"));
         assert_eq!(
@@ -71,5 +85,22 @@ mod tests {
         let mut latin1 = HeaderMap::new();
         latin1.insert("spout-wait", hyper::header::HeaderValue::from_bytes(b"comm\xe9t").unwrap());
         assert_eq!(RequestOptions::parse(None, &latin1), Err(BadOption::NotUtf8("Spout-Wait")));
+    }
+
+    #[test]
+    fn framing_by_query_or_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert("spout-framing", "ndjson".parse().unwrap());
+        assert_eq!(RequestOptions::parse(None, &headers).unwrap().framing, Some(Named::Ndjson));
+        let options = RequestOptions::parse(Some("framing=json-array"), &headers).unwrap();
+        assert_eq!(options.framing, Some(Named::JsonArray), "the query wins");
+        for (name, named) in [("raw", Named::Raw), ("frames", Named::Frames), ("multipart", Named::Multipart)] {
+            let options = RequestOptions::parse(Some(&format!("framing={name}")), &HeaderMap::new()).unwrap();
+            assert_eq!(options.framing, Some(named));
+        }
+        assert_eq!(
+            RequestOptions::parse(Some("framing=json"), &HeaderMap::new()).unwrap_err().to_string(),
+            "framing must be one of raw, ndjson, frames, multipart, json-array, not `json`"
+        );
     }
 }
