@@ -32,6 +32,7 @@ mod pfs_sink;
 mod pfs_writers;
 mod pipe_sinks;
 mod schemathesis;
+mod senders;
 mod shutdown;
 mod sink_outages;
 mod spool;
