@@ -1,5 +1,6 @@
 //! Decoding throughput of each body framing, on a 4 MiB body arriving in 64 KiB
-//! chunks as hyper hands it over, and of the raw socket's incremental splitter.
+//! chunks as hyper hands it over (json-array holds the same messages as ndjson, its
+//! baseline), and of the raw socket's incremental splitter.
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -24,6 +25,8 @@ fn bodies() -> Vec<(&'static str, Framing, Vec<u8>)> {
     let ndjson: Vec<u8> = messages.iter().flat_map(|m| m.iter().copied().chain([b'\n'])).collect();
     let frames: Vec<u8> =
         messages.iter().flat_map(|m| (m.len() as u32).to_be_bytes().into_iter().chain(m.iter().copied())).collect();
+    // The same messages as one JSON array, as Fluent Bit's and Vector's json outputs send them.
+    let json_array = [&b"["[..], &messages.join(&b',')[..], b"]"].concat();
     let boundary = "bench-boundary-1f2e3d";
     let mut multipart = Vec::new();
     for part in 0..64 {
@@ -38,6 +41,7 @@ fn bodies() -> Vec<(&'static str, Framing, Vec<u8>)> {
     vec![
         ("ndjson", Framing::Lines, ndjson),
         ("frames", Framing::Frames, frames),
+        ("json-array", Framing::JsonArray, json_array),
         ("multipart", Framing::Multipart { boundary: boundary.into() }, multipart),
         ("whole", Framing::Whole, vec![b'w'; BODY_BYTES]),
     ]

@@ -108,11 +108,11 @@ pub struct Options {
     #[arg(long, env = "SPOUT_BLOCK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DUR")]
     pub block_timeout: Duration,
 
-    /// Largest single message; larger ones get 413.
+    /// Largest single message (of a compressed body, once decoded); larger ones get 413.
     #[arg(long, env = "SPOUT_MAX_MESSAGE_BYTES", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_message_bytes: u64,
 
-    /// Largest request body; larger ones get 413 before they are read.
+    /// Largest request body, compressed and decoded alike; larger ones get 413 before they are read (a compressed one as soon as it decodes past it).
     #[arg(long, env = "SPOUT_MAX_REQUEST_BYTES", default_value = "128MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_request_bytes: u64,
 

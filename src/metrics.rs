@@ -119,7 +119,7 @@ impl Metrics {
             bytes_received: counter_vec(r, "bytes_received_total", "Payload bytes accepted into the buffer, by transport.", &["transport"]),
             requests: counter_vec(r, "requests_total", "HTTP requests answered, by status code.", &["code"]),
             request_duration,
-            messages_rejected: counter_vec(r, "messages_rejected_total", "Requests or raw-socket frames refused, by reason (bad_framing, too_large, bad_file_name, overloaded, unauthorized, draining, sink_down).", &["reason"]),
+            messages_rejected: counter_vec(r, "messages_rejected_total", "Requests or raw-socket frames refused, by reason (bad_framing, bad_encoding, unsupported_encoding, too_large, bad_file_name, overloaded, unauthorized, draining, sink_down).", &["reason"]),
             batches_committed: counter_vec(r, "batches_committed_total", "Batches committed by the sink, by what sealed them (bytes, messages, age, flush, shutdown).", &["reason"]),
             batches_failed: counter(r, "batches_failed_total", "Batches the sink gave up on; their waiting requests got commit_failed."),
             messages_committed: counter(r, "messages_committed_total", "Messages in committed batches."),
@@ -209,6 +209,8 @@ mod known {
     pub const CODES: &[&str] = &["200", "202", "400", "401", "404", "405", "408", "413", "422", "502", "503"];
     pub const REJECTION_REASONS: &[&str] = &[
         "bad_framing",
+        "bad_encoding",
+        "unsupported_encoding",
         "bad_request",
         "bad_file_name",
         "too_large",

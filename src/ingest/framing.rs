@@ -1,17 +1,20 @@
-//! Turns a request body into messages, by `Content-Type`.
+//! Turns a request body into messages, by the framing the request names
+//! (`?framing=` / `Spout-Framing:`, see [`Named`]) or else by its `Content-Type`.
 //!
-//! | Content-Type (parameters and case ignored) | messages |
-//! |---|---|
-//! | `application/x-ndjson` | each line ([`split`] has the rules: `\n` ends a line, empty lines are skipped) |
-//! | `application/vnd.spout.frames` | each 4-byte big-endian length + bytes |
-//! | `multipart/form-data; boundary=...` | each part ([`multipart`]) |
-//! | anything else, or none | the whole body, even an empty one |
+//! | framing name | Content-Type (parameters and case ignored) | messages |
+//! |---|---|---|
+//! | `ndjson` | `application/x-ndjson` | each line ([`split`] has the rules: `\n` ends a line, empty lines are skipped) |
+//! | `frames` | `application/vnd.spout.frames` | each 4-byte big-endian length + bytes |
+//! | `multipart` | `multipart/form-data; boundary=...` | each part ([`multipart`]) |
+//! | `json-array` | none: `application/json` is one message | each element of one JSON array ([`json_array`]) |
+//! | `raw` | anything else, or none | the whole body, even an empty one |
 //!
 //! Messages are zero-copy slices of the chunks the body arrived in, except multipart
 //! parts (see [`multipart`]). Decoding is all or nothing: the first malformed frame,
 //! oversize message or bad file name fails the whole body, and the error's `message`
 //! (returned to the client) says which line, frame or part and what was wrong.
 
+pub mod json_array;
 pub mod multipart;
 pub mod split;
 
@@ -39,6 +42,19 @@ pub enum Framing {
     Frames,
     /// `multipart/form-data` with this boundary: each part.
     Multipart { boundary: String },
+    /// One JSON array: each element.
+    JsonArray,
+}
+
+/// A framing chosen by name, for senders that cannot set `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumString)]
+#[strum(serialize_all = "kebab-case")]
+pub enum Named {
+    Raw,
+    Ndjson,
+    Frames,
+    Multipart,
+    JsonArray,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +105,19 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Framing {
+    /// The framing a request asks for: by name if it names one, else by `Content-Type`.
+    /// `multipart` by name still takes its boundary from `Content-Type`.
+    pub fn choose(named: Option<Named>, content_type: Option<&str>) -> Result<Framing, DecodeError> {
+        Ok(match named {
+            None => Framing::from_content_type(content_type)?,
+            Some(Named::Raw) => Framing::Whole,
+            Some(Named::Ndjson) => Framing::Lines,
+            Some(Named::Frames) => Framing::Frames,
+            Some(Named::JsonArray) => Framing::JsonArray,
+            Some(Named::Multipart) => Framing::Multipart { boundary: multipart::boundary(content_type.unwrap_or(""))? },
+        })
+    }
+
     /// The framing `Content-Type` asks for: its media type decides; one that is
     /// not a media type at all is "anything else".
     pub fn from_content_type(content_type: Option<&str>) -> Result<Framing, DecodeError> {
@@ -151,6 +180,10 @@ pub async fn decode(
             Ok(messages)
         }
         Framing::Multipart { boundary } => multipart::decode(boundary, body, name, max_message_bytes).await,
+        Framing::JsonArray => {
+            // Appended to one file, elements become NDJSON, as lines do.
+            Ok(json_array::split(Chunks::from(body), max_message_bytes)?.into_iter().map(|e| named(e, true)).collect())
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use tokio::sync::watch;
 
+use super::framing::Named;
 use crate::ack::Verdict;
 use crate::batch::SeqRange;
 use crate::metrics::METRICS;
@@ -141,10 +142,11 @@ impl Drop for Ticket {
     }
 }
 
-/// A fingerprint of what makes two requests "the same": body and options.
-pub fn fingerprint(body: &[Bytes], content_type: Option<&str>, file: Option<&str>) -> u64 {
+/// A fingerprint of what makes two requests "the same": the decoded body and the options.
+pub fn fingerprint(body: &[Bytes], content_type: Option<&str>, framing: Option<Named>, file: Option<&str>) -> u64 {
     let mut hasher = DefaultHasher::new();
     content_type.hash(&mut hasher);
+    framing.hash(&mut hasher);
     file.hash(&mut hasher);
     for chunk in body {
         hasher.write(chunk);

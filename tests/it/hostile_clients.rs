@@ -19,13 +19,6 @@ fn start(dir: &Path, extra: &[&str]) -> Sidecar {
     Sidecar::start(&[&["--sink", sink.as_str()][..], extra].concat())
 }
 
-/// The peak resident memory of the sidecar so far (`VmHWM`), in KiB.
-fn peak_rss_kib(sidecar: &Sidecar) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", sidecar.child.id())).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Writes `bytes` one at a time, `gap` apart, for up to 300 bytes, until the server
 /// closes the connection; says whether it did.
 fn trickle_until_closed(stream: &mut TcpStream, bytes: &[u8], gap: Duration) -> bool {
@@ -143,7 +136,7 @@ fn stream_huge_body(sidecar: &Sidecar, head: String, piece: Vec<u8>) -> (client:
 fn a_10_gib_body_is_refused_with_413_without_being_buffered() {
     let tmp = tempfile::tempdir().unwrap();
     let sidecar = start(tmp.path(), &["--max-request-bytes", "4MiB"]);
-    let before = peak_rss_kib(&sidecar);
+    let before = sidecar.peak_rss_kib();
 
     // Declared: refused from the headers, before a byte of the body is read.
     let head = format!("POST /messages HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 10 * GIB);
@@ -162,7 +155,7 @@ fn a_10_gib_body_is_refused_with_413_without_being_buffered() {
 
     // What is read of a body within the limit is held until the request is whole,
     // so the peak may grow by the limit (4 MiB), never by what was sent.
-    let grown = peak_rss_kib(&sidecar).saturating_sub(before);
+    let grown = sidecar.peak_rss_kib().saturating_sub(before);
     eprintln!("peak RSS {before} KiB before, grew by {grown} KiB");
     assert!(grown < 32 << 10, "peak RSS grew by {grown} KiB: the body was buffered");
     let ok = client::post(&sidecar.addr, "/messages?wait=commit", "text/plain", b"still serving");

@@ -152,6 +152,7 @@ fn every_documented_answer_is_real_and_matches_its_schema() {
     conf.record("POST", "/messages", &client::post(&addr, "/messages", "text/plain", b"no token"));
     conf.record("POST", "/messages", &post("/messages", &[], &[b'x'; 2048]));
     conf.record("POST", "/messages", &post("/messages?file=../up", &[], b"x"));
+    conf.record("POST", "/messages", &post("/messages", &[("Content-Encoding", "br")], b"x"));
     let mut slow = Connection::tcp(&addr);
     let slow_answer =
         slow.raw(b"POST /messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nContent-Length: 10\r\n\r\n1");

@@ -177,6 +177,11 @@ impl From<Vec<Bytes>> for Chunks {
 }
 
 impl Chunks {
+    /// The chunks, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &Bytes> {
+        self.chunks.iter()
+    }
+
     /// Removes the first `count` bytes, adding them to `kept` as chunk slices if given.
     fn advance(&mut self, count: usize, mut kept: Option<&mut Payload>) {
         assert!(count <= self.len, "advancing {count} bytes past the {} left", self.len);

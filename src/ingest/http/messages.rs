@@ -1,4 +1,5 @@
-//! `POST /messages`: read the body within its limit, decode it by `Content-Type`,
+//! `POST /messages`: read the body within its limits, undoing its `Content-Encoding` as it
+//! arrives, cut it into messages by the framing it names or its `Content-Type`,
 //! admit it all or nothing, and answer 202, or 200 once committed with `wait=commit`
 //! (and once the pipelines downstream have finished with `wait=downstream`).
 //! A request with `Idempotency-Key` that was seen before is answered from the first.
@@ -13,12 +14,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming as Body;
-use hyper::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT_ENCODING, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use super::commits;
+use super::encoding::{self, Coding, Decoder, EncodingError};
 use super::query::{RequestOptions, Wait};
 use super::reply::{self, Reply};
 use super::Api;
@@ -95,7 +97,7 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
     let ticket = match idempotency_key(&headers)? {
         None => None,
         Some(key) => {
-            let fingerprint = fingerprint(&body, content_type.as_deref(), options.file.as_deref());
+            let fingerprint = fingerprint(&body, content_type.as_deref(), options.framing, options.file.as_deref());
             loop {
                 match api.idempotency.begin(key, fingerprint) {
                     Begin::First(ticket) => break Some(ticket),
@@ -181,14 +183,16 @@ async fn receive(api: &Api, request: Request<Body>) -> Result<Received, Rejectio
     }
     let headers = request.headers().clone();
     let content_type = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
-    let framing = Framing::from_content_type(content_type.as_deref())?;
-    let body = tokio::time::timeout(api.body_timeout, read_body(api, request)).await.map_err(|_| {
-        Rejection::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            format!("the body did not arrive within --body-timeout ({:?})", api.body_timeout),
-        )
-    })??;
+    let framing = Framing::choose(options.framing, content_type.as_deref())?;
+    let coding = Coding::from_headers(&headers).map_err(|e| undecodable(e, Coding::Identity, false))?;
+    let body =
+        tokio::time::timeout(api.body_timeout, read_body(api, request, coding, &framing)).await.map_err(|_| {
+            Rejection::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!("the body did not arrive within --body-timeout ({:?})", api.body_timeout),
+            )
+        })??;
     Ok(Received { options, headers, content_type, framing, body })
 }
 
@@ -285,9 +289,15 @@ async fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict, opti
     }
 }
 
-/// Reads the whole body as the chunks it arrived in, refusing it (413) as soon as
-/// it passes `--max-request-bytes`, before reading further.
-async fn read_body(api: &Api, request: Request<Body>) -> Result<Vec<Bytes>, Rejection> {
+/// Reads the whole body, decoding its `Content-Encoding` as it arrives, and refuses it
+/// (413) as soon as it passes `--max-request-bytes`, coded or decoded, before reading
+/// further. A body that is one message is held to `--max-message-bytes` the same way.
+async fn read_body(
+    api: &Api,
+    request: Request<Body>,
+    coding: Coding,
+    framing: &Framing,
+) -> Result<Vec<Bytes>, Rejection> {
     let limit = api.max_request_bytes;
     let too_large = |size: &str| {
         Rejection::new(
@@ -301,8 +311,10 @@ async fn read_body(api: &Api, request: Request<Body>) -> Result<Vec<Bytes>, Reje
     if let Some(declared) = declared.filter(|&n| n > limit) {
         return Err(too_large(&format!("{declared} bytes")));
     }
+    let one_message = *framing == Framing::Whole && api.max_message_bytes < limit;
+    let decoded_limit = if one_message { api.max_message_bytes } else { limit };
+    let mut decoder = Decoder::new(coding, decoded_limit);
     let mut body = request.into_body();
-    let mut chunks = Vec::new();
     let mut total = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
@@ -313,10 +325,42 @@ async fn read_body(api: &Api, request: Request<Body>) -> Result<Vec<Bytes>, Reje
             if total > limit {
                 return Err(too_large("more than that"));
             }
-            chunks.push(data);
+            decoder.push(data).map_err(|e| undecodable(e, coding, one_message))?;
         }
     }
-    Ok(unpin_small(chunks, total))
+    let body = decoder.finish().map_err(|e| undecodable(e, coding, one_message))?;
+    // Decoded chunks are the sidecar's own, sized to their bytes: nothing to unpin.
+    Ok(if coding == Coding::Identity { unpin_small(body, total) } else { body })
+}
+
+/// The refusal of a body whose coding is unsupported or failed, or that passed its
+/// limit (`one_message`: `--max-message-bytes`, else `--max-request-bytes`).
+fn undecodable(error: EncodingError, coding: Coding, one_message: bool) -> Rejection {
+    let decoded = if coding == Coding::Identity { "" } else { " once decoded" };
+    match error {
+        EncodingError::OverLimit { limit } if one_message => Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the body is one message of more than {limit} bytes{decoded}, over --max-message-bytes \
+                 ({limit} bytes); send {} or {} to send several",
+                framing::NDJSON,
+                framing::FRAMES
+            ),
+        ),
+        EncodingError::OverLimit { limit } => Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body of more than {limit} bytes{decoded} is over --max-request-bytes ({limit} bytes)"),
+        ),
+        EncodingError::Corrupt { .. } => Rejection::new(StatusCode::BAD_REQUEST, "bad_encoding", error.to_string()),
+        EncodingError::Unsupported(_) | EncodingError::Stacked(_) => {
+            let mut rejection =
+                Rejection::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", error.to_string());
+            rejection.reply.headers_mut().insert(ACCEPT_ENCODING, HeaderValue::from_static(encoding::SUPPORTED));
+            rejection
+        }
+    }
 }
 
 const DRAINING: &str = "the sidecar is shutting down and takes no more messages";

@@ -1,7 +1,8 @@
 //! The HTTP API, served the same on TCP and on a Unix socket.
 //!
 //! This module owns connections (HTTP/1.1 and HTTP/2 on one port, TLS in `tls`)
-//! and routing; `messages` is the ingest endpoint, `admin` the flush, health,
+//! and routing; `messages` is the ingest endpoint (`encoding` undoes its bodies'
+//! `Content-Encoding`, `query` reads its options), `admin` the flush, health,
 //! status and metrics endpoints, `commits` reads commits back through the sink's
 //! reader, `reply` the JSON answers. Every answer is counted in
 //! `spout_requests_total{code}` and timed in
@@ -9,6 +10,7 @@
 
 mod admin;
 mod commits;
+mod encoding;
 mod messages;
 mod query;
 mod reply;

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use hyper::header::HeaderMap;
 
+use crate::ingest::framing::Named;
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RequestOptions {
     /// `?file=` or `Spout-File:`: the file name of the request's messages.
@@ -12,6 +14,8 @@ pub struct RequestOptions {
     pub wait: Wait,
     /// `?timeout=`: how long `wait=downstream` may wait.
     pub timeout: Option<Duration>,
+    /// `?framing=` or `Spout-Framing:`: how to cut the body, whatever its `Content-Type`.
+    pub framing: Option<Named>,
 }
 
 /// What the answer waits for.
@@ -42,6 +46,8 @@ pub enum BadOption {
     Wait(String),
     #[error("timeout must be a duration such as `30s` or `500ms`, not `{0}`")]
     Timeout(String),
+    #[error("framing must be one of raw, ndjson, frames, multipart, json-array, not `{0}`")]
+    Framing(String),
 }
 
 impl RequestOptions {
@@ -58,6 +64,9 @@ impl RequestOptions {
         if let Some(value) = header("spout-wait", "Spout-Wait")? {
             options.wait = wait_value(value)?;
         }
+        if let Some(value) = header("spout-framing", "Spout-Framing")? {
+            options.framing = Some(framing_value(value)?);
+        }
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*key {
                 "file" => options.file = Some(value.into_owned()),
@@ -66,6 +75,7 @@ impl RequestOptions {
                     let timeout = humantime::parse_duration(&value).map_err(|_| BadOption::Timeout(value.into()))?;
                     options.timeout = Some(timeout);
                 }
+                "framing" => options.framing = Some(framing_value(&value)?),
                 _ => {}
             }
         }
@@ -82,6 +92,10 @@ fn wait_value(value: &str) -> Result<Wait, BadOption> {
     }
 }
 
+fn framing_value(value: &str) -> Result<Named, BadOption> {
+    value.trim().parse().map_err(|_| BadOption::Framing(value.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,7 +105,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("spout-file", "from/header.txt".parse().unwrap());
         let options = RequestOptions::parse(Some("wait=commit&file=a%2Fb.json&x=1"), &headers).unwrap();
-        assert_eq!(options, RequestOptions { file: Some("a/b.json".into()), wait: Wait::Commit, timeout: None });
+        assert_eq!(
+            options,
+            RequestOptions { file: Some("a/b.json".into()), wait: Wait::Commit, timeout: None, framing: None }
+        );
         let options = RequestOptions::parse(Some("wait=downstream&timeout=1m30s"), &headers).unwrap();
         assert_eq!((options.wait, options.timeout), (Wait::Downstream, Some(Duration::from_secs(90))));
         assert_eq!(
@@ -107,5 +124,22 @@ mod tests {
         let mut latin1 = HeaderMap::new();
         latin1.insert("spout-wait", hyper::header::HeaderValue::from_bytes(b"comm\xe9t").unwrap());
         assert_eq!(RequestOptions::parse(None, &latin1), Err(BadOption::NotUtf8("Spout-Wait")));
+    }
+
+    #[test]
+    fn framing_by_query_or_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert("spout-framing", "ndjson".parse().unwrap());
+        assert_eq!(RequestOptions::parse(None, &headers).unwrap().framing, Some(Named::Ndjson));
+        let options = RequestOptions::parse(Some("framing=json-array"), &headers).unwrap();
+        assert_eq!(options.framing, Some(Named::JsonArray), "the query wins");
+        for (name, named) in [("raw", Named::Raw), ("frames", Named::Frames), ("multipart", Named::Multipart)] {
+            let options = RequestOptions::parse(Some(&format!("framing={name}")), &HeaderMap::new()).unwrap();
+            assert_eq!(options.framing, Some(named));
+        }
+        assert_eq!(
+            RequestOptions::parse(Some("framing=json"), &HeaderMap::new()).unwrap_err().to_string(),
+            "framing must be one of raw, ndjson, frames, multipart, json-array, not `json`"
+        );
     }
 }

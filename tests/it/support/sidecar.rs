@@ -84,6 +84,13 @@ impl Sidecar {
         text.lines().find_map(value).unwrap_or(0.0) as u64
     }
 
+    /// The peak resident memory of the sidecar so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     pub fn signal(&self, signal: Signal) {
         let pid = Pid::from_raw(self.child.id() as i32).expect("a child's pid is positive");
         kill_process(pid, signal).expect("signal the sidecar");
