@@ -51,11 +51,6 @@ fn start(key: &Path, sink: &str, extra: &[&str]) -> Sidecar {
     })
 }
 
-fn flush(sidecar: &Sidecar) {
-    let answer = post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
-    assert_eq!(answer.status, 200, "{}", answer.text());
-}
-
 #[test]
 fn gs_commits_read_back_and_a_missing_bucket_is_a_clear_state() {
     let moto = Moto::start();
@@ -72,7 +67,7 @@ fn gs_commits_read_back_and_a_missing_bucket_is_a_clear_state() {
     let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     let large = request(addr, "POST", "/messages?wait=commit", &[("Spout-File", "big.bin")], &big);
     assert_eq!(large.status, 200, "{}", large.text());
-    flush(&sidecar);
+    sidecar.flush();
 
     let commits = read_commits(&moto.endpoint(), BUCKET, "events");
     let mut bodies: Vec<Vec<u8>> = commits.iter().flat_map(|c| c.objects.iter().map(|(_, b)| b.clone())).collect();
@@ -111,7 +106,7 @@ fn gs_commits_read_back_and_a_missing_bucket_is_a_clear_state() {
         (ready.status == 503 && ready.text().contains("the bucket `not-yet` does not exist")).then_some(())
     });
     moto.create_bucket("not-yet");
-    flush(&sidecar);
+    sidecar.flush();
     let commits = read_commits(&moto.endpoint(), "not-yet", "d");
     let stored: Vec<&[u8]> = commits.iter().flat_map(|c| c.objects.iter().map(|(_, b)| b.as_slice())).collect();
     assert_eq!(stored, [b"kept"]);

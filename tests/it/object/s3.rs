@@ -19,12 +19,6 @@ fn sidecar(sink: &str, extra: &[&str]) -> Sidecar {
     Sidecar::start_with(&args, s3_env)
 }
 
-/// Seals the open batch and waits until every batch has settled.
-fn flush(sidecar: &Sidecar) {
-    let answer = post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
-    assert_eq!(answer.status, 200, "{}", answer.text());
-}
-
 /// Every object of every commit as (file name in the manifest, stored bytes).
 fn files(commits: &[StoredCommit]) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
@@ -54,7 +48,7 @@ fn every_framing_lands_as_objects_under_a_manifest() {
     assert_eq!(post(addr, "/messages", "application/vnd.spout.frames", &frames).status, 202);
     let form = b"--XX\r\nContent-Disposition: form-data; name=\"a\"; filename=\"form/part.txt\"\r\n\r\npart body\r\n--XX--\r\n";
     assert_eq!(post(addr, "/messages", "multipart/form-data; boundary=XX", form).status, 202);
-    flush(&sidecar);
+    sidecar.flush();
 
     let commits = read_commits(&moto.endpoint(), BUCKET, "events/raw");
     let commit_id = whole.json()["commit"].as_str().unwrap().to_owned();
@@ -186,7 +180,7 @@ fn a_missing_bucket_is_one_clear_state_and_nothing_is_lost_once_created() {
     assert_eq!(sidecar.log().matches("sink missing_bucket:").count(), 1, "{}", sidecar.log());
 
     moto.create_bucket("nobucket");
-    flush(&sidecar);
+    sidecar.flush();
     let mut bodies: Vec<Vec<u8>> = files(&read_commits(&moto.endpoint(), "nobucket", "d")).into_values().collect();
     bodies.sort();
     let mut expected: Vec<Vec<u8>> = (0..20).map(|i| format!("m{i}").into_bytes()).collect();
@@ -214,7 +208,7 @@ fn refused_credentials_are_one_clear_state_and_nothing_is_lost_once_accepted() {
     assert_eq!(sidecar.log().matches("sink auth:").count(), 1, "{}", sidecar.log());
     // The key is accepted again (as when a policy is fixed): the held batches commit.
     moto.check_credentials_after(1_000_000);
-    flush(&sidecar);
+    sidecar.flush();
     assert_eq!(files(&read_commits(&moto.endpoint(), BUCKET, "auth")).len(), 10);
 }
 
@@ -249,7 +243,7 @@ fn the_server_killed_mid_upload_loses_and_doubles_nothing() {
         proxy.restart();
     }
     producer.join().unwrap();
-    flush(&sidecar);
+    sidecar.flush();
     assert!(sidecar.metric(r#"spout_object_requests_total{op="put",outcome="error"}"#) > 0, "no request failed");
     assert!(sidecar.metric("spout_sink_retries_total") > 0);
 

@@ -30,11 +30,6 @@ fn commits(container: &str, dir: &str) -> Vec<super::servers::StoredCommit> {
     read_store_commits(&store, dir)
 }
 
-fn flush(sidecar: &Sidecar) {
-    let answer = post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
-    assert_eq!(answer.status, 200, "{}", answer.text());
-}
-
 #[test]
 fn wasb_commits_read_back_and_faults_are_clear_states() {
     let azurite = Azurite::start();
@@ -49,7 +44,7 @@ fn wasb_commits_read_back_and_faults_are_clear_states() {
     assert_eq!(post(&plain.addr, "/messages", "application/x-ndjson", b"one\ntwo\n").status, 202);
     let frames = [&2u32.to_be_bytes()[..], b"hi"].concat();
     assert_eq!(post(&plain.addr, "/messages", "application/vnd.spout.frames", &frames).status, 202);
-    flush(&plain);
+    plain.flush();
     drop(plain);
     let found = commits("spout", "events");
     let mut bodies: Vec<Vec<u8>> = found.iter().flat_map(|c| c.objects.iter().map(|(_, b)| b.clone())).collect();
@@ -94,7 +89,7 @@ fn wasb_commits_read_back_and_faults_are_clear_states() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(missing.log().matches("sink missing_bucket:").count(), 1, "{}", missing.log());
     azurite.create_container("later");
-    flush(&missing);
+    missing.flush();
     assert_eq!(commits("later", "d").iter().map(|c| c.objects.len()).sum::<usize>(), 5);
     drop(missing);
 

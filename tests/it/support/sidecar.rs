@@ -84,6 +84,12 @@ impl Sidecar {
         text.lines().find_map(value).unwrap_or(0.0) as u64
     }
 
+    /// Seals the open batch and waits until every batch has settled (`/flush?wait=commit`).
+    pub fn flush(&self) {
+        let answer = super::client::post(&self.addr, "/flush?wait=commit", "text/plain", b"");
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+
     /// The peak resident memory of the sidecar so far (`VmHWM`), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
