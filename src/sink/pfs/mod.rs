@@ -59,14 +59,21 @@ fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
 
 impl Target {
     /// A URI that names no token takes `--pachd-token-file` / `SPOUT_PACHD_TOKEN`;
-    /// without them, the pachctl config's.
+    /// without them, the pachctl config's. So does `auto` in a worker: a token given
+    /// as an option wins over the worker's pachctl config that `auto` found.
     fn with_token(&self, settings: &SinkSettings) -> Target {
         let mut target = self.clone();
         if target.writer.is_none() {
             target.writer.clone_from(&settings.writer);
         }
-        if target.token == TokenSource::Unset {
-            target.token = TokenSource::from_options(settings.pachd_token_file.clone(), settings.pachd_token.clone());
+        let options = TokenSource::from_options(settings.pachd_token_file.clone(), settings.pachd_token.clone());
+        let replace = match target.token {
+            TokenSource::Unset => true,
+            TokenSource::PachConfig(_) => options != TokenSource::Unset,
+            TokenSource::Literal(_) | TokenSource::File(_) => false,
+        };
+        if replace {
+            target.token = options;
         }
         target
     }
@@ -272,5 +279,28 @@ async fn settle_in_order(
         }
         // The sink thread may be gone already at shutdown; the ack is settled anyway.
         let _ = done.send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_option_wins_over_the_worker_config_auto_found() {
+        let worker = |token| Target {
+            address: "localhost:1653".into(),
+            project: "default".into(),
+            repo: "spout".into(),
+            branch: "master".into(),
+            writer: None,
+            token,
+        };
+        let config = TokenSource::PachConfig("/pachctl/config.json".into());
+        let file = SinkSettings { pachd_token_file: Some("/run/token".into()), ..SinkSettings::default() };
+        assert_eq!(worker(config.clone()).with_token(&file).token, TokenSource::File("/run/token".into()));
+        assert_eq!(worker(config.clone()).with_token(&SinkSettings::default()).token, config);
+        let literal = TokenSource::Literal(target::Secret("from-uri".into()));
+        assert_eq!(worker(literal.clone()).with_token(&file).token, literal, "a token the URI names stays");
     }
 }
