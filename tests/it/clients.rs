@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::pfs::fake::FakePachd;
+use crate::support::python;
 use crate::support::sidecar::{dir_commits, eventually, Sidecar};
-use crate::support::{client, python};
 
 struct Snippet {
     name: String,
@@ -82,8 +82,7 @@ fn run(snippet: &Snippet) {
     );
     // The raw socket answers nothing: its lines are in once the buffer holds them.
     eventually(std::time::Duration::from_secs(20), "the snippet's messages", || {
-        let flushed = client::request(&sidecar.addr, "POST", "/flush?wait=commit", &[], b"");
-        assert!(flushed.status == 200, "{}", flushed.text());
+        sidecar.flush();
         let committed = contents(&dir.join("out"));
         (committed.len() >= snippet.commits.len()).then_some(())
     });

@@ -370,8 +370,7 @@ fn metrics_page_lists_every_family_served_with_its_type_labels_and_values() {
     eventually(PATIENCE, "the raw socket's message", || {
         metrics().contains("spout_messages_received_total{transport=\"raw\"}").then_some(())
     });
-    let answer = client::request(&sidecar.addr, "POST", "/flush?wait=commit", &[], b"");
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    sidecar.flush();
 
     let served = parse_exposition(&metrics());
     let documented = documented_families(&page("metrics.md"));

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rustix::pipe::{splice, SpliceFlags};
 use rustix::process::Signal;
 
-use crate::support::client::{self, Connection};
+use crate::support::client::Connection;
 use crate::support::ndjson_lines::{assert_lines_exactly_once, post_lines};
 use crate::support::pachyderm_reader::{fifo_in, next_commit, Commit, Next};
 use crate::support::sidecar::{eventually, wait_exit, Sidecar};
@@ -232,8 +232,7 @@ fn readers_killed_or_leaving_at_random_lose_and_double_nothing() {
     });
     let mut last = Session::start(&fifo, record(done.len()), None);
     last.wait_reading();
-    let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
-    assert_eq!(flushed.status, 200, "{}", flushed.text());
+    sidecar.flush();
     let resent = sidecar.metric("spout_sink_retries_total");
     assert!(sidecar.stop().success());
     // The sidecar closed the pipe: the last reader sees EOF between archives and ends.

@@ -88,8 +88,7 @@ fn reader_killed_mid_archive_while_100k_messages_flow_then_restarted() {
         });
         (before, PachydermReader::start(&fifo, Mode::KeepOpen))
     });
-    let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
-    assert_eq!(flushed.status, 200, "{}", flushed.text());
+    sidecar.flush();
     assert!(sidecar.metric("spout_sink_retries_total") > 0, "archives were sent again");
     assert!(sidecar.stop().success());
     let mut commits = before;

@@ -134,8 +134,7 @@ fn check(name: &str) {
     let answer = client::request(&sidecar.addr, "POST", &sent.target, &headers, &sent.body);
     assert_eq!(answer.status, 202, "{name}: {}", answer.text());
     assert_eq!(answer.json()["accepted"], records.len(), "{name}");
-    let flushed = client::request(&sidecar.addr, "POST", "/flush?wait=commit", &[], b"");
-    assert_eq!(flushed.status, 200, "{}", flushed.text());
+    sidecar.flush();
     let committed: Vec<String> = dir_commits(&tmp.path().join("out"))
         .into_iter()
         .map(|(_, _, bytes)| String::from_utf8(bytes).unwrap())

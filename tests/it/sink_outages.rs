@@ -157,8 +157,7 @@ fn ride_out<Broken, Mended>(
     eventually(Duration::from_secs(10), "/readyz ready again", || {
         (client::get(&sidecar.addr, "/readyz").status == 200).then_some(())
     });
-    let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
-    assert_eq!(flushed.status, 200, "{}", flushed.text());
+    sidecar.flush();
     // The recovery's line, too, may still be on its way.
     let states = eventually(Duration::from_secs(10), "the recovery in the log", || {
         let states = logged_states(sidecar, &since);

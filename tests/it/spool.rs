@@ -527,8 +527,7 @@ fn a_full_or_read_only_spool_answers_503_accepts_nothing_it_refused_and_recovers
 
     // Committing what it holds frees the disk (once the syncer lets go of a segment
     // it may be syncing); then requests are accepted again.
-    let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
-    assert_eq!(flushed.status, 200, "{}", flushed.text());
+    sidecar.flush();
     eventually(Duration::from_secs(5), "a 202 once the disk has room", || {
         let answer = post_once(&mut conn, id);
         let accepted = answer.0 == 202;
@@ -545,8 +544,7 @@ fn a_full_or_read_only_spool_answers_503_accepts_nothing_it_refused_and_recovers
 
     // A file system remounted read-only (once the spool has nothing open to write,
     // all of it committed), then writable again.
-    let flushed = client::post(&sidecar.addr, "/flush?wait=commit", "text/plain", b"");
-    assert_eq!(flushed.status, 200, "{}", flushed.text());
+    sidecar.flush();
     disk.remount("ro");
     assert_eq!(post_once(&mut conn, id), (503, "spool_unwritable".into()));
     refused.insert(id);

@@ -116,8 +116,7 @@ fn traffic(dir: &Path) -> (Sidecar, Scraped) {
         (scrape(&sidecar.addr, &[]).value("spout_messages_received_total", &[("transport", "raw")]) == 3.0)
             .then_some(())
     });
-    let flush = client::request(&sidecar.addr, "POST", "/flush?wait=commit", &[], b"");
-    assert_eq!(flush.status, 200, "{}", flush.text());
+    sidecar.flush();
     let scraped = scrape(&sidecar.addr, &[]);
     (sidecar, scraped)
 }
