@@ -14,7 +14,7 @@ use spout_sidecar::message::{Incoming, Sequencer};
 
 fn request(messages: usize) -> Vec<Incoming> {
     let payload = Bytes::from_static(&[b'x'; 100]);
-    (0..messages).map(|_| Incoming { name: None, payload: payload.clone().into(), line: true }).collect()
+    (0..messages).map(|_| Incoming { name: None, payload: payload.clone().into(), line: true, origin: None }).collect()
 }
 
 fn batcher(c: &mut Criterion) {

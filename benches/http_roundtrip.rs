@@ -38,7 +38,7 @@ impl Sink for InstantSink {
 fn serve(runtime: &Runtime, args: &[&str]) -> Endpoint {
     let options = Options::try_parse_from(["spout-sidecar"].iter().chain(args)).unwrap();
     let _guard = runtime.enter();
-    let pipeline = Pipeline::start(&options, Box::new(InstantSink)).unwrap();
+    let pipeline = Pipeline::start(&options, Box::new(InstantSink), Vec::new()).unwrap();
     let reader = Arc::new(Unreadable { sink: "instant".into() });
     let api = Arc::new(pipeline.api(&options, None, reader));
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();

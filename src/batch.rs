@@ -205,7 +205,13 @@ impl Batcher {
         let messages: Vec<Message> = incoming
             .into_iter()
             .enumerate()
-            .map(|(i, m)| Message { seq: first + i as u64, name: m.name, payload: m.payload, line: m.line })
+            .map(|(i, m)| Message {
+                seq: first + i as u64,
+                name: m.name,
+                payload: m.payload,
+                line: m.line,
+                origin: m.origin,
+            })
             .collect();
         if let Some(journal) = &self.journal {
             journal.append(&messages)?;
@@ -379,7 +385,7 @@ mod tests {
     fn msgs(sizes: &[usize]) -> Vec<Incoming> {
         sizes
             .iter()
-            .map(|&n| Incoming { name: None, payload: Bytes::from(vec![b'x'; n]).into(), line: false })
+            .map(|&n| Incoming { name: None, payload: Bytes::from(vec![b'x'; n]).into(), line: false, origin: None })
             .collect()
     }
 
@@ -412,7 +418,14 @@ mod tests {
     fn a_replayed_batch_is_sealed_as_it_was_even_at_the_limits() {
         let (b, rx) = batcher(1 << 20, 3);
         let numbered = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Message> {
-            seqs.map(|seq| Message { seq, name: None, payload: Bytes::from_static(b"m").into(), line: false }).collect()
+            seqs.map(|seq| Message {
+                seq,
+                name: None,
+                payload: Bytes::from_static(b"m").into(),
+                line: false,
+                origin: None,
+            })
+            .collect()
         };
         b.replay_sealed(numbered(207..=209));
         b.restore(numbered(210..=211));

@@ -7,6 +7,7 @@ use clap::Parser;
 
 use crate::encode::Layout;
 use crate::ingest::raw_socket::RawFraming;
+use crate::ingest::source::SourceSpec;
 use crate::ingest::WhenFull;
 use crate::sink::object::{Compression, ObjectFormat};
 use crate::sink::SinkSpec;
@@ -57,6 +58,19 @@ pub struct Options {
     /// an object store).
     #[arg(long, env = "SPOUT_SINK", default_value = "auto", value_name = "URI")]
     pub sink: SinkSpec,
+
+    /// Read messages from a broker as well: kafka://, amqp:// or sqs:// (repeat for
+    /// several; SPOUT_SOURCE holds one). Where each source had got is committed
+    /// with the data, in .spout/checkpoints/, and read back at start-up to resume
+    /// there. See docs/sources.md.
+    #[arg(long = "source", env = "SPOUT_SOURCE", value_name = "URI")]
+    pub sources: Vec<SourceSpec>,
+
+    /// What names this sidecar's checkpoint files among replicas reading the same
+    /// source into one place; it must stay the same across restarts (a
+    /// StatefulSet's pod name does). Default: the host name.
+    #[arg(long, env = "SPOUT_SOURCE_REPLICA", value_name = "NAME", value_parser = parse_replica)]
+    pub source_replica: Option<String>,
 
     /// Commit a batch once it holds this many payload bytes.
     #[arg(long, env = "SPOUT_MAX_BATCH_BYTES", default_value = "8MiB", value_parser = parse_size, value_name = "SIZE")]
@@ -238,6 +252,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
         .map_err(|e| format!("`{s}` is not a size like 8MiB: {e}"))
+}
+
+impl Options {
+    /// `--source-replica`, or the host name.
+    pub fn source_replica(&self) -> String {
+        let host = || crate::message::hostname().unwrap_or_else(|| "spout-sidecar".into());
+        self.source_replica.clone().unwrap_or_else(host)
+    }
+}
+
+/// A replica name becomes part of a file name: letters, digits, `-`, `_` and `.`.
+fn parse_replica(name: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !name.is_empty() && name.chars().all(allowed) && !name.starts_with('.') {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("`{name}` is not a replica name: use letters, digits, `-`, `_` and `.`, not first"))
+    }
 }
 
 #[cfg(test)]

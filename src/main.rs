@@ -8,7 +8,9 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio::time::Instant;
 
+use futures_util::future::BoxFuture;
 use spout_sidecar::config::{Listen, Options};
+use spout_sidecar::ingest::source::{CheckpointError, Prepared, SourceError};
 use spout_sidecar::listeners::{BindError, Listeners};
 use spout_sidecar::pipeline::{Pipeline, StartError};
 use spout_sidecar::shutdown::{self, Signals};
@@ -40,6 +42,8 @@ enum Fatal {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Checkpoints(#[from] CheckpointError),
     #[error("cannot run {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
     #[error("waiting for {program} failed: {source}")]
@@ -90,17 +94,26 @@ async fn run(options: Options) -> Result<ExitCode, Fatal> {
         spool_dir: options.spool_dir.clone(),
     };
     let sink = spec.open(&settings).map_err(|source| Fatal::OpenSink { sink: spec.to_string(), source })?;
-    let pipeline = Pipeline::start(&options, sink).map_err(Fatal::Start)?;
-    let api = Arc::new(pipeline.api(&options, token, spec.reader(&settings)));
+    let reader = spec.reader(&settings);
+    let (sources, checkpoints) = Prepared::read(&options.sources, &*reader, &options.source_replica()).await?;
+    let pipeline = Pipeline::start(&options, sink, checkpoints).map_err(Fatal::Start)?;
+    let api = Arc::new(pipeline.api(&options, token, reader.clone()));
     let Pipeline { intake, health, shutdown: stop, sink_name, sink_thread } = pipeline;
     let mut listeners = Listeners::bind(&options, api).await?;
     listeners.endpoints.stdout_is_sink = spec.writes_stdout();
+    let mut sources = Sources(Some(sources.run(&intake, &reader, &stop.drain)));
     tracing::info!(sink = %sink_name, "spout-sidecar {} ready", env!("CARGO_PKG_VERSION"));
 
-    let exit = serve_until_done(&options, &mut signals, &listeners.endpoints).await?;
+    let exit = serve_until_done(&options, &mut signals, &listeners.endpoints, &mut sources).await?;
     listeners.stop_raw(options.shutdown_timeout).await;
     let drained = shutdown::drain(&stop, &intake, options.shutdown_timeout).await;
     listeners.stop_http();
+    // The sources acknowledge what the last commits hold as their verdicts come.
+    match tokio::time::timeout(shutdown::ANSWER_GRACE, sources.ended()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!("{error}"),
+        Err(_) => tracing::warn!("the sources had not ended {:?} after the drain", shutdown::ANSWER_GRACE),
+    }
     match drained {
         Ok(()) => {
             // Everything settled, so the thread is ending; the bound is for a sink
@@ -135,16 +148,40 @@ async fn run(options: Options) -> Result<ExitCode, Fatal> {
     }
 }
 
-/// Runs until a signal, or in the supervisor form until the producer exits
-/// (forwarding signals to it). Returns the exit code to finish with.
+/// The `--source`s, running; `None` once they have all ended well.
+struct Sources(Option<BoxFuture<'static, Result<(), SourceError>>>);
+
+impl Sources {
+    /// Resolves once every source has ended, with the first failure.
+    async fn ended(&mut self) -> Result<(), SourceError> {
+        let Some(running) = &mut self.0 else { return Ok(()) };
+        let ended = running.await;
+        self.0 = None;
+        ended
+    }
+
+    /// Resolves with the first source to fail; never, if none does.
+    async fn failed(&mut self) -> SourceError {
+        match self.ended().await {
+            Err(error) => error,
+            Ok(()) => std::future::pending().await,
+        }
+    }
+}
+
+/// Runs until a signal, a source failing, or in the supervisor form until the
+/// producer exits (forwarding signals to it). Returns the exit code to finish with.
 async fn serve_until_done(
     options: &Options,
     signals: &mut Signals,
     endpoints: &Endpoints<'_>,
+    sources: &mut Sources,
 ) -> Result<ExitCode, Fatal> {
     let Some(program) = options.command.first() else {
-        let signal = signals.recv().await;
-        tracing::info!("received {signal:?}");
+        tokio::select! {
+            signal = signals.recv() => tracing::info!("received {signal:?}"),
+            error = sources.failed() => return Ok(source_failed(error)),
+        }
         return Ok(ExitCode::SUCCESS);
     };
     let mut child = supervisor::spawn(&options.command, endpoints)
@@ -156,11 +193,21 @@ async fn serve_until_done(
                 tracing::info!("received {signal:?}, forwarding it to {program}");
                 supervisor::forward(&child, signal.number());
             }
+            error = sources.failed() => {
+                supervisor::forward(&child, shutdown::Signal::Term.number());
+                return Ok(source_failed(error));
+            }
         }
     };
     let status = status.map_err(|source| Fatal::Wait { program: program.clone(), source })?;
     tracing::info!("{program} exited: {status}");
     Ok(ExitCode::from(supervisor::exit_code(status)))
+}
+
+/// A source failed for good: drain what it and the others admitted, then exit 1.
+fn source_failed(error: SourceError) -> ExitCode {
+    tracing::error!("{error}; draining and exiting");
+    ExitCode::FAILURE
 }
 
 /// Refuses to serve an unauthenticated API beyond this host unless told to.

@@ -2,7 +2,8 @@
 //! benches: budget → batcher → intake (through the disk spool, with `--spool-dir`),
 //! the sink on its own thread, the age timer, the shutdown signals that stop them,
 //! and the HTTP API's shared state in front. With a spool, what a previous run left
-//! in it is handed to the batcher before anything new.
+//! in it is handed to the batcher before anything new. The sources' checkpoints go
+//! to the sink thread, which stamps the next ones into each commit.
 
 use std::sync::Arc;
 
@@ -10,13 +11,14 @@ use crate::ack::{CommitHook, Ledger};
 use crate::batch::{Batcher, Journal, Policy};
 use crate::buffer::{charge, Budget};
 use crate::config::Options;
+use crate::encode::checkpoint::{Checkpoints, Tracked};
 use crate::ingest::http::Api;
 use crate::ingest::idempotency::Idempotency;
 use crate::ingest::Intake;
 use crate::message::Sequencer;
 use crate::shutdown::Shutdown;
 use crate::sink::reader::CommitReader;
-use crate::sink::runner::{self, Gate};
+use crate::sink::runner::{self, Extras, Gate};
 use crate::sink::{Health, Sink, SinkContext};
 use crate::spool::{Recovered, Spool, SpoolConfig, SpoolError};
 
@@ -34,11 +36,20 @@ pub enum StartError {
     SinkThread(#[source] std::io::Error),
     #[error("cannot open the spool: {0}")]
     Spool(#[from] SpoolError),
+    #[error(
+        "--source and --spool-dir cannot be used together: a source's broker keeps what is not committed \
+         yet, and resumes from the checkpoint in the last commit; the spool is for what producers send"
+    )]
+    SourcesWithSpool,
 }
 
 impl Pipeline {
     /// Starts the sink thread and the age timer; call inside a tokio runtime.
-    pub fn start(options: &Options, sink: Box<dyn Sink>) -> Result<Self, StartError> {
+    /// `sources` are the checkpoints of the `--source`s, as the sink holds them.
+    pub fn start(options: &Options, sink: Box<dyn Sink>, sources: Vec<Tracked>) -> Result<Self, StartError> {
+        if !sources.is_empty() && options.spool_dir.is_some() {
+            return Err(StartError::SourcesWithSpool);
+        }
         let spool = match &options.spool_dir {
             Some(dir) => {
                 let config =
@@ -80,7 +91,9 @@ impl Pipeline {
             replay(&batcher, &budget, recovered);
             intake = intake.spooling(spool);
         }
-        let sink_thread = runner::start_gated(sink, batches_rx, sink_ctx, gate).map_err(StartError::SinkThread)?;
+        let sink_thread =
+            runner::start_with(sink, batches_rx, sink_ctx, Extras { gate, checkpoints: Checkpoints::new(sources) })
+                .map_err(StartError::SinkThread)?;
         tokio::spawn(batcher.run_age_timer());
         Ok(Self { intake: Arc::new(intake), health, shutdown, sink_name, sink_thread })
     }

@@ -1,9 +1,11 @@
-//! Encoding: how a sealed batch becomes the files of one commit (`--layout`), and
-//! how those files become one tar archive (`tar`) for the sinks that write archives.
+//! Encoding: how a sealed batch becomes the files of one commit (`--layout`, plus
+//! the sources' `checkpoint` files), and how those files become one tar archive
+//! (`tar`) for the sinks that write archives.
 //!
 //! Payload bytes are shared, never copied: a file's data is the list of slices its
 //! messages arrived in.
 
+pub mod checkpoint;
 pub mod tar;
 
 use bytes::Bytes;

@@ -153,7 +153,7 @@ pub async fn decode(
     if let Some(name) = name {
         file_name::validate(name).map_err(|why| DecodeError::bad_file_name(why.to_string()))?;
     }
-    let named = |payload, line| Incoming { name: name.map(str::to_owned), payload, line };
+    let named = |payload, line| Incoming { name: name.map(str::to_owned), payload, line, origin: None };
     match framing {
         Framing::Whole => {
             let payload = Payload::from(body);

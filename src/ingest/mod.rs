@@ -1,8 +1,9 @@
 //! Ingest: the ways messages arrive, and the one door they all go through.
 //!
 //! `http` serves the HTTP API on TCP and a Unix socket, `raw_socket` reads framed
-//! streams from a Unix socket, `framing` turns bodies into messages (checking the
-//! names clients give with `message::file_name`). All of them hand decoded messages to
+//! streams from a Unix socket, `source` reads brokers itself (`--source`), and
+//! `framing` turns bodies into messages (checking the names clients give with
+//! `message::file_name`). All of them hand decoded messages to
 //! [`Intake::admit`], which reserves their bytes in the memory budget (and with a disk
 //! spool, in the spool's), enqueues them in the batcher (which writes them to the
 //! spool) and, with `--spool-sync always`, waits for the spool's sync; or says why not.
@@ -11,6 +12,7 @@ pub mod framing;
 pub mod http;
 pub mod idempotency;
 pub mod raw_socket;
+pub mod source;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +35,9 @@ pub enum Transport {
     Http,
     Unix,
     Raw,
+    Kafka,
+    Amqp,
+    Sqs,
 }
 
 impl Transport {

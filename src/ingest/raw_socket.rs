@@ -167,7 +167,9 @@ impl Connection {
         let mut messages = Vec::new();
         loop {
             match self.splitter.next(buffer, ended) {
-                Ok(Some(bytes)) => messages.push(Incoming { name: None, payload: bytes.into(), line: self.line }),
+                Ok(Some(bytes)) => {
+                    messages.push(Incoming { name: None, payload: bytes.into(), line: self.line, origin: None })
+                }
                 Ok(None) => return (messages, None),
                 Err(e) => return (messages, Some(e)),
             }

@@ -82,6 +82,8 @@ pub struct Incoming {
     pub payload: Payload,
     /// Came from a line-oriented framing: `--layout batch` ends it with `\n`.
     pub line: bool,
+    /// Where a `--source` read it; `None` for what producers send.
+    pub origin: Option<Origin>,
 }
 
 /// A numbered message inside a batch.
@@ -92,6 +94,27 @@ pub struct Message {
     pub name: Option<String>,
     pub payload: Payload,
     pub line: bool,
+    pub origin: Option<Origin>,
+}
+
+/// Where a source (`--source`) read a message: which source, by its index among the
+/// configured ones, and its place there. The sink side folds the origins of each
+/// batch into the checkpoint committed with it (`encode::checkpoint`), which is how
+/// a restarted source knows where to resume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub source: u16,
+    pub at: Position,
+}
+
+/// A message's place in its source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// A log with offsets (Kafka): the message at `offset` of `partition`.
+    Offset { partition: i32, offset: i64 },
+    /// A queue without positions (RabbitMQ, SQS): the message's own id, to recognise
+    /// it should it be delivered again.
+    Id(std::sync::Arc<str>),
 }
 
 impl Message {
@@ -143,6 +166,13 @@ pub fn random_u64() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.finish()
+}
+
+/// This machine's host name (a pod's name in Kubernetes), if it has one: what names
+/// this sidecar among several writing to one place.
+pub fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_owned()).filter(|name| !name.is_empty())
 }
 
 pub fn unix_nanos() -> u64 {

@@ -7,9 +7,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tokio_util::io::ReaderStream;
+
+use crate::encode::checkpoint;
 
 use super::reader::{check_path, CommitReader, Downstream, FileChunks, FileEntry, FileList, ReadError};
 
@@ -105,6 +108,47 @@ impl CommitReader for DirReader {
     fn downstream<'a>(&'a self, _: &'a str, _: Option<Duration>) -> BoxFuture<'a, Result<Downstream, ReadError>> {
         std::future::ready(Err(ReadError::NoDownstream { sink: self.sink() })).boxed()
     }
+
+    /// A `dir:` commit holds its own batch's files only, so each checkpoint file is
+    /// taken from the newest commit that has it.
+    fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, ReadError>> {
+        let root = self.root.clone();
+        async move {
+            let read = tokio::task::spawn_blocking(move || newest_checkpoints(&root)).await;
+            read.unwrap_or_else(|panic| Err(io::Error::other(panic.to_string()))).map_err(|error| self.failed(&error))
+        }
+        .boxed()
+    }
+}
+
+/// Each file under the checkpoint directory of the commits in `root`, from the
+/// newest commit that holds it (commit ids sort as text in commit order).
+fn newest_checkpoints(root: &Path) -> io::Result<Vec<(String, Bytes)>> {
+    let mut commits = Vec::new();
+    for entry in std::fs::read_dir(root)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            commits.push(name);
+        }
+    }
+    commits.sort_unstable_by(|a, b| b.cmp(a));
+    let mut newest: std::collections::BTreeMap<String, Bytes> = Default::default();
+    for commit in commits {
+        let dir = root.join(&commit).join(checkpoint::DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if is_absent(&error) => continue,
+            Err(error) => return Err(error),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = format!("{}/{}", checkpoint::DIR, entry.file_name().to_string_lossy());
+            if let std::collections::btree_map::Entry::Vacant(slot) = newest.entry(name) {
+                slot.insert(std::fs::read(entry.path())?.into());
+            }
+        }
+    }
+    Ok(newest.into_iter().collect())
 }
 
 /// A path through a file (`a.txt/b`) fails with ENOTDIR, a name longer than the
@@ -174,5 +218,25 @@ mod tests {
         assert!(matches!(read(&reader, "0001", "../0001/a.txt").await, Err(ReadError::BadPath { .. })));
         assert!(matches!(reader.list(Some("edges"), "0001").await.err(), Some(ReadError::NoOtherRepos { .. })));
         assert!(matches!(reader.downstream("0001", None).await, Err(ReadError::NoDownstream { .. })));
+    }
+
+    #[tokio::test]
+    async fn checkpoints_come_from_the_newest_commit_holding_each() {
+        let (root, reader) = reader();
+        assert_eq!(reader.checkpoints().await.unwrap(), []);
+        let put = |commit: &str, file: &str, text: &'static str| {
+            let dir = root.path().join(commit).join(checkpoint::DIR);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), text).unwrap();
+        };
+        put("0002", "k.a.json", "old a");
+        put("0002", "k.b.json", "only b");
+        put("0003", "k.a.json", "new a");
+        put(".tmp-0004", "k.a.json", "not committed");
+        let name = |file: &str| format!("{}/{file}", checkpoint::DIR);
+        assert_eq!(
+            reader.checkpoints().await.unwrap(),
+            [(name("k.a.json"), Bytes::from("new a")), (name("k.b.json"), Bytes::from("only b"))]
+        );
     }
 }

@@ -99,6 +99,11 @@ pub trait CommitReader: Send + Sync + fmt::Debug {
         commit: &'a str,
         limit: Option<Duration>,
     ) -> BoxFuture<'a, Result<Downstream, ReadError>>;
+
+    /// The newest version of every file under the checkpoint directory
+    /// (`encode::checkpoint::DIR`), by its name inside a commit: where the sources
+    /// resume from.
+    fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, ReadError>>;
 }
 
 /// The reader of a sink that keeps nothing readable (`fifo:`, `stdout:`, object stores).
@@ -128,6 +133,10 @@ impl CommitReader for Unreadable {
 
     fn downstream<'a>(&'a self, _: &'a str, _: Option<Duration>) -> BoxFuture<'a, Result<Downstream, ReadError>> {
         Box::pin(std::future::ready(Err(self.follows_downstream().unwrap_err())))
+    }
+
+    fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, ReadError>> {
+        Box::pin(std::future::ready(Err(self.refusal())))
     }
 }
 

@@ -1,5 +1,6 @@
-//! The sink thread: takes sealed batches in order, lays each out as files, hands it
-//! to the sink and settles what is in flight, probing the sink while idle. Blocking
+//! The sink thread: takes sealed batches in order, lays each out as files (with the
+//! checkpoints of the sources whose messages it holds), hands it to the sink and
+//! settles what is in flight, probing the sink while idle. Blocking
 //! writes happen here, never on the async runtime. A batch waiting on disk (the spool
 //! let its messages go) is read back here, once at most [`AHEAD_FROM_DISK`] batches
 //! are in flight, so a lagging sink does not pull the backlog back into memory.
@@ -19,6 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::{Health, Sink, SinkContext};
 use crate::batch::Batch;
+use crate::encode::checkpoint::Checkpoints;
 
 /// Batches in flight past which a batch waiting on disk is not read back yet.
 pub const AHEAD_FROM_DISK: usize = 2;
@@ -26,7 +28,7 @@ pub const AHEAD_FROM_DISK: usize = 2;
 /// Starts the sink thread; it ends once the batcher closes and every batch settled
 /// (or the context gives up).
 pub fn start(sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext) -> std::io::Result<JoinHandle<()>> {
-    start_gated(sink, batches, ctx, None)
+    start_with(sink, batches, ctx, Extras::default())
 }
 
 /// What the sink thread calls before it commits each batch, and waits for: the disk
@@ -34,18 +36,28 @@ pub fn start(sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext) ->
 /// was committed should the machine crash.
 pub struct Gate(pub Box<dyn Fn() + Send>);
 
-/// Like [`start`], calling `gate` before each commit.
-pub fn start_gated(
+/// What the pipeline may add to the sink thread.
+#[derive(Default)]
+pub struct Extras {
+    /// Called before each commit (the disk spool).
+    pub gate: Option<Gate>,
+    /// The sources' checkpoints, stamped into each commit.
+    pub checkpoints: Checkpoints,
+}
+
+/// Like [`start`], with `extras`.
+pub fn start_with(
     sink: Box<dyn Sink>,
     batches: Receiver<Batch>,
     ctx: SinkContext,
-    gate: Option<Gate>,
+    extras: Extras,
 ) -> std::io::Result<JoinHandle<()>> {
     let health = ctx.health.clone();
-    spawn_watched("sink", health, move || run(sink, batches, ctx, gate))
+    spawn_watched("sink", health, move || run(sink, batches, ctx, extras))
 }
 
-fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext, gate: Option<Gate>) {
+fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext, extras: Extras) {
+    let Extras { gate, mut checkpoints } = extras;
     const POLL: Duration = Duration::from_millis(2);
     const PROBE_EVERY: Duration = Duration::from_millis(250);
     let mut fault = InjectedPanic::for_thread("sink");
@@ -77,7 +89,10 @@ fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext, gate
                     (gate.0)();
                 }
                 if let Some(batch) = batch.load() {
-                    sink.submit(ctx.layout.apply(batch), &ctx);
+                    let stamped = checkpoints.stamp(&batch.messages);
+                    let mut commit = ctx.layout.apply(batch);
+                    commit.files.extend(stamped);
+                    sink.submit(commit, &ctx);
                 }
                 Duration::ZERO
             }

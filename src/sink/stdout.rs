@@ -119,6 +119,7 @@ mod tests {
                 name: Some(name.to_string()),
                 payload: Payload::from(chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect::<Vec<_>>()),
                 line: false,
+                origin: None,
             })
             .collect();
         let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();

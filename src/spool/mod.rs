@@ -598,6 +598,7 @@ mod tests {
             name: (seq % 2 == 0).then(|| format!("f/{seq}")),
             payload: Payload::from(vec![Bytes::from(vec![b'a'; size / 2]), Bytes::from(vec![b'b'; size - size / 2])]),
             line: seq % 3 == 0,
+            origin: None,
         })
         .collect()
     }
@@ -668,7 +669,7 @@ mod tests {
             let batch = messages(first..=first + 9, 1000);
             let incoming: Vec<Incoming> = batch
                 .iter()
-                .map(|m| Incoming { name: m.name.clone(), payload: m.payload.clone(), line: m.line })
+                .map(|m| Incoming { name: m.name.clone(), payload: m.payload.clone(), line: m.line, origin: None })
                 .collect();
             spool.budget().force(Spool::record_bytes(&incoming));
             spool.append(&batch).unwrap();

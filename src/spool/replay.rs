@@ -74,7 +74,7 @@ pub(super) fn message(record: Record) -> Message {
     let name_len = record.header.name_len as usize;
     let name = (name_len > 0).then(|| String::from_utf8_lossy(&record.body[..name_len]).into_owned());
     let payload: Bytes = record.body.slice(name_len..);
-    Message { seq: record.header.seq, name, payload: Payload::from(payload), line: record.header.line }
+    Message { seq: record.header.seq, name, payload: Payload::from(payload), line: record.header.line, origin: None }
 }
 
 #[cfg(test)]

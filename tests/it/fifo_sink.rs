@@ -131,7 +131,7 @@ fn incoming(i: usize) -> Incoming {
     } else {
         Payload::from(data)
     };
-    Incoming { name: Some(name), payload, line: false }
+    Incoming { name: Some(name), payload, line: false, origin: None }
 }
 
 /// Requests of 1 to 16 messages covering `range`.

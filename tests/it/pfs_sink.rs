@@ -129,7 +129,7 @@ fn multi_mib_messages_go_in_pieces_under_the_grpc_limit() {
     let big: Vec<Bytes> = (0..3u8).map(|k| Bytes::from(vec![b'a' + k; 7 << 20])).collect();
     let medium: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 251) as u8).collect();
     let messages = vec![
-        Incoming { name: Some("big.bin".into()), payload: Payload::from(big.clone()), line: false },
+        Incoming { name: Some("big.bin".into()), payload: Payload::from(big.clone()), line: false, origin: None },
         message(Some("medium.bin"), medium.clone()),
         message(Some("empty.bin"), Bytes::new()),
     ];
@@ -152,8 +152,9 @@ fn batch_layout_is_one_file_named_in_the_receipt() {
     setup.layout = Layout::Batch;
     setup.policy.max_messages = 3;
     let pipeline = Pipeline::start(setup);
-    let lines =
-        ["a", "bb", "ccc"].map(|l| Incoming { name: None, payload: Bytes::from(l).into(), line: true }).to_vec();
+    let lines = ["a", "bb", "ccc"]
+        .map(|l| Incoming { name: None, payload: Bytes::from(l).into(), line: true, origin: None })
+        .to_vec();
     let admitted = pipeline.send(lines);
     let receipt = pipeline.verdict(admitted).expect("committed");
     pipeline.close();

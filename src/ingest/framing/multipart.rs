@@ -63,7 +63,7 @@ pub async fn decode(
                 )));
             }
         }
-        messages.push(Incoming { name: file, payload, line: false });
+        messages.push(Incoming { name: file, payload, line: false, origin: None });
     }
     Ok(messages)
 }

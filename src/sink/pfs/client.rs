@@ -211,8 +211,8 @@ impl Pachd {
     }
 
     /// Every file and directory of a commit, as pachd walks them from the root.
-    pub async fn walk_files(&mut self, commit: &Commit) -> Result<Streaming<FileInfo>, Status> {
-        let file = File { commit: Some(commit.clone()), path: "/".into(), datum: String::new() };
+    pub async fn walk_files(&mut self, commit: &Commit, under: &str) -> Result<Streaming<FileInfo>, Status> {
+        let file = File { commit: Some(commit.clone()), path: under.into(), datum: String::new() };
         let request = Request::new(WalkFileRequest { file: Some(file) });
         Ok(self.api.walk_file(request).await?.into_inner())
     }

@@ -77,11 +77,7 @@ impl Writer {
 
 /// The writer id to use when neither the URI nor the spool gives one: `HOST-PID`.
 pub fn default_writer_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "spout-sidecar".into());
+    let host = crate::message::hostname().unwrap_or_else(|| "spout-sidecar".into());
     format!("{host}-{}", std::process::id())
 }
 

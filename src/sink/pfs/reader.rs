@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use tonic::Status;
@@ -18,9 +19,13 @@ use tonic::Status;
 use super::client::{is_not_found, BadAddress, Pachd};
 use super::proto::pfs_v2::{CommitInfo, FileType, Repo};
 use super::target::{Target, DEFAULT_PROJECT};
+use crate::encode::checkpoint;
 use crate::sink::reader::{
     check_path, CommitProgress, CommitReader, Downstream, FileChunks, FileEntry, FileList, ReadError,
 };
+
+/// The most of a checkpoint file read back: far more than any window of ids.
+const CHECKPOINT_LIMIT: usize = 64 << 20;
 
 #[derive(Debug)]
 pub struct PfsReader {
@@ -148,7 +153,7 @@ impl CommitReader for PfsReader {
         async move {
             let mut pachd = self.pachd()?;
             let refusal = |status| self.refusal(status, repo, commit);
-            let mut walk = pachd.walk_files(&pachd.commit_in(repo, commit)).await.map_err(refusal)?;
+            let mut walk = pachd.walk_files(&pachd.commit_in(repo, commit), "/").await.map_err(refusal)?;
             // As with GetFile, a missing commit is refused with the first answer.
             let first = walk.message().await.map_err(refusal)?;
             let place = self.failed_place();
@@ -206,6 +211,43 @@ impl CommitReader for PfsReader {
 
     fn follows_downstream(&self) -> Result<(), ReadError> {
         Ok(())
+    }
+
+    /// The files under the checkpoint directory at the head of the sink's branch:
+    /// files stay in a Pachyderm 2.x branch until replaced, so the head holds the
+    /// newest checkpoint of every replica.
+    fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, ReadError>> {
+        async move {
+            let mut pachd = self.pachd()?;
+            let head = pachd.branch_target();
+            let failed = |status: Status| self.failed(status.message().to_owned());
+            let mut walk = match pachd.walk_files(&head, &format!("/{}", checkpoint::DIR)).await {
+                Ok(walk) => walk,
+                Err(status) if is_not_found(&status) => return Ok(Vec::new()),
+                Err(status) => return Err(failed(status)),
+            };
+            let mut names = Vec::new();
+            loop {
+                match walk.message().await {
+                    Ok(Some(info)) if info.file_type == FileType::File as i32 => {
+                        names.extend(info.file.map(|f| f.path.trim_start_matches('/').to_owned()))
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    // No head commit yet, or no checkpoint written on it.
+                    Err(status) if is_not_found(&status) => return Ok(Vec::new()),
+                    Err(status) => return Err(failed(status)),
+                }
+            }
+            let mut files = Vec::new();
+            for name in names {
+                if let Some(bytes) = pachd.get_small_file(&head, &name, CHECKPOINT_LIMIT).await.map_err(failed)? {
+                    files.push((name, bytes));
+                }
+            }
+            Ok(files)
+        }
+        .boxed()
     }
 
     fn downstream<'a>(

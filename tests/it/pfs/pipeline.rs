@@ -98,7 +98,7 @@ impl Pipeline {
 }
 
 pub fn message(name: Option<&str>, bytes: impl Into<Bytes>) -> Incoming {
-    Incoming { name: name.map(str::to_owned), payload: bytes.into().into(), line: false }
+    Incoming { name: name.map(str::to_owned), payload: bytes.into().into(), line: false, origin: None }
 }
 
 /// Polls `done` until it holds, failing the test after a minute (a hang, not a
