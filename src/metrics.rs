@@ -49,6 +49,11 @@ pub struct Metrics {
     pub spool_quarantined: IntCounterVec,
     pub fifo_handed_over: IntCounter,
     pub fifo_unsure_archives: IntCounter,
+    pub source_messages: IntCounterVec,
+    pub source_bytes: IntCounterVec,
+    pub source_acks: IntCounterVec,
+    pub source_lag: IntGaugeVec,
+    pub source_up: IntGaugeVec,
 }
 
 /// Latencies from 100 µs to ~100 s.
@@ -114,8 +119,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(object_request_duration.clone())).expect("unique metric");
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
         Self {
-            messages_received: counter_vec(r, "messages_received_total", "Messages accepted into the buffer, by transport (http, unix, raw).", &["transport"]),
+            messages_received: counter_vec(r, "messages_received_total", "Messages accepted into the buffer, by transport (http, unix, raw, or a --source's kind).", &["transport"]),
             bytes_received: counter_vec(r, "bytes_received_total", "Payload bytes accepted into the buffer, by transport.", &["transport"]),
             requests: counter_vec(r, "requests_total", "HTTP requests answered, by status code.", &["code"]),
             request_duration,
@@ -158,6 +168,11 @@ impl Metrics {
             spool_quarantined: counter_vec(r, "spool_quarantined_total", "Damaged stretches of spool segments found at start-up and moved to DIR/quarantine/, by kind (corrupt: a CRC or header failed; torn: a record cut short at the end).", &["kind"]),
             fifo_handed_over: counter(r, "fifo_handed_over_batches_total", "fifo: batches acknowledged without writing them again: a previous sidecar died before it saw its reader read them, and its pipe holder saw it (--spool-dir)."),
             fifo_unsure_archives: counter(r, "fifo_unsure_archives_total", "fifo: archives a pipe holder could not tell committed or not (the sidecar was killed between a write that may have ended the archive and its note of it); each may be committed twice by the replay. Counted from the spool's handoff file."),
+            source_messages: counter_vec(r, "source_messages_total", "Messages read from each --source (by its checkpoint name), before any is recognised as a redelivery.", &["source"]),
+            source_bytes: counter_vec(r, "source_bytes_total", "Payload bytes of those messages.", &["source"]),
+            source_acks: counter_vec(r, "source_acks_total", "What queue sources told their broker, by source and outcome (ack: committed; requeue: its batch failed, given back; duplicate: a redelivery of a message already committed, acknowledged without committing it again).", &["source", "outcome"]),
+            source_lag: gauge_vec("source_lag_messages", "Kafka sources: per partition, the end offset minus the offset committed with the data.", &["source", "partition"]),
+            source_up: gauge_vec("source_up", "1 while a source is connected to its broker, 0 while it retries.", &["source"]),
             registry,
         }
     }
@@ -205,7 +220,7 @@ impl Metrics {
 
 /// The label values each labelled family can take, as docs/metrics.md lists them.
 mod known {
-    pub const TRANSPORTS: &[&str] = &["http", "unix", "raw"];
+    pub const TRANSPORTS: &[&str] = &["http", "unix", "raw", "kafka", "amqp", "sqs"];
     pub const CODES: &[&str] = &["200", "202", "400", "401", "404", "405", "408", "413", "422", "502", "503"];
     pub const REJECTION_REASONS: &[&str] = &[
         "bad_framing",

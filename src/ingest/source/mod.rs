@@ -107,6 +107,8 @@ pub enum CheckpointError {
     Read(#[from] ReadError),
     #[error(transparent)]
     Bad(#[from] BadCheckpoint),
+    #[error("two --source name the same checkpoint `{0}`: each must read something else")]
+    SameStem(String),
 }
 
 /// What a source is given to run.
@@ -178,6 +180,9 @@ impl Prepared {
         let mut tracked = Vec::new();
         for SourceSpec(source) in sources {
             let stem = source.checkpoint_stem();
+            if tracked.iter().any(|t: &Tracked| t.file == checkpoint::file_name(&stem, replica)) {
+                return Err(CheckpointError::SameStem(stem));
+            }
             let mut resume = merged(&all, &stem);
             resume.source = source.describe();
             let file = checkpoint::file_name(&stem, replica);
