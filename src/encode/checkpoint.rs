@@ -31,6 +31,12 @@ pub fn file_name(source: &str, replica: &str) -> String {
     format!("{DIR}/{source}.{replica}.json")
 }
 
+/// Whether a commit's file is a checkpoint: sinks that append to a file already
+/// there replace a checkpoint instead.
+pub fn is_checkpoint(name: &str) -> bool {
+    name.strip_prefix(DIR).is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// What a checkpoint file holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
