@@ -12,12 +12,17 @@
 //! 4. `cargo test --workspace --locked ARGS` runs with `SPOUT_TEST_PYTHON` naming the
 //!    virtualenv's interpreter, and its `bin/` and Azurite's first on the PATH.
 //!
+//! `cargo xtask bench` runs the criterion benches against a saved baseline (see
+//! `bench.rs`), with the same tools on hand.
+//!
 //! Only the standard library, so that this builds in seconds, before anything else.
 
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+
+mod bench;
 
 /// What the tests need from Debian: each package, and how to tell it is there
 /// without asking dpkg (a program may come from elsewhere, such as Python from pyenv).
@@ -75,21 +80,32 @@ fn output(argv: &[&str]) -> Option<std::process::Output> {
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     match args.next().as_ref().and_then(|a| a.to_str()) {
-        Some("test") => match test(args.collect()) {
-            Ok(code) => code,
-            Err(message) => {
-                eprintln!("xtask: {message}");
-                ExitCode::FAILURE
-            }
-        },
+        Some("test") => finish(test(args.collect())),
+        Some("bench") => finish(bench::run(args.collect())),
         _ => {
             eprintln!("usage: cargo xtask test [ARGS]   (ARGS go to `cargo test --workspace --locked`)");
+            eprintln!("       cargo xtask bench [--save] [ARGS]   (see xtask/src/bench.rs)");
             ExitCode::from(2)
         }
     }
 }
 
+fn finish(result: Result<ExitCode, String>) -> ExitCode {
+    result.unwrap_or_else(|message| {
+        eprintln!("xtask: {message}");
+        ExitCode::FAILURE
+    })
+}
+
 fn test(cargo_args: Vec<OsString>) -> Result<ExitCode, String> {
+    let mut cargo = cargo_with_test_tools(&["test", "--workspace", "--locked"])?;
+    progress(&shown_command(&cargo_args));
+    exit_code(cargo.args(&cargo_args).status())
+}
+
+/// `cargo ARGS` in the workspace, with what the tests (and the benches that start
+/// servers) need: the Debian packages, the virtualenv and Azurite, on the PATH.
+fn cargo_with_test_tools(args: &[&str]) -> Result<Command, String> {
     let root = workspace_root();
     install_packages()?;
     let venv = target_dir(&root).join("test-venv");
@@ -100,15 +116,14 @@ fn test(cargo_args: Vec<OsString>) -> Result<ExitCode, String> {
     let path = std::env::join_paths([bin, node_bin].into_iter().chain(std::env::split_paths(&path)))
         .map_err(|e| format!("cannot put the virtualenv on the PATH: {e}"))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    progress(&shown_command(&cargo_args));
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args(["test", "--workspace", "--locked"])
-        .args(&cargo_args)
-        .env("SPOUT_TEST_PYTHON", &python)
-        .env("PATH", path)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut command = Command::new(cargo);
+    command.current_dir(&root).args(args).env("SPOUT_TEST_PYTHON", &python).env("PATH", path);
+    Ok(command)
+}
+
+/// The exit code of a finished cargo, as this process's.
+fn exit_code(status: std::io::Result<std::process::ExitStatus>) -> Result<ExitCode, String> {
+    let status = status.map_err(|e| format!("cannot run cargo: {e}"))?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
