@@ -1,0 +1,270 @@
+//! The `sqs://` source against a real `moto_server` (SQS and S3 on one port, from
+//! tests/requirements.txt), each test with its own server: messages committed then
+//! deleted, five SIGKILLs with nothing lost and nothing doubled, visibility kept
+//! while the sink stalls, S3 event notifications (moto delivers them itself) as
+//! files named by their keys, and a queue that does not exist.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::object::servers::{s3_env, Moto};
+use crate::pfs::fake::FakePachd;
+use crate::support::client;
+use crate::support::sidecar::{dir_commits, eventually, Sidecar};
+
+const ACCOUNT: &str = "123456789012";
+/// Any signature goes until moto is told to check them; the scope names the region.
+const AUTH: &str =
+    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0";
+
+/// A queue in moto, driven as another SQS client would.
+struct Queue<'m> {
+    moto: &'m Moto,
+    name: String,
+}
+
+impl<'m> Queue<'m> {
+    fn create(moto: &'m Moto, name: &str, visibility_secs: u64) -> Self {
+        let queue = Self { moto, name: name.to_owned() };
+        let attributes = json!({ "VisibilityTimeout": visibility_secs.to_string() });
+        queue.call("CreateQueue", json!({ "QueueName": name, "Attributes": attributes }));
+        queue
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/{ACCOUNT}/{}", self.moto.endpoint(), self.name)
+    }
+
+    /// The `--source` URI, as it names the queue in AWS, sent to moto.
+    fn source(&self, options: &str) -> String {
+        let endpoint = self.moto.endpoint();
+        format!("sqs://sqs.us-east-1.amazonaws.com/{ACCOUNT}/{}?endpoint=http://{endpoint}&wait=1s{options}", self.name)
+    }
+
+    fn call(&self, action: &str, body: Value) -> Value {
+        let headers = [
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("X-Amz-Target", &format!("AmazonSQS.{action}")),
+            ("Authorization", AUTH),
+        ];
+        let answer = client::request(&self.moto.endpoint(), "POST", "/", &headers, body.to_string().as_bytes());
+        assert_eq!(answer.status, 200, "{action}: {}", answer.text());
+        answer.json()
+    }
+
+    fn send(&self, bodies: &[String]) {
+        for chunk in bodies.chunks(10) {
+            let entries: Vec<Value> =
+                chunk.iter().enumerate().map(|(i, body)| json!({ "Id": i.to_string(), "MessageBody": body })).collect();
+            let answer = self.call("SendMessageBatch", json!({ "QueueUrl": self.url(), "Entries": entries }));
+            assert_eq!(answer["Successful"].as_array().map(Vec::len), Some(chunk.len()), "{answer}");
+        }
+    }
+
+    /// Messages in the queue: (visible, in flight).
+    fn counts(&self) -> (u64, u64) {
+        let names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"];
+        let answer = self.call("GetQueueAttributes", json!({ "QueueUrl": self.url(), "AttributeNames": names }));
+        let count = |name: &str| answer["Attributes"][name].as_str().unwrap().parse().unwrap();
+        (count(names[0]), count(names[1]))
+    }
+
+    /// What a competing consumer receives now, waiting up to `wait_secs`.
+    fn receive(&self, wait_secs: u64) -> Vec<Value> {
+        let body = json!({ "QueueUrl": self.url(), "MaxNumberOfMessages": 10, "WaitTimeSeconds": wait_secs });
+        self.call("ReceiveMessage", body)["Messages"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn bodies(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("message-{i:05}")).collect()
+}
+
+/// How often each payload of a `dir:` sink's commits was committed, checkpoints left out.
+fn committed(root: &std::path::Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, name, body) in dir_commits(root) {
+        if !name.starts_with(".spout/") {
+            *counts.entry(String::from_utf8(body).unwrap()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+fn start(moto: &Moto, args: &[&str]) -> Sidecar {
+    let port = moto.port;
+    Sidecar::start_with(args, |command: &mut Command| {
+        s3_env(command);
+        command.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")).env("SPOUT_SOURCE_REPLICA", "r1");
+    })
+}
+
+#[test]
+fn messages_are_committed_then_deleted_and_counted() {
+    let moto = Moto::start();
+    let queue = Queue::create(&moto, "orders", 30);
+    queue.send(&bodies(45));
+    let out = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", out.path().display());
+    let source = queue.source("");
+    let sidecar = start(&moto, &["--sink", &sink, "--source", &source, "--max-batch-age", "200ms"]);
+
+    eventually(Duration::from_secs(30), "45 messages committed", || (committed(out.path()).len() == 45).then_some(()));
+    eventually(Duration::from_secs(10), "the queue emptied", || (queue.counts() == (0, 0)).then_some(()));
+    assert!(committed(out.path()).values().all(|&n| n == 1));
+    assert_eq!(sidecar.metric(r#"spout_source_acks_total{outcome="ack",source="sqs.orders"}"#), 45);
+    assert_eq!(sidecar.metric(r#"spout_source_messages_total{source="sqs.orders"}"#), 45);
+    assert_eq!(sidecar.metric(r#"spout_source_up{source="sqs.orders"}"#), 1);
+    assert_eq!(sidecar.metric(r#"spout_messages_received_total{transport="sqs"}"#), 45);
+    let checkpoints: Vec<Vec<u8>> = dir_commits(out.path())
+        .into_iter()
+        .filter(|(_, name, _)| name == ".spout/checkpoints/sqs.orders.r1.json")
+        .map(|(_, _, body)| body)
+        .collect();
+    let last: Value = serde_json::from_slice(checkpoints.last().expect("a checkpoint")).unwrap();
+    assert_eq!(last["ids"].as_array().unwrap().len(), 45, "{last}");
+    assert_eq!(last["source"], source.as_str());
+    assert!(sidecar.stop().success());
+}
+
+#[test]
+fn five_kills_lose_nothing_and_commit_nothing_twice() {
+    const COUNT: usize = 3000;
+    let moto = Moto::start();
+    let queue = Queue::create(&moto, "kills", 30);
+    queue.send(&bodies(COUNT));
+    let out = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", out.path().display());
+    // A short visibility: what a killed sidecar held comes back 2 s later.
+    let source = queue.source("&visibility=2s");
+    let args = ["--sink", &sink, "--source", &source, "--max-batch-age", "50ms", "--max-batch-messages", "40"];
+    for round in 0..5 {
+        let mut sidecar = start(&moto, &args);
+        std::thread::sleep(Duration::from_millis(fastrand::u64(300..1500)));
+        sidecar.child.kill().unwrap();
+        sidecar.child.wait().unwrap();
+        eprintln!("kill {round}: {} committed so far", committed(out.path()).len());
+    }
+    assert!(committed(out.path()).len() < COUNT, "the last kill came while it was still consuming");
+    let sidecar = start(&moto, &args);
+    eventually(Duration::from_secs(90), "every message committed", || {
+        (committed(out.path()).len() == COUNT).then_some(())
+    });
+    eventually(Duration::from_secs(20), "the queue emptied", || (queue.counts() == (0, 0)).then_some(()));
+    let counts = committed(out.path());
+    let doubles: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    let recognised = sidecar.metric(r#"spout_source_acks_total{outcome="duplicate",source="sqs.kills"}"#);
+    eprintln!("doubles: {}, recognised by the last run: {recognised}", doubles.len());
+    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), bodies(COUNT), "every message, nothing else");
+    assert!(doubles.is_empty(), "with a window of 10000 > {COUNT}, no message is committed twice: {doubles:?}");
+    assert!(sidecar.stop().success());
+}
+
+#[test]
+fn visibility_is_kept_while_the_sink_stalls_past_it() {
+    let moto = Moto::start();
+    let queue = Queue::create(&moto, "slow", 30);
+    queue.send(&bodies(20));
+    let mut pachd = FakePachd::start(None, None);
+    // Each commit takes 9 s to finish: three times the visibility timeout.
+    pachd.faults(json!({ "slow_finish": 9.0 }));
+    let sink = pachd.uri("spout@master");
+    let source = queue.source("&visibility=3s");
+    let sidecar = start(&moto, &["--sink", &sink, "--source", &source, "--max-batch-age", "100ms"]);
+
+    eventually(Duration::from_secs(20), "20 messages received", || {
+        (sidecar.metric(r#"spout_source_messages_total{source="sqs.slow"}"#) == 20).then_some(())
+    });
+    // Another consumer polls the queue through the stall: nothing may come back.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let stolen = queue.receive(1);
+        assert!(stolen.is_empty(), "a held message became visible: {stolen:?}");
+    }
+    assert_eq!(queue.counts(), (0, 20), "held, not deleted before the commit");
+    eventually(Duration::from_secs(30), "the queue emptied", || (queue.counts() == (0, 0)).then_some(()));
+    let files = pachd.state().files("spout", "master");
+    let mut payloads: Vec<String> = files
+        .iter()
+        .filter(|(name, _)| !name.contains(".spout/"))
+        .map(|(_, body)| String::from_utf8(body.clone()).unwrap())
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, bodies(20));
+    assert!(files.keys().any(|name| name.ends_with(".spout/checkpoints/sqs.slow.r1.json")), "{:?}", files.keys());
+    assert_eq!(sidecar.metric(r#"spout_source_messages_total{source="sqs.slow"}"#), 20, "each received once");
+    assert!(sidecar.stop().success());
+}
+
+#[test]
+fn s3_event_notifications_become_files_named_by_their_keys() {
+    let moto = Moto::start();
+    let queue = Queue::create(&moto, "events", 30);
+    moto.create_bucket("uploads");
+    let arn = format!("arn:aws:sqs:us-east-1:{ACCOUNT}:events");
+    let config = format!(
+        "<NotificationConfiguration><QueueConfiguration><Queue>{arn}</Queue>\
+         <Event>s3:ObjectCreated:*</Event></QueueConfiguration></NotificationConfiguration>"
+    );
+    s3(&moto, "PUT", "/uploads?notification", config.as_bytes());
+    let objects = [("in/a-1.json", "{\"a\":1}"), ("in/b_2.txt", "bee"), ("top.csv", "x,y\n1,2\n")];
+    for (key, body) in objects {
+        s3(&moto, "PUT", &format!("/uploads/{key}"), body.as_bytes());
+    }
+    // Gone before the sidecar reads it: skipped. A key with a space is no file name: left.
+    s3(&moto, "PUT", "/uploads/gone.txt", b"gone");
+    s3(&moto, "DELETE", "/uploads/gone.txt", b"");
+    s3(&moto, "PUT", "/uploads/has%20space.txt", b"space");
+
+    let out = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", out.path().display());
+    let source = format!("sqs://sqs.us-east-1.amazonaws.com/{ACCOUNT}/events?mode=s3-events&wait=1s&visibility=30s");
+    let sidecar = start(&moto, &["--sink", &sink, "--source", &source, "--max-batch-age", "100ms"]);
+
+    let stem = r#"source="sqs.events""#;
+    eventually(Duration::from_secs(30), "the test event, the gone object and the bad key settled", || {
+        let skipped = sidecar.metric(&format!(r#"spout_source_acks_total{{outcome="skipped",{stem}}}"#));
+        let refused = sidecar.metric(&format!(r#"spout_source_acks_total{{outcome="refused",{stem}}}"#));
+        (skipped == 2 && refused == 1).then_some(())
+    });
+    eventually(Duration::from_secs(30), "the three objects committed", || {
+        let files: BTreeMap<String, Vec<u8>> = dir_commits(out.path())
+            .into_iter()
+            .filter(|(_, name, _)| !name.starts_with(".spout/"))
+            .map(|(_, name, body)| (name, body))
+            .collect();
+        (files.len() == 3).then_some(files)
+    })
+    .into_iter()
+    .zip(objects)
+    .for_each(|((name, body), (key, expected))| {
+        assert_eq!((name.as_str(), body.as_slice()), (key, expected.as_bytes()))
+    });
+    assert_eq!(queue.counts(), (0, 1), "only the refused notification is left, in flight");
+    assert!(sidecar.log().contains("has space.txt"), "{}", sidecar.log());
+    assert!(sidecar.stop().success());
+}
+
+#[test]
+fn a_queue_that_does_not_exist_exits_1() {
+    let moto = Moto::start();
+    let out = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", out.path().display());
+    let source = format!("sqs://sqs.us-east-1.amazonaws.com/{ACCOUNT}/missing?endpoint=http://{}", moto.endpoint());
+    let mut sidecar = start(&moto, &["--sink", &sink, "--source", &source]);
+    let status = sidecar.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", sidecar.log());
+    let said = format!("the queue https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/missing does not exist");
+    assert!(sidecar.log().contains(&said), "{}", sidecar.log());
+}
+
+/// One request to moto's S3, as another client would make it.
+fn s3(moto: &Moto, method: &str, target: &str, body: &[u8]) {
+    let auth = AUTH.replace("/sqs/", "/s3/");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/octet-stream")];
+    let answer = client::request(&moto.endpoint(), method, target, &headers, body);
+    assert!(answer.status / 100 == 2, "{method} {target}: {} {}", answer.status, answer.text());
+}
