@@ -169,8 +169,9 @@ fn visibility_is_kept_while_the_sink_stalls_past_it() {
     let queue = Queue::create(&moto, "slow", 30);
     queue.send(&bodies(20));
     let mut pachd = FakePachd::start(None, None);
-    // Each commit takes 9 s to finish: three times the visibility timeout.
-    pachd.faults(json!({ "slow_finish": 9.0 }));
+    // pachd finishes each commit 9 s after it was made, and the sink waits for
+    // that: three times the visibility timeout.
+    pachd.faults(json!({ "finish_delay": 9.0 }));
     let sink = pachd.uri("spout@master");
     let source = queue.source("&visibility=3s");
     let sidecar = start(&moto, &["--sink", &sink, "--source", &source, "--max-batch-age", "100ms"]);
@@ -243,7 +244,9 @@ fn s3_event_notifications_become_files_named_by_their_keys() {
     .for_each(|((name, body), (key, expected))| {
         assert_eq!((name.as_str(), body.as_slice()), (key, expected.as_bytes()))
     });
-    assert_eq!(queue.counts(), (0, 1), "only the refused notification is left, in flight");
+    eventually(Duration::from_secs(10), "only the refused notification left, in flight", || {
+        (queue.counts() == (0, 1)).then_some(())
+    });
     assert!(sidecar.log().contains("has space.txt"), "{}", sidecar.log());
     assert!(sidecar.stop().success());
 }
