@@ -132,34 +132,78 @@ fn messages_are_committed_then_deleted_and_counted() {
 
 #[test]
 fn five_kills_lose_nothing_and_commit_nothing_twice() {
-    const COUNT: usize = 3000;
+    const COUNT: usize = 300;
     let moto = Moto::start();
     let queue = Queue::create(&moto, "kills", 30);
-    queue.send(&bodies(COUNT));
+    let all = bodies(COUNT);
+    std::thread::scope(|scope| {
+        for part in all.chunks(COUNT / 5) {
+            let queue = &queue;
+            scope.spawn(move || queue.send(part));
+        }
+    });
     let out = tempfile::tempdir().unwrap();
     let sink = format!("dir:{}", out.path().display());
     // A short visibility: what a killed sidecar held comes back 2 s later.
     let source = queue.source("&visibility=2s");
-    let args = ["--sink", &sink, "--source", &source, "--max-batch-age", "50ms", "--max-batch-messages", "40"];
+    let args = ["--sink", &sink, "--source", &source, "--max-batch-age", "50ms", "--max-batch-messages", "30"];
+    let mut before = 0;
     for round in 0..5 {
         let mut sidecar = start(&moto, &args);
-        std::thread::sleep(Duration::from_millis(fastrand::u64(300..1500)));
+        // Killed while consuming: once it has committed some, at a random moment after.
+        before = eventually(Duration::from_secs(60), "some messages committed", || {
+            let now = committed(out.path()).len();
+            (now >= before + 15).then_some(now)
+        });
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..200)));
         sidecar.child.kill().unwrap();
         sidecar.child.wait().unwrap();
         eprintln!("kill {round}: {} committed so far", committed(out.path()).len());
     }
     assert!(committed(out.path()).len() < COUNT, "the last kill came while it was still consuming");
     let sidecar = start(&moto, &args);
-    eventually(Duration::from_secs(90), "every message committed", || {
+    eventually(Duration::from_secs(120), "every message committed", || {
         (committed(out.path()).len() == COUNT).then_some(())
     });
     eventually(Duration::from_secs(20), "the queue emptied", || (queue.counts() == (0, 0)).then_some(()));
     let counts = committed(out.path());
     let doubles: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
     let recognised = sidecar.metric(r#"spout_source_acks_total{outcome="duplicate",source="sqs.kills"}"#);
-    eprintln!("doubles: {}, recognised by the last run: {recognised}", doubles.len());
+    eprintln!("doubles: {}, redeliveries recognised by the last run: {recognised}", doubles.len());
     assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), bodies(COUNT), "every message, nothing else");
     assert!(doubles.is_empty(), "with a window of 10000 > {COUNT}, no message is committed twice: {doubles:?}");
+    assert!(sidecar.stop().success());
+}
+
+#[test]
+fn a_redelivery_committed_by_another_replica_is_deleted_not_committed() {
+    let moto = Moto::start();
+    let queue = Queue::create(&moto, "dups", 30);
+    queue.send(&["committed elsewhere".into(), "redelivered".into(), "new".into()]);
+    // Another consumer receives two of them first, and lets them go at once: the
+    // sidecar's receive is their second (ApproximateReceiveCount 2).
+    let mut first = Vec::new();
+    while first.len() < 2 {
+        let body = json!({ "QueueUrl": queue.url(), "MaxNumberOfMessages": 2 - first.len(), "VisibilityTimeout": 0 });
+        let got = queue.call("ReceiveMessage", body)["Messages"].as_array().cloned().unwrap_or_default();
+        first.extend(got.into_iter().filter(|m| m["Body"] != "new"));
+    }
+    let elsewhere = first.iter().find(|m| m["Body"] == "committed elsewhere").expect("received")["MessageId"].clone();
+    // Replica `other` committed it, with its checkpoint, before it could delete it.
+    let out = tempfile::tempdir().unwrap();
+    let checkpoints = out.path().join("00000000000000000001/.spout/checkpoints");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    let checkpoint = json!({ "source": "sqs://elsewhere", "ids": [elsewhere] });
+    std::fs::write(checkpoints.join("sqs.dups.other.json"), checkpoint.to_string()).unwrap();
+
+    let sink = format!("dir:{}", out.path().display());
+    let source = queue.source("");
+    let sidecar = start(&moto, &["--sink", &sink, "--source", &source, "--max-batch-age", "100ms"]);
+    eventually(Duration::from_secs(30), "the queue emptied", || (queue.counts() == (0, 0)).then_some(()));
+    let expected = BTreeMap::from([("new".to_owned(), 1), ("redelivered".to_owned(), 1)]);
+    assert_eq!(committed(out.path()), expected);
+    assert_eq!(sidecar.metric(r#"spout_source_acks_total{outcome="duplicate",source="sqs.dups"}"#), 1);
+    assert_eq!(sidecar.metric(r#"spout_source_acks_total{outcome="ack",source="sqs.dups"}"#), 2);
     assert!(sidecar.stop().success());
 }
 
