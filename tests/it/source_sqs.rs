@@ -308,6 +308,20 @@ fn a_queue_that_does_not_exist_exits_1() {
     assert!(sidecar.log().contains(&said), "{}", sidecar.log());
 }
 
+#[test]
+fn credentials_sqs_refuses_exit_1() {
+    let moto = Moto::start();
+    let queue = Queue::create(&moto, "locked", 30);
+    // From now on moto checks signatures against the keys its IAM knows: none.
+    moto.check_credentials_after(0);
+    let out = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", out.path().display());
+    let mut sidecar = start(&moto, &["--sink", &sink, "--source", &queue.source("")]);
+    let status = sidecar.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", sidecar.log());
+    assert!(sidecar.log().contains("SQS refused the credentials: "), "{}", sidecar.log());
+}
+
 /// One request to moto's S3, as another client would make it.
 fn s3(moto: &Moto, method: &str, target: &str, body: &[u8]) {
     let auth = AUTH.replace("/sqs/", "/s3/");

@@ -160,22 +160,19 @@ impl Queue {
         let unreachable = |source| ApiError::Unreachable { endpoint: self.endpoint.clone(), source };
         let response = self.http.execute(request).await.map_err(unreachable)?;
         let status = response.status();
+        let query_error = response.headers().get("x-amzn-query-error").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = response.into_body().bytes().await.map_err(unreachable)?;
         let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(answer);
         }
-        // `__type` is `com.amazonaws.sqs#QueueDoesNotExist` and the like.
-        let kind = answer.get("__type").and_then(Value::as_str).unwrap_or_default();
-        let code = kind.rsplit('#').next().unwrap_or_default().to_owned();
-        let message = ["message", "Message"]
-            .iter()
-            .find_map(|key| answer.get(key).and_then(Value::as_str))
-            .unwrap_or_else(|| std::str::from_utf8(&bytes).unwrap_or("(not text)"))
-            .to_owned();
+        let text = String::from_utf8_lossy(&bytes);
+        let (code, message) = error_of(&answer, query_error.as_deref(), &text);
         Err(match code.as_str() {
-            "QueueDoesNotExist" => ApiError::NoQueue(self.url.clone()),
-            code if CREDENTIAL_CODES.contains(&code) => ApiError::Credentials { code: code.to_owned(), message },
+            "QueueDoesNotExist" | "AWS.SimpleQueueService.NonExistentQueue" => ApiError::NoQueue(self.url.clone()),
+            _ if status == http::StatusCode::FORBIDDEN || CREDENTIAL_CODES.contains(&code.as_str()) => {
+                ApiError::Credentials { code, message }
+            }
             _ => ApiError::Failed { action, status: status.as_u16(), code, message },
         })
     }
@@ -183,6 +180,25 @@ impl Queue {
     fn malformed(&self, action: &'static str, error: &serde_json::Error) -> ApiError {
         ApiError::Failed { action, status: 200, code: "Malformed".into(), message: error.to_string() }
     }
+}
+
+/// An error's code and message: from the JSON protocol's `__type` (such as
+/// `com.amazonaws.sqs#QueueDoesNotExist`) and `message`, else the query protocol's
+/// `x-amzn-query-error` header or XML `<Code>`, which some answers still use.
+fn error_of(answer: &Value, query_error: Option<&str>, text: &str) -> (String, String) {
+    let between = |open: &str, close: &str| Some(text.split_once(open)?.1.split_once(close)?.0.to_owned());
+    let typed = answer.get("__type").and_then(Value::as_str).and_then(|kind| kind.rsplit('#').next());
+    let code = typed
+        .map(str::to_owned)
+        .or_else(|| query_error.and_then(|header| header.split(';').next()).map(str::to_owned))
+        .or_else(|| between("<Code>", "</Code>"))
+        .unwrap_or_default();
+    let message = ["message", "Message"]
+        .iter()
+        .find_map(|key| answer.get(key).and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| between("<Message>", "</Message>"))
+        .unwrap_or_else(|| text.to_owned());
+    (code, message)
 }
 
 /// Ids and handles are shared by the held messages, the batches and the window.
@@ -193,4 +209,20 @@ fn shared<'de, D: Deserializer<'de>>(text: D) -> Result<Arc<str>, D::Error> {
 /// SQS takes whole seconds; a part second counts as one more.
 fn seconds(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_read_from_json_headers_or_xml() {
+        let json = json!({ "__type": "com.amazonaws.sqs#QueueDoesNotExist", "message": "gone" });
+        assert_eq!(error_of(&json, None, ""), ("QueueDoesNotExist".into(), "gone".into()));
+        let header = error_of(&Value::Null, Some("AWS.SimpleQueueService.NonExistentQueue;Sender"), "x");
+        assert_eq!(header, ("AWS.SimpleQueueService.NonExistentQueue".into(), "x".into()));
+        let xml =
+            "<ErrorResponse><Error><Code>InvalidClientTokenId</Code><Message>bad</Message></Error></ErrorResponse>";
+        assert_eq!(error_of(&Value::Null, None, xml), ("InvalidClientTokenId".into(), "bad".into()));
+    }
 }
