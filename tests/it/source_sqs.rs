@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::object::servers::{s3_env, Moto};
+use crate::object::servers::{s3_env, Moto, Proxy};
 use crate::pfs::fake::FakePachd;
 use crate::support::client;
 use crate::support::sidecar::{dir_commits, eventually, Sidecar};
@@ -292,6 +292,42 @@ fn s3_event_notifications_become_files_named_by_their_keys() {
         (queue.counts() == (0, 1)).then_some(())
     });
     assert!(sidecar.log().contains("has space.txt"), "{}", sidecar.log());
+    assert!(sidecar.stop().success());
+}
+
+#[test]
+fn an_sqs_that_goes_away_is_retried_and_read_again_when_back() {
+    let moto = Moto::start();
+    let queue = Queue::create(&moto, "flaky", 30);
+    let mut proxy = Proxy::start(moto.port);
+    let out = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", out.path().display());
+    let port = proxy.port;
+    let source = format!("sqs://sqs.us-east-1.amazonaws.com/{ACCOUNT}/flaky?endpoint=http://127.0.0.1:{port}&wait=1s");
+    let sidecar = start(&moto, &["--sink", &sink, "--source", &source, "--max-batch-age", "100ms"]);
+    let up = r#"spout_source_up{source="sqs.flaky"}"#;
+    let all = bodies(20);
+    queue.send(&all[..10]);
+    eventually(Duration::from_secs(30), "the first ten committed", || {
+        (committed(out.path()).len() == 10).then_some(())
+    });
+    eventually(Duration::from_secs(10), "the queue emptied", || (queue.counts() == (0, 0)).then_some(()));
+
+    proxy.kill();
+    eventually(Duration::from_secs(10), "the source down", || (sidecar.metric(up) == 0).then_some(()));
+    // Sent once the long poll cut with the connection is over: moto would hand
+    // messages to it, and they would come back only after their visibility timeout.
+    std::thread::sleep(Duration::from_millis(1500));
+    queue.send(&all[10..]);
+    proxy.restart();
+    eventually(Duration::from_secs(30), "the other ten committed", || {
+        (committed(out.path()).len() == 20).then_some(())
+    });
+    assert_eq!(sidecar.metric(up), 1);
+    assert_eq!(committed(out.path()).into_keys().collect::<Vec<_>>(), all);
+    let log = sidecar.log();
+    assert_eq!(log.matches("; retrying").count(), 1, "one line when it went away:\n{log}");
+    assert!(log.contains("cannot reach SQS at http://127.0.0.1:"), "{log}");
     assert!(sidecar.stop().success());
 }
 
