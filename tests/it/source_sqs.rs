@@ -94,6 +94,12 @@ fn committed(root: &std::path::Path) -> BTreeMap<String, usize> {
     counts
 }
 
+/// How many commits a `dir:` sink holds.
+fn commit_count(root: &std::path::Path) -> usize {
+    let entries = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name());
+    entries.filter(|name| !name.to_string_lossy().starts_with('.')).count()
+}
+
 fn start(moto: &Moto, args: &[&str]) -> Sidecar {
     let port = moto.port;
     Sidecar::start_with(args, |command: &mut Command| {
@@ -155,7 +161,15 @@ fn five_kills_lose_nothing_and_commit_nothing_twice() {
             let now = committed(out.path()).len();
             (now >= before + 15).then_some(now)
         });
-        std::thread::sleep(Duration::from_millis(fastrand::u64(0..200)));
+        if round % 2 == 0 {
+            // Right after a commit lands: before its messages are deleted, if it can.
+            let commits = commit_count(out.path());
+            while commit_count(out.path()) == commits {
+                std::thread::yield_now();
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(fastrand::u64(0..200)));
+        }
         sidecar.child.kill().unwrap();
         sidecar.child.wait().unwrap();
         eprintln!("kill {round}: {} committed so far", committed(out.path()).len());
