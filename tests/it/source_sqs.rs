@@ -227,9 +227,9 @@ fn visibility_is_kept_while_the_sink_stalls_past_it() {
     let queue = Queue::create(&moto, "slow", 30);
     queue.send(&bodies(20));
     let mut pachd = FakePachd::start(None, None);
-    // pachd finishes each commit 9 s after it was made, and the sink waits for
-    // that: three times the visibility timeout.
-    pachd.faults(json!({ "finish_delay": 9.0 }));
+    // pachd finishes each commit 12 s after it was made, and the sink waits for
+    // that: four times the visibility timeout.
+    pachd.faults(json!({ "finish_delay": 12.0 }));
     let sink = pachd.uri("spout@master");
     let source = queue.source("&visibility=3s");
     let sidecar = start(&moto, &["--sink", &sink, "--source", &source, "--max-batch-age", "100ms"]);
