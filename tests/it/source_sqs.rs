@@ -1,7 +1,7 @@
 //! The `sqs://` source against a real `moto_server` (SQS and S3 on one port, from
 //! tests/requirements.txt), each test with its own server: messages committed then
 //! deleted, five SIGKILLs with nothing lost and nothing doubled, visibility kept
-//! while the sink stalls, S3 event notifications (moto delivers them itself) as
+//! while the sink stalls, no receive while the buffer is full, S3 event notifications (moto delivers them itself) as
 //! files named by their keys, and a queue that does not exist.
 
 use std::collections::BTreeMap;
@@ -92,6 +92,17 @@ fn committed(root: &std::path::Path) -> BTreeMap<String, usize> {
         }
     }
     counts
+}
+
+/// The payloads of the files at a branch head of the fake pachd, checkpoints left out, sorted.
+fn pfs_payloads(files: &std::collections::HashMap<String, Vec<u8>>) -> Vec<String> {
+    let mut payloads: Vec<String> = files
+        .iter()
+        .filter(|(name, _)| !name.contains(".spout/"))
+        .map(|(_, body)| String::from_utf8(body.clone()).unwrap())
+        .collect();
+    payloads.sort();
+    payloads
 }
 
 /// How many commits a `dir:` sink holds.
@@ -246,15 +257,34 @@ fn visibility_is_kept_while_the_sink_stalls_past_it() {
     assert_eq!(queue.counts(), (0, 20), "held, not deleted before the commit");
     eventually(Duration::from_secs(30), "the queue emptied", || (queue.counts() == (0, 0)).then_some(()));
     let files = pachd.state().files("spout", "master");
-    let mut payloads: Vec<String> = files
-        .iter()
-        .filter(|(name, _)| !name.contains(".spout/"))
-        .map(|(_, body)| String::from_utf8(body.clone()).unwrap())
-        .collect();
-    payloads.sort();
+    let payloads = pfs_payloads(&files);
     assert_eq!(payloads, bodies(20));
     assert!(files.keys().any(|name| name.ends_with(".spout/checkpoints/sqs.slow.r1.json")), "{:?}", files.keys());
     assert_eq!(sidecar.metric(r#"spout_source_messages_total{source="sqs.slow"}"#), 20, "each received once");
+    assert!(sidecar.stop().success());
+}
+
+#[test]
+fn a_full_buffer_stops_the_receives() {
+    let moto = Moto::start();
+    let queue = Queue::create(&moto, "pressed", 30);
+    queue.send(&bodies(100));
+    let mut pachd = FakePachd::start(None, None);
+    // Commits finish 3 s late; 16 KiB of budget holds 30 messages (512 bytes of
+    // overhead each), so the fourth receive's ten wait for room.
+    pachd.faults(json!({ "finish_delay": 3.0 }));
+    let sink = pachd.uri("spout@master");
+    let args =
+        ["--sink", &sink, "--source", &queue.source(""), "--max-batch-age", "100ms", "--max-buffer-bytes", "16KiB"];
+    let sidecar = start(&moto, &args);
+    let received = r#"spout_source_messages_total{source="sqs.pressed"}"#;
+    eventually(Duration::from_secs(20), "the first messages received", || (sidecar.metric(received) > 0).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(sidecar.metric(received) <= 40, "received {} with room for 30", sidecar.metric(received));
+    assert!(queue.counts().0 >= 60, "left in the queue: {:?}", queue.counts());
+    eventually(Duration::from_secs(60), "the queue emptied", || (queue.counts() == (0, 0)).then_some(()));
+    let payloads = pfs_payloads(&pachd.state().files("spout", "master"));
+    assert_eq!(payloads, bodies(100));
     assert!(sidecar.stop().success());
 }
 
