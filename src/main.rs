@@ -101,7 +101,7 @@ async fn run(options: Options) -> Result<ExitCode, Fatal> {
     let Pipeline { intake, health, shutdown: stop, sink_name, sink_thread } = pipeline;
     let mut listeners = Listeners::bind(&options, api).await?;
     listeners.endpoints.stdout_is_sink = spec.writes_stdout();
-    let mut sources = Sources(Some(sources.run(&intake, &reader, &stop.drain)));
+    let mut sources = Sources(Some(sources.run(&intake, &reader, &stop.drain, options.max_message_bytes)));
     tracing::info!(sink = %sink_name, "spout-sidecar {} ready", env!("CARGO_PKG_VERSION"));
 
     let exit = serve_until_done(&options, &mut signals, &listeners.endpoints, &mut sources).await?;

@@ -170,7 +170,7 @@ impl Metrics {
             fifo_unsure_archives: counter(r, "fifo_unsure_archives_total", "fifo: archives a pipe holder could not tell committed or not (the sidecar was killed between a write that may have ended the archive and its note of it); each may be committed twice by the replay. Counted from the spool's handoff file."),
             source_messages: counter_vec(r, "source_messages_total", "Messages read from each --source (by its checkpoint name), before any is recognised as a redelivery.", &["source"]),
             source_bytes: counter_vec(r, "source_bytes_total", "Payload bytes of those messages.", &["source"]),
-            source_acks: counter_vec(r, "source_acks_total", "What queue sources told their broker, by source and outcome (ack: committed; requeue: its batch failed, given back; duplicate: a redelivery of a message already committed, acknowledged without committing it again).", &["source", "outcome"]),
+            source_acks: counter_vec(r, "source_acks_total", "What queue sources told their broker, by source and outcome (ack: committed; requeue: its batch failed, given back; duplicate: a redelivery of a message already committed, acknowledged without committing it again; skipped: acknowledged with nothing to commit, as an S3 test event or an object gone; refused: left in the queue for its dead-letter queue, as an object too large).", &["source", "outcome"]),
             source_lag: gauge_vec("source_lag_messages", "Kafka sources: per partition, the end offset minus the offset committed with the data.", &["source", "partition"]),
             source_up: gauge_vec("source_up", "1 while a source is connected to its broker, 0 while it retries.", &["source"]),
             registry,

@@ -12,6 +12,7 @@
 //!
 //! | URI | source |
 //! |---|---|
+//! | `sqs://HOST/ACCOUNT/QUEUE` | Amazon SQS ([`sqs`]): messages, or the objects S3 event notifications name |
 //!
 //! Adding a source is a new module here and one line in [`SCHEMES`].
 
@@ -27,6 +28,8 @@ use crate::cancel::Cancel;
 use crate::encode::checkpoint::{self, BadCheckpoint, Checkpoint, Fold, Tracked};
 use crate::message::Incoming;
 use crate::sink::reader::{CommitReader, ReadError};
+
+pub mod sqs;
 
 /// A source of messages, as a `--source` URI configured it.
 pub trait Source: Send + Sync + fmt::Debug {
@@ -72,7 +75,7 @@ pub struct SourceScheme {
 }
 
 /// Every kind of source, by URI prefix.
-pub const SCHEMES: &[SourceScheme] = &[];
+pub const SCHEMES: &[SourceScheme] = &[SourceScheme { prefix: "sqs://", form: sqs::FORM, parse: sqs::parse }];
 
 /// A parsed `--source` URI.
 #[derive(Clone)]
@@ -90,7 +93,6 @@ impl FromStr for SourceSpec {
     fn from_str(uri: &str) -> Result<Self, Self::Err> {
         match SCHEMES.iter().find(|scheme| uri.starts_with(scheme.prefix)) {
             Some(scheme) => (scheme.parse)(uri).map(SourceSpec),
-            None if SCHEMES.is_empty() => Err(BadSourceUri(format!("unknown source `{uri}`: none is built in"))),
             None => {
                 let forms: Vec<&str> = SCHEMES.iter().map(|s| s.form).collect();
                 Err(BadSourceUri(format!("unknown source `{uri}`: expected {}", forms.join(", "))))
@@ -126,6 +128,8 @@ pub struct SourceContext {
     pub stem: String,
     /// Cancelled when the sidecar drains: stop fetching, settle what was admitted.
     pub stop: Cancel,
+    /// `--max-message-bytes`: what a source reads whole (an object) must fit.
+    pub max_message_bytes: u64,
     transport: Transport,
 }
 
@@ -199,6 +203,7 @@ impl Prepared {
         intake: &Arc<Intake>,
         reader: &Arc<dyn CommitReader>,
         stop: &Cancel,
+        max_message_bytes: u64,
     ) -> BoxFuture<'static, Result<(), SourceError>> {
         let mut running: futures_util::stream::FuturesUnordered<_> = self
             .sources
@@ -212,6 +217,7 @@ impl Prepared {
                     reader: reader.clone(),
                     stem: source.checkpoint_stem(),
                     stop: stop.clone(),
+                    max_message_bytes,
                     transport: source.transport(),
                 };
                 let task = tokio::spawn(source.clone().run(ctx));
