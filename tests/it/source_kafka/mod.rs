@@ -40,7 +40,7 @@ fn produce_slowly(broker: &Broker, topic: &str) {
 
 /// Checks that `payloads`, in commit order, hold every record exactly once, each
 /// partition's in offset order.
-fn assert_exactly_once_in_order(payloads: &[Vec<u8>]) {
+fn assert_exactly_once_in_order(payloads: &[Vec<u8>], per_partition: usize) {
     let mut seen: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
     for payload in payloads {
         let text = std::str::from_utf8(payload).unwrap();
@@ -49,8 +49,8 @@ fn assert_exactly_once_in_order(payloads: &[Vec<u8>]) {
     }
     assert_eq!(seen.len(), PARTITIONS as usize);
     for (partition, indexes) in seen {
-        let doubles = indexes.len() as i64 - PER_PARTITION as i64;
-        let in_order = indexes.iter().copied().eq(0..PER_PARTITION);
+        let doubles = indexes.len() as i64 - per_partition as i64;
+        let in_order = indexes.iter().copied().eq(0..per_partition);
         assert!(
             in_order,
             "partition {partition}: {} records ({doubles:+} against each once), not 0.. in order",
@@ -100,7 +100,7 @@ fn kill_while_reading(broker: &Broker, topic: &str, sink: &str, committed: &mut 
     // Every kill came before the last record was committed, and commits landed between them.
     assert!(at_kills.iter().all(|&n| n < total), "a kill after the reading: {at_kills:?}");
     assert!(at_kills.iter().any(|&n| n > 0), "nothing committed between the kills: {at_kills:?}");
-    assert_exactly_once_in_order(&payloads);
+    assert_exactly_once_in_order(&payloads, PER_PARTITION);
     assert_eq!(committed().len(), total, "nothing more after the stop");
 }
 
@@ -133,17 +133,64 @@ fn killed_five_times_into_pfs_every_record_is_committed_once_in_partition_order(
     broker.create_topic("orders", PARTITIONS);
     let mut pachd = FakePachd::start(None, None);
     let sink = pachd.uri("orders@master");
-    kill_while_reading(&broker, "orders", &sink, &mut || {
-        let mut files: Vec<(String, Vec<u8>)> =
-            pachd.state().files("orders", "master").into_iter().filter(|(name, _)| !is_checkpoint(name)).collect();
-        // msg-<seq>: the names sort in the order the records were admitted.
-        files.sort();
-        files.into_iter().map(|(_, body)| body).collect()
-    });
+    kill_while_reading(&broker, "orders", &sink, &mut || pfs_messages(&mut pachd, "orders"));
     let head = pachd.state().files("orders", "master");
     let checkpoint: serde_json::Value =
         serde_json::from_slice(&head[".spout/checkpoints/kafka.orders.r1.json"]).unwrap();
     assert_eq!(checkpoint["offsets"], serde_json::json!({"0": 10000, "1": 10000, "2": 10000}));
+}
+
+/// The messages at the head of `repo@master`, in the order they were admitted.
+fn pfs_messages(pachd: &mut FakePachd, repo: &str) -> Vec<Vec<u8>> {
+    let state = pachd.state();
+    if !state.repos.iter().any(|r| r.name == repo && r.branches.contains_key("master")) {
+        return Vec::new(); // the sidecar makes it when it first commits
+    }
+    let mut files: Vec<(String, Vec<u8>)> =
+        state.files(repo, "master").into_iter().filter(|(name, _)| !is_checkpoint(name)).collect();
+    // msg-<seq>: the sequence starts at the clock, so the names sort in admission order
+    // across sidecars and restarts.
+    files.sort();
+    files.into_iter().map(|(_, body)| body).collect()
+}
+
+#[test]
+fn a_partition_moved_to_another_replica_resumes_where_the_first_one_committed() {
+    const EACH: usize = 1_000;
+    let broker = Broker::start();
+    broker.create_topic("moved", PARTITIONS);
+    let produce = |indexes: std::ops::Range<usize>| {
+        for partition in 0..PARTITIONS {
+            broker.produce("moved", partition, indexes.clone().map(|i| value(partition, i)).collect());
+        }
+    };
+    let mut pachd = FakePachd::start(None, None);
+    let sink = pachd.uri("moved@master");
+    let replica = |name: &str, partitions: &str| {
+        let uri = broker.uri("moved", &format!("?partitions={partitions}"));
+        Sidecar::start(&["--source", &uri, "--sink", &sink, "--source-replica", name, "--max-batch-messages", "100"])
+    };
+    let mut committed = |at_least: usize| {
+        eventually(Duration::from_secs(60), &format!("{at_least} records committed"), || {
+            std::thread::sleep(Duration::from_millis(250));
+            let payloads = pfs_messages(&mut pachd, "moved");
+            (payloads.len() >= at_least).then_some(payloads)
+        })
+    };
+    // r1 reads 0 and 1, r2 reads 2, until they are killed.
+    produce(0..EACH / 2);
+    let (r1, r2) = (replica("r1", "0,1"), replica("r2", "2"));
+    committed(EACH / 2 * PARTITIONS as usize);
+    r1.signal(Signal::KILL);
+    r2.signal(Signal::KILL);
+    drop((r1, r2));
+    // Partition 1 moves to r2, which never read it: it resumes at r1's offset, the
+    // highest of the replicas' checkpoints, so its second half comes once.
+    produce(EACH / 2..EACH);
+    let (r1, r2) = (replica("r1", "0"), replica("r2", "1,2"));
+    let payloads = committed(EACH * PARTITIONS as usize);
+    assert!(r1.stop().success() && r2.stop().success());
+    assert_exactly_once_in_order(&payloads, EACH);
 }
 
 #[test]
