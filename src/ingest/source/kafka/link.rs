@@ -59,11 +59,16 @@ impl Link {
     }
 }
 
-/// Whether the brokers refused the SASL credentials: retrying would not help.
+/// rskafka's message for a failed SASL handshake (`ConnectionError::SaslFailed`).
+const SASL_FAILED: &str = "Sasl handshake failed";
+
+/// Whether the brokers refused the SASL credentials: retrying would not help. Once
+/// rskafka's own retries gave up, the SASL error is only in the message (its
+/// `RetryFailed` does not name its cause as the source), so that is read too.
 pub fn refused_credentials(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        if error.is::<rskafka::SaslError>() {
+        if error.is::<rskafka::SaslError>() || error.to_string().contains(SASL_FAILED) {
             return true;
         }
         cause = error.source();
