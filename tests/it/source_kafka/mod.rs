@@ -220,7 +220,7 @@ fn without_a_checkpoint_start_latest_reads_only_what_comes_after() {
 }
 
 #[test]
-fn a_topic_that_does_not_exist_exits_1_and_says_so() {
+fn a_topic_or_partition_that_does_not_exist_exits_1_and_says_so() {
     let broker = Broker::start();
     let out = tempfile::tempdir().unwrap();
     let sink = format!("dir:{}", out.path().display());
@@ -230,6 +230,13 @@ fn a_topic_that_does_not_exist_exits_1_and_says_so() {
     let log = sidecar.log();
     assert!(log.contains("source kafka://127.0.0.1:"), "{log}");
     assert!(log.contains("/missing: topic `missing` does not exist"), "{log}");
+
+    broker.create_topic("one", 1);
+    let mut sidecar = Sidecar::start(&["--source", &broker.uri("one", "?partitions=0,5"), "--sink", &sink]);
+    let status = sidecar.wait_exit(Duration::from_secs(30));
+    let log = sidecar.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("topic `one` has no partition 5 (it has 0)"), "{log}");
 }
 
 #[test]

@@ -73,7 +73,7 @@ impl Kafka {
         let link = Link::new(self.describe(), &ctx.stem);
         let Some(client) = self.connect(&ctx, &link).await? else { return Ok(()) };
         let client = Arc::new(client);
-        let partitions = self.partitions(&client).await?;
+        let Some(partitions) = self.partitions(&client, &ctx, &link).await? else { return Ok(()) };
         let (settler, taking) = settle::Settler::start(self.describe());
         let readers: FuturesUnordered<_> = partitions
             .into_iter()
@@ -136,21 +136,38 @@ impl Kafka {
     }
 
     /// The partitions this replica reads: those of `partitions=`, which must all
-    /// exist, or every partition of the topic.
-    async fn partitions(&self, client: &Client) -> Result<Vec<i32>, SourceError> {
-        let topics = client.list_topics().await.map_err(|e| self.error(format!("cannot list the topics: {e}")))?;
+    /// exist, or every partition of the topic; `None` if stopped first.
+    async fn partitions(
+        &self,
+        client: &Client,
+        ctx: &SourceContext,
+        link: &Link,
+    ) -> Result<Option<Vec<i32>>, SourceError> {
+        let topics = loop {
+            let listed = tokio::select! {
+                listed = client.list_topics() => listed,
+                () = ctx.stop.cancelled() => return Ok(None),
+            };
+            match listed {
+                Ok(topics) => break topics,
+                Err(error) if link::refused_credentials(&error) => {
+                    return Err(self.error(format!("the brokers refused the credentials: {error}")))
+                }
+                Err(error) => link.down(&error, &ctx.stop).await,
+            }
+        };
         let topic = self.uri.topic.as_str();
         let Some(found) = topics.into_iter().find(|t| t.name == topic) else {
             return Err(self.error(format!("topic `{topic}` does not exist")));
         };
         match &self.uri.partitions {
-            None => Ok(found.partitions.into_iter().collect()),
+            None => Ok(Some(found.partitions.into_iter().collect())),
             Some(wanted) => match wanted.difference(&found.partitions).next() {
                 Some(missing) => Err(self.error(format!(
                     "topic `{topic}` has no partition {missing} (it has {})",
                     found.partitions.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
                 ))),
-                None => Ok(wanted.iter().copied().collect()),
+                None => Ok(Some(wanted.iter().copied().collect())),
             },
         }
     }
