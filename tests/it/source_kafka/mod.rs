@@ -240,6 +240,26 @@ fn a_topic_or_partition_that_does_not_exist_exits_1_and_says_so() {
 }
 
 #[test]
+fn brokers_that_cannot_be_reached_are_retried_with_up_at_0_and_one_log_line() {
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", out.path().display());
+    let uri = format!("kafka://127.0.0.1:{nobody}/orders");
+    let sidecar = Sidecar::start(&["--source", &uri, "--sink", &sink]);
+    eventually(Duration::from_secs(30), "the source to say it cannot reach the brokers", || {
+        sidecar.log().contains("cannot reach the brokers, retrying").then_some(())
+    });
+    // Attempts go on (rskafka gives up on one after 5 s, the source tries again), and
+    // the log says it once.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(sidecar.metric(r#"spout_source_up{source="kafka.orders"}"#), 0);
+    let log = sidecar.log();
+    assert_eq!(log.matches("cannot reach the brokers").count(), 1, "{log}");
+    assert!(log.matches("Establishing new connection").count() > 2, "rskafka's attempts, logged by it: {log}");
+    assert!(sidecar.stop().success(), "a source that is retrying stops with the sidecar");
+}
+
+#[test]
 fn credentials_the_brokers_refuse_exit_1_and_say_so() {
     // tansu with authentication and no user: every SASL handshake fails.
     let broker = Broker::start_with(&["--authentication"]);
