@@ -66,7 +66,7 @@ use crate::metrics::METRICS;
 
 pub const SCHEME: Scheme = Scheme { prefix: "fifo:", form: "fifo:PATH", parse };
 
-const KIND: PathKind = PathKind { scheme: "fifo", open, read: None };
+const KIND: PathKind = PathKind { scheme: "fifo", open, read: Some(super::fifo_marker::reader) };
 
 fn parse(uri: &str) -> Result<SinkSpec, BadSinkUri> {
     PathSink::parse(uri, &KIND)

@@ -27,6 +27,7 @@ pub mod dir;
 pub mod dir_reader;
 pub mod fifo;
 pub mod fifo_holder;
+pub mod fifo_marker;
 pub mod health;
 pub mod object;
 pub mod pfs;

@@ -106,7 +106,8 @@ pub trait CommitReader: Send + Sync + fmt::Debug {
     fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, ReadError>>;
 }
 
-/// The reader of a sink that keeps nothing readable (`fifo:`, `stdout:`, object stores).
+/// The reader of a sink that keeps nothing readable (`stdout:`, object stores; `fifo:`
+/// but for its checkpoints, `fifo_marker`).
 #[derive(Debug)]
 pub struct Unreadable {
     pub sink: String,

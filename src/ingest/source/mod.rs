@@ -12,6 +12,7 @@
 //!
 //! | URI | source |
 //! |---|---|
+//! | `kafka://HOST:PORT[,HOST:PORT]/TOPIC[?options]` | [`kafka`]: a topic's partitions, resumed at the offsets committed |
 //! | `sqs://HOST/ACCOUNT/QUEUE` | Amazon SQS ([`sqs`]): messages, or the objects S3 event notifications name |
 //!
 //! Adding a source is a new module here and one line in [`SCHEMES`].
@@ -29,6 +30,7 @@ use crate::encode::checkpoint::{self, BadCheckpoint, Checkpoint, Fold, Tracked};
 use crate::message::Incoming;
 use crate::sink::reader::{CommitReader, ReadError};
 
+pub mod kafka;
 pub mod sqs;
 
 /// A source of messages, as a `--source` URI configured it.
@@ -75,7 +77,10 @@ pub struct SourceScheme {
 }
 
 /// Every kind of source, by URI prefix.
-pub const SCHEMES: &[SourceScheme] = &[SourceScheme { prefix: "sqs://", form: sqs::FORM, parse: sqs::parse }];
+pub const SCHEMES: &[SourceScheme] = &[
+    SourceScheme { prefix: "kafka://", form: "kafka://HOST:PORT[,HOST:PORT]/TOPIC[?options]", parse: kafka::parse },
+    SourceScheme { prefix: "sqs://", form: sqs::FORM, parse: sqs::parse },
+];
 
 /// A parsed `--source` URI.
 #[derive(Clone)]

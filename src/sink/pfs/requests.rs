@@ -1,7 +1,7 @@
 //! The ModifyFile stream one batch becomes: `set_commit` naming the branch, the
 //! writer's marker file replaced (`delete_file`, `add_file`; see `marker`), then per
-//! file an optional `delete_file` (`--overwrite`, and always for a source's
-//! checkpoint) and its bytes as `add_file` requests.
+//! file an optional `delete_file` (`--overwrite`, and always for a source's checkpoint)
+//! and its bytes as `add_file` requests.
 //!
 //! pachd takes gRPC messages of at most 20 MiB, so a file's bytes go in pieces of at
 //! most [`MAX_PIECE`]; pieces for one path append to each other. A piece is a
@@ -16,8 +16,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::proto::google::protobuf::BytesValue;
 use super::proto::pfs_v2::{add_file, modify_file_request::Body, AddFile, Commit, DeleteFile, ModifyFileRequest};
-use crate::encode::checkpoint;
-use crate::encode::CommitFile;
+use crate::encode::{checkpoint, CommitFile};
 use crate::message::Payload;
 
 /// The largest piece of a file in one request: well under pachd's 20 MiB limit.
@@ -42,8 +41,8 @@ pub fn modify_file_requests(
 }
 
 fn file_requests(file: &CommitFile, overwrite: bool) -> Vec<ModifyFileRequest> {
-    // A checkpoint says where its source is now: appended to the last one, it would
-    // say nothing a reader could parse.
+    // A source's checkpoint always replaces the one before: pachd appends to a path
+    // that is there, and two JSON documents in one file would not parse.
     let replace = overwrite || checkpoint::is_checkpoint(&file.name);
     let delete = replace.then(|| delete(file.name.clone()));
     let adds = pieces(&file.data).into_iter().map(|piece| add(file.name.clone(), piece));
@@ -165,6 +164,7 @@ mod tests {
         let files: Arc<[CommitFile]> = vec![
             CommitFile { name: "a".into(), data: payload(&[MAX_PIECE + 1]) },
             CommitFile { name: "b".into(), data: payload(&[1]) },
+            CommitFile { name: ".spout/checkpoints/k.r.json".into(), data: payload(&[1]) },
         ]
         .into();
         let kinds = |overwrite| {
@@ -176,13 +176,9 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(kinds(false), ["set", "delete m", "add m", "add a", "add a", "add b"]);
-        assert_eq!(kinds(true), ["set", "delete m", "add m", "delete a", "add a", "add a", "delete b", "add b"]);
-        let checkpoint = CommitFile { name: checkpoint::file_name("kafka.t", "r"), data: Bytes::from("{}").into() };
-        let kinds: Vec<_> = file_requests(&checkpoint, false)
-            .into_iter()
-            .map(|r| r.body.map(|b| matches!(b, Body::DeleteFile(_))))
-            .collect();
-        assert_eq!(kinds, [Some(true), Some(false)], "a checkpoint replaces the last one");
+        let checkpoint = ["delete .spout/checkpoints/k.r.json", "add .spout/checkpoints/k.r.json"];
+        assert_eq!(kinds(false), [&["set", "delete m", "add m", "add a", "add a", "add b"][..], &checkpoint].concat());
+        let overwritten = ["set", "delete m", "add m", "delete a", "add a", "add a", "delete b", "add b"];
+        assert_eq!(kinds(true), [&overwritten[..], &checkpoint].concat());
     }
 }

@@ -149,6 +149,11 @@ impl FakePachd {
         Self { child, stdin, stdout, port }
     }
 
+    /// The fake's process, to stop and continue it (SIGSTOP: a pachd that hangs).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn uri(&self, repo_branch: &str) -> String {
         format!("pfs://127.0.0.1:{}/{repo_branch}", self.port)
     }

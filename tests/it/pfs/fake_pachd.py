@@ -503,7 +503,13 @@ class Pachd(pfs_pb2_grpc.APIServicer):
             proto = commit.proto()
         self.leave("WalkFile", n, context)
         dirs = {"/"} | {"/" + parent for path in files for parent in parents(path)}
-        for path in sorted(dirs | set(files)):
+        # As pachd: the walk starts at the file's path, and a path with nothing
+        # there is not found.
+        top = "/" + request.file.path.strip("/")
+        walked = [p for p in sorted(dirs | set(files)) if top == "/" or p == top or p.startswith(top + "/")]
+        if not walked:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"file {top} not found in repo {request.file.commit.repo.name}")
+        for path in walked:
             kind = pfs_pb2.FILE if path in files else pfs_pb2.DIR
             yield pfs_pb2.FileInfo(file=pfs_pb2.File(commit=proto, path=path), file_type=kind, size_bytes=files.get(path, 0))
 
