@@ -10,9 +10,11 @@
 //! seals as they happen, under the same lock: the journal's order is the seq order and
 //! the batches can be rebuilt from it after a crash ([`Batcher::replay_sealed`],
 //! [`Batcher::restore`]). A batch sealed while the memory budget is more than half
-//! full (the sink lags) lets its messages go and gives back their charge: the sink
-//! thread reads it back from the journal ([`Batch::load`]), so the backlog is bounded
-//! by the journal's room rather than by memory.
+//! full and [`SPILL_BEHIND`] batches already queue for the sink lets its messages go
+//! and gives back their charge: the sink thread reads it back from the journal
+//! ([`Batch::load`]), so the backlog is bounded by the journal's room rather than by
+//! memory. A batch the sink will take soon stays in memory: reading it back at once
+//! would cost CPU for nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +53,10 @@ pub struct Policy {
     pub max_messages: u64,
     pub max_age: Duration,
 }
+
+/// With a journal, a batch sealed while this many sealed batches wait for the sink
+/// ahead of it (and the memory budget is half full) waits on disk instead of memory.
+pub const SPILL_BEHIND: usize = 2;
 
 /// A sealed batch on its way to the sink.
 #[derive(Debug)]
@@ -328,11 +334,14 @@ impl Batcher {
         METRICS.open_batch_messages.set(0);
         METRICS.open_batch_bytes.set(0);
         METRICS.open_batch_opened.set(0.0);
-        // A sink that lags has let the memory budget fill halfway: the batch waits on
-        // disk instead, and new requests are bounded by the spool's room, not memory.
+        // A sink that lags has let the memory budget fill halfway and batches queue
+        // for it: the batch waits on disk instead, and new requests are bounded by the
+        // spool's room, not memory. A batch the sink is about to take stays: letting
+        // it go would only cost reading it back at once.
         let budget = self.ledger.budget();
+        let lagging = budget.used() > budget.limit() / 2 && out.len() >= SPILL_BEHIND;
         let on_disk = match (&self.journal, messages.first()) {
-            (Some(journal), Some(first)) if budget.used() > budget.limit() / 2 && journal.holds(first.seq) => {
+            (Some(journal), Some(first)) if lagging && journal.holds(first.seq) => {
                 ack.release_memory();
                 Some(journal.clone())
             }
@@ -438,6 +447,46 @@ mod tests {
         assert_eq!(b.push(msgs(&[1]), None).unwrap(), SeqRange { first: 212, last: 212 }, "numbered past them");
         let next = rx.try_recv().unwrap();
         assert_eq!((next.ack.reason, next.messages.len()), (SealReason::Messages, 3));
+    }
+
+    /// A journal in memory: what a spool would read back.
+    #[derive(Debug, Default)]
+    struct Remembers(Mutex<Vec<Message>>);
+
+    impl Journal for Remembers {
+        fn append(&self, messages: &[Message]) -> Result<(), JournalError> {
+            self.0.lock().unwrap().extend_from_slice(messages);
+            Ok(())
+        }
+
+        fn sealed(&self, _: u64, _: u64) {}
+
+        fn holds(&self, _: u64) -> bool {
+            true
+        }
+
+        fn read_back(&self, first: u64, last: u64) -> Result<Vec<Message>, JournalError> {
+            Ok(self.0.lock().unwrap().iter().filter(|m| (first..=last).contains(&m.seq)).cloned().collect())
+        }
+    }
+
+    #[test]
+    fn only_a_batch_queued_behind_others_waits_on_disk() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let budget = Arc::new(Budget::new(1 << 20));
+        // More than half the budget taken: the sink lags.
+        budget.force(600 << 10);
+        let policy = Policy { max_bytes: 1 << 20, max_messages: 1, max_age: Duration::from_secs(60) };
+        let journal: Arc<dyn Journal> = Arc::new(Remembers::default());
+        let b = Batcher::journaled(policy, Sequencer::starting_at(1), Ledger::new(budget), tx, Some(journal));
+        for _ in 0..SPILL_BEHIND + 1 {
+            b.push(msgs(&[10]), None).unwrap();
+        }
+        let batches: Vec<Batch> = rx.try_iter().collect();
+        let on_disk: Vec<bool> = batches.iter().map(Batch::on_disk).collect();
+        assert_eq!(on_disk, [vec![false; SPILL_BEHIND], vec![true]].concat(), "the sink takes the first ones soon");
+        let last = batches.into_iter().last().unwrap().load().unwrap();
+        assert_eq!(last.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [SPILL_BEHIND as u64 + 1]);
     }
 
     #[tokio::test]
