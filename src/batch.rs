@@ -9,10 +9,13 @@
 //! With a [`Journal`] (the disk spool), messages are recorded as they are numbered and
 //! seals as they happen, under the same lock: the journal's order is the seq order and
 //! the batches can be rebuilt from it after a crash ([`Batcher::replay_sealed`],
-//! [`Batcher::restore`]). A batch sealed while the memory budget is more than half
-//! full (the sink lags) lets its messages go and gives back their charge: the sink
-//! thread reads it back from the journal ([`Batch::load`]), so the backlog is bounded
-//! by the journal's room rather than by memory.
+//! [`Batcher::restore`]). A batch sealed while the sink lags ([`Batcher::lagging`]:
+//! the memory budget more than half full and a batch already waiting for the sink,
+//! or the budget three quarters full) lets its messages go and gives back their
+//! charge: the sink thread reads it back from the journal ([`Batch::load`]), so the
+//! backlog is bounded by the journal's room rather than by memory. A batch the sink
+//! takes next stays in memory while there is room: reading it back at once would
+//! cost CPU for nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -328,11 +331,10 @@ impl Batcher {
         METRICS.open_batch_messages.set(0);
         METRICS.open_batch_bytes.set(0);
         METRICS.open_batch_opened.set(0.0);
-        // A sink that lags has let the memory budget fill halfway: the batch waits on
-        // disk instead, and new requests are bounded by the spool's room, not memory.
-        let budget = self.ledger.budget();
+        // The batch waits on disk instead of memory, and new requests are bounded by
+        // the spool's room rather than memory.
         let on_disk = match (&self.journal, messages.first()) {
-            (Some(journal), Some(first)) if budget.used() > budget.limit() / 2 && journal.holds(first.seq) => {
+            (Some(journal), Some(first)) if self.lagging(out.len()) && journal.holds(first.seq) => {
                 ack.release_memory();
                 Some(journal.clone())
             }
@@ -342,6 +344,16 @@ impl Batcher {
         // The sink thread outlives the batcher's sender; should it have died, the
         // batch's ack fails as it is dropped, answering its waiters.
         let _ = out.send(Batch { messages, ack, on_disk });
+    }
+
+    /// Whether the sink lags, with `queued` sealed batches waiting for it: the memory
+    /// budget is more than half full and this batch would wait behind another, or it
+    /// is three quarters full (batches large against the budget must go to disk even
+    /// if none waits, or a stalled sink would hold up admission with the spool empty).
+    fn lagging(&self, queued: usize) -> bool {
+        let budget = self.ledger.budget();
+        let (used, limit) = (budget.used(), budget.limit());
+        (used > limit / 2 && queued > 0) || used > limit / 4 * 3
     }
 
     /// Seals batches that reach `--max-batch-age`. Runs until the batcher is closed.
@@ -438,6 +450,67 @@ mod tests {
         assert_eq!(b.push(msgs(&[1]), None).unwrap(), SeqRange { first: 212, last: 212 }, "numbered past them");
         let next = rx.try_recv().unwrap();
         assert_eq!((next.ack.reason, next.messages.len()), (SealReason::Messages, 3));
+    }
+
+    /// A journal in memory: what a spool would read back.
+    #[derive(Debug, Default)]
+    struct Remembers(Mutex<Vec<Message>>);
+
+    impl Journal for Remembers {
+        fn append(&self, messages: &[Message]) -> Result<(), JournalError> {
+            self.0.lock().unwrap().extend_from_slice(messages);
+            Ok(())
+        }
+
+        fn sealed(&self, _: u64, _: u64) {}
+
+        fn holds(&self, _: u64) -> bool {
+            true
+        }
+
+        fn read_back(&self, first: u64, last: u64) -> Result<Vec<Message>, JournalError> {
+            Ok(self.0.lock().unwrap().iter().filter(|m| (first..=last).contains(&m.seq)).cloned().collect())
+        }
+    }
+
+    /// A batcher journaling to memory, with `used` bytes of a 1 MiB budget taken.
+    fn journaled(used: u64) -> (Arc<Batcher>, crossbeam_channel::Receiver<Batch>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let budget = Arc::new(Budget::new(1 << 20));
+        budget.force(used);
+        let policy = Policy { max_bytes: 1 << 20, max_messages: 1, max_age: Duration::from_secs(60) };
+        let journal: Arc<dyn Journal> = Arc::new(Remembers::default());
+        (Batcher::journaled(policy, Sequencer::starting_at(1), Ledger::new(budget), tx, Some(journal)), rx)
+    }
+
+    fn on_disk(rx: &crossbeam_channel::Receiver<Batch>) -> Vec<bool> {
+        rx.try_iter().map(|b| b.on_disk()).collect()
+    }
+
+    #[test]
+    fn only_a_batch_queued_behind_another_waits_on_disk() {
+        // More than half the budget taken: the sink lags.
+        let (b, rx) = journaled(600 << 10);
+        b.push(msgs(&[10]), None).unwrap();
+        b.push(msgs(&[10]), None).unwrap();
+        let batches: Vec<Batch> = rx.try_iter().collect();
+        assert_eq!(
+            batches.iter().map(Batch::on_disk).collect::<Vec<_>>(),
+            [false, true],
+            "the sink takes the first next"
+        );
+        let last = batches.into_iter().last().unwrap().load().unwrap();
+        assert_eq!(last.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
+        // Under half: everything stays in memory, however many wait.
+        let (b, rx) = journaled(100 << 10);
+        for _ in 0..3 {
+            b.push(msgs(&[10]), None).unwrap();
+        }
+        assert_eq!(on_disk(&rx), [false; 3]);
+        // Three quarters full: to disk even with nothing waiting.
+        let (b, rx) = journaled(800 << 10);
+        b.push(msgs(&[10]), None).unwrap();
+        assert_eq!(on_disk(&rx), [true]);
     }
 
     #[tokio::test]

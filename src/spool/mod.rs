@@ -2,8 +2,9 @@
 //!
 //! It sits between ingest's admission and the batcher. The batcher numbers a
 //! request's messages and, under the same lock, appends them here ([`Journal`]) as
-//! [`record`]s (length and CRC32C each) with one vectored write, payload slices passed
-//! as they arrived; it appends a `sealed` record when it seals a batch, so that a
+//! [`record`]s (length and CRC32C each) with one vectored write: payloads past 1 KiB as
+//! the slices they arrived in, smaller ones copied next to their headers (see
+//! [`record::INLINE_PAYLOAD`]); it appends a `sealed` record when it seals a batch, so that a
 //! restart rebuilds batches exactly as they were. Ingest answers 202 once the records
 //! are as durable as `--spool-sync` asks: with `always`, the [`syncer`] thread runs one
 //! `fdatasync` for every request written while the previous one ran (group commit).
@@ -40,7 +41,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -494,36 +495,13 @@ impl Drop for Spool {
 
 impl Journal for Spool {
     fn append(&self, messages: &[Message]) -> Result<(), JournalError> {
-        let mut headers = BytesMut::with_capacity(messages.len() * HEADER_LEN);
-        for m in messages {
-            let name = m.name.as_deref().unwrap_or("").as_bytes();
-            let header = Header {
-                kind: Kind::Message,
-                line: m.line,
-                body_len: (name.len() as u64 + m.payload.len()) as u32,
-                name_len: name.len() as u32,
-                seq: m.seq,
-            };
-            headers.extend_from_slice(
-                &header.encode(std::iter::once(name).chain(m.payload.chunks().iter().map(|c| &c[..]))),
-            );
-        }
-        let headers = headers.freeze();
-        let mut chunks = Vec::with_capacity(messages.len() * 3);
-        let mut charged = 0;
-        for (i, m) in messages.iter().enumerate() {
-            chunks.push(headers.slice(i * HEADER_LEN..(i + 1) * HEADER_LEN));
-            if let Some(name) = &m.name {
-                chunks.push(Bytes::copy_from_slice(name.as_bytes()));
-            }
-            chunks.extend(m.payload.chunks().iter().cloned());
-            charged += (HEADER_LEN + m.name.as_ref().map_or(0, String::len)) as u64 + m.payload.len();
-        }
+        let chunks = record::encode_messages(messages);
+        // Nothing but message records: all of it is charged.
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let max_seq = messages.last().map_or(0, |m| m.seq);
         let mut state = self.shared.state.lock().unwrap();
-        self.write(&mut state, &chunks, charged, max_seq).map_err(|e| JournalError(e.to_string()))?;
+        self.write(&mut state, &chunks, len, max_seq).map_err(|e| JournalError(e.to_string()))?;
         if let (Some(first), Some(segment)) = (messages.first(), state.segments.back()) {
-            let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
             let start = (segment.path.clone(), segment.len - len);
             state.starts.insert(first.seq, start);
         }
