@@ -9,7 +9,11 @@
 //!
 //! Where bytes are still copied, and why: the headers (and long names) are built
 //! into one buffer per archive, because a header has to exist somewhere as bytes;
-//! that is about 512 bytes per file and one allocation per archive. Padding and the
+//! that is about 512 bytes per file and one allocation per archive. Every file's
+//! header starts as a copy of one made per archive, with the fields all files share
+//! (type, mode, owner, mtime) already formatted: formatting a numeric field costs
+//! an allocation in the `tar` crate, and a header has six of them, so only the name,
+//! size and checksum are written per file. Padding and the
 //! closing blocks are slices of a static zero block. Payload bytes are never copied
 //! here; the only copy left is the kernel's, from these slices into the pipe or file.
 
@@ -58,8 +62,9 @@ pub fn encode_now(files: &[CommitFile]) -> Archive {
 /// Encodes one commit's files as one archive; `mtime` in seconds since the epoch.
 pub fn encode(files: &[CommitFile], mtime: u64) -> Archive {
     let mut headers = BytesMut::with_capacity(files.iter().map(|f| header_len(&f.name)).sum());
+    let regular = header(EntryType::Regular, mtime);
     for file in files {
-        write_headers(&mut headers, file, mtime);
+        write_headers(&mut headers, &regular, file);
     }
     let mut headers = headers.freeze();
     let payload_chunks: usize = files.iter().map(|f| f.data.chunks().len()).sum();
@@ -88,30 +93,38 @@ fn header_len(name: &str) -> usize {
     }
 }
 
-fn write_headers(out: &mut BytesMut, file: &CommitFile, mtime: u64) {
+/// Appends `file`'s header (after its long-name entry if it needs one), made from
+/// `regular`, the archive's header with no name, size or checksum yet.
+fn write_headers(out: &mut BytesMut, regular: &Header, file: &CommitFile) {
     let name = file.name.as_bytes();
     if name.len() > NAME_FIELD {
         // GNU tar counts the terminating NUL in the long name's size.
-        let size = name.len() as u64 + 1;
-        out.extend_from_slice(header(LONG_LINK, EntryType::GNULongName, size, 0).as_bytes());
+        let mut long = header(EntryType::GNULongName, 0);
+        out.extend_from_slice(named(&mut long, LONG_LINK, name.len() as u64 + 1).as_bytes());
         out.extend_from_slice(name);
         let padded = (name.len() + 1).div_ceil(BLOCK) * BLOCK;
         out.extend_from_slice(&ZEROS[..padded - name.len()]);
     }
-    out.extend_from_slice(header(name, EntryType::Regular, file.data.len(), mtime).as_bytes());
+    out.extend_from_slice(named(&mut regular.clone(), name, file.data.len()).as_bytes());
 }
 
-/// A GNU header for `name`, cut to the name field when a long-name entry carries it.
-fn header(name: &[u8], kind: EntryType, size: u64, mtime: u64) -> Header {
+/// A GNU header of `kind` with the fields every file of an archive shares.
+fn header(kind: EntryType, mtime: u64) -> Header {
     let mut header = Header::new_gnu();
-    let field = &mut header.as_old_mut().name;
-    let kept = name.len().min(NAME_FIELD);
-    field[..kept].copy_from_slice(&name[..kept]);
     header.set_entry_type(kind);
     header.set_mode(0o644);
     header.set_uid(0);
     header.set_gid(0);
     header.set_mtime(mtime);
+    header
+}
+
+/// Completes `header` for `name` (cut to the name field when a long-name entry
+/// carries it) and `size`.
+fn named<'h>(header: &'h mut Header, name: &[u8], size: u64) -> &'h Header {
+    let field = &mut header.as_old_mut().name;
+    let kept = name.len().min(NAME_FIELD);
+    field[..kept].copy_from_slice(&name[..kept]);
     header.set_size(size);
     header.set_cksum();
     header

@@ -63,6 +63,11 @@ impl Moto {
         moto
     }
 
+    /// The server's process id (`taskset` execs it, so it is the child's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
