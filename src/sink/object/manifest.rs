@@ -31,8 +31,9 @@ pub struct ObjectEntry {
     pub files: Vec<String>,
     /// Stored bytes (after compression).
     pub size: u64,
-    /// Hex SHA-256 of the stored bytes.
-    pub sha256: String,
+    /// CRC32C (Castagnoli, as S3's `x-amz-checksum-crc32c`) of the stored bytes, as
+    /// 8 lowercase hex digits.
+    pub crc32c: String,
 }
 
 impl Manifest<'_> {

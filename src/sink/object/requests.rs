@@ -140,8 +140,8 @@ pub async fn upload(
             }
         }
     }
-    let (size, sha256) = parts.digest();
-    Ok(ObjectEntry { key: key.to_string(), files: object.files.clone(), size, sha256 })
+    let (size, crc32c) = parts.digest();
+    Ok(ObjectEntry { key: key.to_string(), files: object.files.clone(), size, crc32c })
 }
 
 /// Starts uploading one part; the request runs once the returned future is polled.

@@ -18,7 +18,6 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 pub const REGION: &str = "us-east-1";
 
@@ -279,7 +278,8 @@ pub fn read_store_commits(store: &dyn ObjectStore, dir: &str) -> Vec<StoredCommi
                 assert!(listed.remove(key), "{manifest_key} names {key}, which is not in the store (or twice)");
                 let bytes = get(store, key).await;
                 assert_eq!(bytes.len() as u64, entry["size"].as_u64().unwrap(), "size of {key}");
-                assert_eq!(hex(&Sha256::digest(&bytes)), entry["sha256"].as_str().unwrap(), "sha256 of {key}");
+                let crc = format!("{:08x}", crc32c::crc32c(&bytes));
+                assert_eq!(crc, entry["crc32c"].as_str().unwrap(), "crc32c of {key}");
                 objects.push((key.to_owned(), bytes));
             }
             assert!(listed.is_empty(), "{prefix} holds objects its manifest does not name: {listed:?}");
@@ -305,8 +305,4 @@ pub fn reader(endpoint: &str, bucket: &str) -> impl ObjectStore {
 
 async fn get(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
     store.get(&Path::parse(key).unwrap()).await.unwrap().bytes().await.unwrap().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
