@@ -1,6 +1,7 @@
 //! The ModifyFile stream one batch becomes: `set_commit` naming the branch, the
 //! writer's marker file replaced (`delete_file`, `add_file`; see `marker`), then per
-//! file an optional `delete_file` (`--overwrite`) and its bytes as `add_file` requests.
+//! file an optional `delete_file` (`--overwrite`, and always for a source's checkpoint)
+//! and its bytes as `add_file` requests.
 //!
 //! pachd takes gRPC messages of at most 20 MiB, so a file's bytes go in pieces of at
 //! most [`MAX_PIECE`]; pieces for one path append to each other. A piece is a
@@ -15,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::proto::google::protobuf::BytesValue;
 use super::proto::pfs_v2::{add_file, modify_file_request::Body, AddFile, Commit, DeleteFile, ModifyFileRequest};
-use crate::encode::CommitFile;
+use crate::encode::{checkpoint, CommitFile};
 use crate::message::Payload;
 
 /// The largest piece of a file in one request: well under pachd's 20 MiB limit.
@@ -40,7 +41,10 @@ pub fn modify_file_requests(
 }
 
 fn file_requests(file: &CommitFile, overwrite: bool) -> Vec<ModifyFileRequest> {
-    let delete = overwrite.then(|| delete(file.name.clone()));
+    // A source's checkpoint has the same path in every commit, and pachd appends to
+    // a file that is there: it is replaced, always.
+    let replaced = overwrite || file.name.starts_with(checkpoint::DIR);
+    let delete = replaced.then(|| delete(file.name.clone()));
     let adds = pieces(&file.data).into_iter().map(|piece| add(file.name.clone(), piece));
     delete.into_iter().chain(adds).collect()
 }
@@ -156,10 +160,11 @@ mod tests {
     }
 
     #[test]
-    fn the_marker_is_replaced_first_and_overwrite_deletes_before_adding() {
+    fn the_marker_is_replaced_first_checkpoints_always_and_overwrite_deletes_before_adding() {
         let files: Arc<[CommitFile]> = vec![
             CommitFile { name: "a".into(), data: payload(&[MAX_PIECE + 1]) },
             CommitFile { name: "b".into(), data: payload(&[1]) },
+            CommitFile { name: ".spout/checkpoints/s.r.json".into(), data: payload(&[1]) },
         ]
         .into();
         let kinds = |overwrite| {
@@ -171,7 +176,9 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(kinds(false), ["set", "delete m", "add m", "add a", "add a", "add b"]);
-        assert_eq!(kinds(true), ["set", "delete m", "add m", "delete a", "add a", "add a", "delete b", "add b"]);
+        let checkpoint = ["delete .spout/checkpoints/s.r.json", "add .spout/checkpoints/s.r.json"];
+        assert_eq!(kinds(false), [&["set", "delete m", "add m", "add a", "add a", "add b"][..], &checkpoint].concat());
+        let overwritten = ["set", "delete m", "add m", "delete a", "add a", "add a", "delete b", "add b"];
+        assert_eq!(kinds(true), [&overwritten[..], &checkpoint].concat());
     }
 }

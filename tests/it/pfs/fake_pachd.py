@@ -503,7 +503,12 @@ class Pachd(pfs_pb2_grpc.APIServicer):
             proto = commit.proto()
         self.leave("WalkFile", n, context)
         dirs = {"/"} | {"/" + parent for path in files for parent in parents(path)}
-        for path in sorted(dirs | set(files)):
+        # As pachd's walkFile: the path itself and what is under it, NOT_FOUND if none.
+        under = "/" + request.file.path.strip("/")
+        walked = [p for p in sorted(dirs | set(files)) if under == "/" or p == under or p.startswith(under + "/")]
+        if not walked:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"file {request.file.path} not found in commit {commit.name()}")
+        for path in walked:
             kind = pfs_pb2.FILE if path in files else pfs_pb2.DIR
             yield pfs_pb2.FileInfo(file=pfs_pb2.File(commit=proto, path=path), file_type=kind, size_bytes=files.get(path, 0))
 
