@@ -133,14 +133,28 @@ impl Broker {
         });
     }
 
+    /// What `rabbitmqctl ARGS` prints.
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(CTL).args(args).envs(self.env.iter().map(|(k, v)| (*k, v.as_str()))).output();
+        let out = out.expect("rabbitmqctl");
+        assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Closes every client connection but the tests' own, as an operator would.
+    pub fn close_connections_of(&self, user_name: &str) {
+        for line in self.ctl(&["list_connections", "-q", "--no-table-headers", "pid", "client_properties"]).lines() {
+            if line.contains(user_name) {
+                let pid = line.split_whitespace().next().unwrap();
+                self.ctl(&["close_connection", pid, "closed by the test"]);
+            }
+        }
+    }
+
     /// (ready, unacknowledged) messages of `queue`, as `rabbitmqctl` reports them.
     pub fn depth(&self, queue: &str) -> (u64, u64) {
-        let out = Command::new(CTL)
-            .args(["list_queues", "-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"])
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .expect("rabbitmqctl");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text =
+            self.ctl(&["list_queues", "-q", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"]);
         let line = text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).find(|f| f.first() == Some(&queue));
         let fields = line.unwrap_or_else(|| panic!("rabbitmqctl lists no {queue}: {text}{}", self.dir.display()));
         (fields[1].parse().unwrap(), fields[2].parse().unwrap())

@@ -252,3 +252,43 @@ fn a_queue_that_does_not_exist_exits_1_saying_so() {
     let log = sidecar.log();
     assert!(log.contains("NOT_FOUND") && log.contains("no-such-queue"), "{log}");
 }
+
+#[test]
+fn a_dropped_connection_is_opened_again_and_nothing_is_lost_or_doubled() {
+    const COUNT: usize = 4000;
+    let broker = broker();
+    let queue = broker.queue("dropped");
+    broker.publish(&queue, numbered(0..COUNT));
+    let root = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", root.path().display());
+    let source = broker.uri(&queue, "&prefetch=200");
+    let sidecar = start(&source, &sink, &["--max-batch-messages", "50"]);
+    eventually(Duration::from_secs(30), "a first commit", || (!dir_counts(root.path()).is_empty()).then_some(()));
+    broker.close_connections_of(&format!("spout-sidecar amqp.{queue}"));
+    eventually(Duration::from_secs(30), "a second connection", || {
+        (sidecar.log().matches("consuming (prefetch 200)").count() == 2).then_some(())
+    });
+    broker.wait_empty(&queue, Duration::from_secs(60));
+    assert_eq!(sidecar.metric(&series("spout_source_up", &queue, None)), 1);
+    let log = sidecar.log();
+    assert_eq!(log.matches("broker unreachable, retrying").count(), 1, "{log}");
+    assert!(sidecar.stop().success());
+    assert_eq!(doubles_of(&dir_counts(root.path()), COUNT), 0);
+}
+
+#[test]
+fn credentials_refused_exit_1_saying_so() {
+    let broker = broker();
+    let queue = broker.queue("refused");
+    let root = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", root.path().display());
+    let uri = broker.uri(&queue, "").replace("guest:guest@", "guest:wrong@");
+    let mut sidecar = start(&uri, &sink, &[]);
+    let status = sidecar.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", sidecar.log());
+    let log = sidecar.log();
+    let refused = log.lines().find(|l| l.contains("the broker refused")).unwrap_or_else(|| panic!("{log}"));
+    assert!(refused.contains("ACCESS_REFUSED") && refused.contains("draining and exiting"), "{refused}");
+    assert!(!log.contains("wrong"), "the password is not logged: {log}");
+    assert_eq!(log.matches(" ERROR ").count(), 1, "one line says why: {log}");
+}

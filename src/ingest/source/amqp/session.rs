@@ -119,7 +119,10 @@ pub struct Session {
 
 impl Session {
     pub async fn open(settings: &Settings, prefetch: u16) -> Result<Self, Failure> {
-        let connection = Connection::connect_uri(settings.broker.clone(), ConnectionProperties::default()).await?;
+        // Named so that an operator sees in RabbitMQ whose connection it is.
+        let name = format!("spout-sidecar {}", settings.stem());
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = Connection::connect_uri(settings.broker.clone(), properties).await?;
         let channel = connection.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let consumer = channel
