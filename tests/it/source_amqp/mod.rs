@@ -150,11 +150,12 @@ fn pfs_counts(pachd: &mut FakePachd, repo: &str) -> BTreeMap<Vec<u8>, usize> {
     counts
 }
 
-#[test]
-fn kill_9_five_times_into_pfs_recognises_the_redeliveries_of_committed_messages() {
+/// Publishes 3,000 messages and kills a sidecar consuming them into the fake pachd 5
+/// times; (redeliveries recognised, doubles committed).
+fn kill_9_five_times_into_pfs(name: &str, options: &str) -> (u64, usize) {
     const COUNT: usize = 3000;
     let broker = broker();
-    let queue = broker.queue("kill-pfs");
+    let queue = broker.queue(name);
     broker.publish(&queue, numbered(0..COUNT));
     let pachd = std::sync::Mutex::new(FakePachd::start(None, None));
     // pachd finishes each commit 0.2 s after FinishCommit: the batch is in the branch
@@ -162,16 +163,31 @@ fn kill_9_five_times_into_pfs_recognises_the_redeliveries_of_committed_messages(
     // acknowledgement, and the next run is given those messages again.
     pachd.lock().unwrap().faults(json!({"finish_delay": 0.2}));
     let sink = pachd.lock().unwrap().uri("events@master");
-    let source = broker.uri(&queue, "&prefetch=200");
+    let source = broker.uri(&queue, &format!("&prefetch=200{options}"));
     let recognised = kill_nine_five_times(
         &queue,
         || start(&source, &sink, &["--max-batch-messages", "50"]),
         || pfs_counts(&mut pachd.lock().unwrap(), "events").len(),
     );
     let doubles = doubles_of(&pfs_counts(&mut pachd.lock().unwrap(), "events"), COUNT);
-    eprintln!("pfs://: {COUNT} messages, 5 kills: {recognised} redeliveries recognised, {doubles} doubles");
+    eprintln!("pfs:// {options}: {COUNT} messages, 5 kills: {recognised} redeliveries recognised, {doubles} doubles");
+    (recognised, doubles)
+}
+
+#[test]
+fn kill_9_five_times_into_pfs_recognises_the_redeliveries_of_committed_messages() {
+    let (recognised, doubles) = kill_9_five_times_into_pfs("kill-pfs", "");
     assert_eq!(doubles, 0, "the window (10,000) is larger than the prefetch (200)");
     assert!(recognised > 0, "no kill landed between a commit and its acknowledgement");
+}
+
+#[test]
+fn with_a_window_smaller_than_the_prefetch_redeliveries_are_committed_twice() {
+    // The same kills with a window of 1: the redeliveries that the window no longer
+    // recalls are the doubles, at most one prefetch per kill.
+    let (_, doubles) = kill_9_five_times_into_pfs("kill-pfs-window", "&window=1");
+    assert!(doubles > 0, "a window of 1 recalled every redelivery");
+    assert!(doubles <= 5 * 200, "{doubles} doubles: more than 5 kills' prefetch");
 }
 
 #[test]

@@ -9,12 +9,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::FieldTable;
-use lapin::{Acker, Channel, Connection, ConnectionProperties, Consumer, ErrorKind};
+use lapin::{Acker, Connection, ConnectionProperties, Consumer, ErrorKind};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
@@ -113,7 +114,6 @@ impl Shared {
 
 pub struct Session {
     connection: Connection,
-    channel: Channel,
     consumer: Consumer,
 }
 
@@ -133,12 +133,22 @@ impl Session {
                 FieldTable::default(),
             )
             .await?;
-        Ok(Self { connection, channel, consumer })
+        Ok(Self { connection, consumer })
     }
 
-    /// Consumes until `ctx.stop` (then waits for the verdicts of what it admitted,
-    /// acknowledges and closes) or until the connection fails.
+    /// Consumes until `ctx.stop` or until the connection fails; then waits for the
+    /// verdicts of what it admitted, settles them while the channel may still take
+    /// them, and closes the connection.
     pub async fn run(mut self, ctx: &SourceContext, shared: &mut Shared) -> Result<(), Failure> {
+        let ended = self.consume(ctx, shared).await;
+        shared.settled().await;
+        // A connection already gone may not answer the close.
+        let closing = self.connection.close(200, "spout-sidecar is done with it".into());
+        let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        ended
+    }
+
+    async fn consume(&mut self, ctx: &SourceContext, shared: &mut Shared) -> Result<(), Failure> {
         let chunk_bytes = ctx.intake.budget().limit() / 8;
         // A delivery that would have made its chunk too large: the next one's first.
         let mut carried = None;
@@ -176,9 +186,6 @@ impl Session {
                 return Err(failure);
             }
         }
-        shared.settled().await;
-        let _ = self.channel.close(200, "draining".into()).await;
-        let _ = self.connection.close(200, "draining".into()).await;
         Ok(())
     }
 }
