@@ -1,10 +1,12 @@
 //! A private RabbitMQ (Debian's `rabbitmq-server`, installed by `cargo xtask test`)
 //! for the `amqp://` source tests: one for the whole test run, on free loopback
 //! ports, its node, data and logs in a temporary directory, started by the first
-//! test that asks; each test declares queues of its own. A watchdog shell holds a
-//! pipe from this process and, once the pipe closes (the test process ended, however
-//! it ended), kills the broker and its epmd and removes the directory.
+//! test that asks; each test declares queues of its own. A watchdog shell, in a
+//! process group of its own, holds a pipe from this process and, once the pipe closes
+//! (the test process ended, however it ended), kills the broker and its epmd and
+//! removes the directory.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -30,19 +32,20 @@ pub struct Broker {
     _watchdog: Mutex<Child>,
 }
 
-static BROKER: OnceLock<Broker> = OnceLock::new();
+/// The broker, or why it did not start: every test that asks fails with that at
+/// once rather than try again.
+static BROKER: OnceLock<Result<Broker, String>> = OnceLock::new();
 
 /// The shared broker, started on first use.
 pub fn broker() -> &'static Broker {
-    BROKER.get_or_init(Broker::start)
+    BROKER.get_or_init(Broker::start).as_ref().unwrap_or_else(|why| panic!("{why}"))
 }
 
 impl Broker {
-    fn start() -> Self {
-        assert!(
-            Path::new(SERVER).exists(),
-            "the amqp:// tests run Debian's rabbitmq-server; `cargo xtask test` installs it"
-        );
+    fn start() -> Result<Self, String> {
+        if !Path::new(SERVER).exists() {
+            return Err("the amqp:// tests run Debian's rabbitmq-server; `cargo xtask test` installs it".into());
+        }
         let dir = tempfile::Builder::new().prefix("spout-rabbitmq-").tempdir().unwrap().keep();
         let port = free_port();
         let env = vec![
@@ -65,8 +68,11 @@ impl Broker {
              node=$(cat \"$RABBITMQ_PID_FILE\" 2>/dev/null); kill -9 $node 2>/dev/null; \
              while [ -n \"$node\" ] && kill -0 $node 2>/dev/null; do sleep 0.1; done; \
              epmd -kill >/dev/null 2>&1; rm -rf \"$HOME\"";
-        let watchdog = Command::new("sh")
+        let mut watchdog = Command::new("sh")
             .args(["-c", script])
+            // Its own process group: a signal to the test run's group (a timeout
+            // killing it) must leave the watchdog to clean up after it.
+            .process_group(0)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("SERVER", SERVER)
             .stdin(Stdio::piped())
@@ -80,16 +86,19 @@ impl Broker {
         let connection = loop {
             match runtime.block_on(Connection::connect(&url, ConnectionProperties::default())) {
                 Ok(connection) => break connection,
-                Err(error) => {
+                Err(error) if Instant::now() > deadline => {
                     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                    assert!(Instant::now() < deadline, "rabbitmq-server did not answer on {port}: {error}\n{log}");
-                    std::thread::sleep(Duration::from_millis(250));
+                    // Its stdin closed, the watchdog stops the broker and ends.
+                    drop(watchdog.stdin.take());
+                    let _ = watchdog.wait();
+                    return Err(format!("rabbitmq-server did not answer on {port} in 90 s: {error}\n{log}"));
                 }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
             }
         };
         let channel = runtime.block_on(connection.create_channel()).unwrap();
         runtime.block_on(channel.confirm_select(ConfirmSelectOptions::default())).unwrap();
-        Self { port, dir, env, runtime, channel, _connection: connection, _watchdog: Mutex::new(watchdog) }
+        Ok(Self { port, dir, env, runtime, channel, _connection: connection, _watchdog: Mutex::new(watchdog) })
     }
 
     /// The `--source` URI of `queue`, with `options` (`&prefetch=…`) appended.
