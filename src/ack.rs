@@ -101,6 +101,9 @@ pub struct Ledger {
     unsettled: Mutex<BTreeMap<u64, Unsettled>>,
     /// Told the last seq of every batch committed (the spool, to let go of it).
     on_commit: std::sync::OnceLock<CommitHook>,
+    /// The seqs (first, last) of the batches failed since the sink thread last took
+    /// them: the sources' checkpoints must not recall their messages as committed.
+    failed: Mutex<Vec<(u64, u64)>>,
 }
 
 /// What [`Ledger::on_commit`] calls, on the thread that settles the batch.
@@ -120,7 +123,13 @@ impl Ledger {
             history: Mutex::default(),
             unsettled: Mutex::default(),
             on_commit: std::sync::OnceLock::new(),
+            failed: Mutex::default(),
         })
+    }
+
+    /// The seqs (first, last) of the batches failed since the last call.
+    pub fn take_failed(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *self.failed.lock().unwrap())
     }
 
     /// Calls `hook` with the last seq of each batch as it commits. Set once.
@@ -215,6 +224,10 @@ impl BatchAck {
         }
     }
 
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
     /// Time since the batch was sealed: how long its commit has taken so far.
     pub fn since_sealed(&self) -> std::time::Duration {
         self.sealed.elapsed()
@@ -250,6 +263,9 @@ impl BatchAck {
     fn settle(&mut self, verdict: Verdict) {
         self.settled = true;
         self.ledger.unsettled.lock().unwrap().remove(&self.no);
+        if verdict.is_err() {
+            self.ledger.failed.lock().unwrap().push((self.first_seq, self.last_seq));
+        }
         self.release_memory();
         let summary = CommitSummary {
             batch: self.no,

@@ -72,8 +72,14 @@ fn fatal(error: Fatal) -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter =
+    let parsed =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The AMQP client logs every dropped connection at ERROR, several lines each; the
+    // amqp:// source logs each change once itself. A filter naming lapin shows them.
+    let filter = match filter.contains("lapin") {
+        true => parsed,
+        false => parsed.add_directive("lapin=off".parse().expect("a valid directive")),
+    };
     // Logs go to stderr: stdout may be the `stdout:` sink's tar stream.
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
 }

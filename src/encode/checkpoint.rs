@@ -106,15 +106,35 @@ pub struct Tracked {
 #[derive(Debug, Default)]
 pub struct Checkpoints {
     sources: Vec<Tracked>,
-    /// The ids of each source's state, as a queue to drop the oldest from.
-    windows: Vec<VecDeque<Arc<str>>>,
+    /// The ids of each source's state with the seq of their message (0 for those
+    /// recalled at start-up), as a queue to drop the oldest from.
+    windows: Vec<VecDeque<(u64, Arc<str>)>>,
+    /// Sources whose ids changed other than by a batch of theirs: their next
+    /// checkpoint is written with the next batch, whatever it holds.
+    changed: Vec<bool>,
 }
 
 impl Checkpoints {
     pub fn new(sources: Vec<Tracked>) -> Self {
-        let windows =
-            sources.iter().map(|tracked| tracked.state.ids.iter().map(|id| Arc::from(id.as_str())).collect()).collect();
-        Self { sources, windows }
+        let recalled = |tracked: &Tracked| tracked.state.ids.iter().map(|id| (0, Arc::from(id.as_str()))).collect();
+        let windows = sources.iter().map(recalled).collect();
+        let changed = vec![false; sources.len()];
+        Self { sources, windows, changed }
+    }
+
+    /// Forgets the ids of messages whose batch failed (seq ranges, first and last),
+    /// so that no later checkpoint recalls them as committed and a queue commits
+    /// them when they come back. (A log's offsets are left as they are.)
+    pub fn forget(&mut self, failed: &[(u64, u64)]) {
+        if failed.is_empty() {
+            return;
+        }
+        let in_failed = |seq: u64| failed.iter().any(|&(first, last)| (first..=last).contains(&seq));
+        for (ids, changed) in self.windows.iter_mut().zip(&mut self.changed) {
+            let before = ids.len();
+            ids.retain(|(seq, _)| !in_failed(*seq));
+            *changed |= ids.len() != before;
+        }
     }
 
     /// Folds a batch's messages in and returns the checkpoint files the batch's
@@ -123,8 +143,9 @@ impl Checkpoints {
         if self.sources.is_empty() {
             return Vec::new();
         }
-        let mut touched = vec![false; self.sources.len()];
-        for origin in messages.iter().filter_map(|m| m.origin.as_ref()) {
+        let mut touched = std::mem::replace(&mut self.changed, vec![false; self.sources.len()]);
+        for message in messages {
+            let Some(origin) = &message.origin else { continue };
             let index = usize::from(origin.source);
             let Some(tracked) = self.sources.get_mut(index) else { continue };
             touched[index] = true;
@@ -135,7 +156,7 @@ impl Checkpoints {
                 }
                 (Position::Id(id), Fold::Ids { window }) => {
                     let ids = &mut self.windows[index];
-                    ids.push_back(id.clone());
+                    ids.push_back((message.seq, id.clone()));
                     while ids.len() > window {
                         ids.pop_front();
                     }
@@ -146,7 +167,7 @@ impl Checkpoints {
         let mut files = Vec::new();
         for (index, tracked) in self.sources.iter_mut().enumerate().filter(|(i, _)| touched[*i]) {
             if let Fold::Ids { .. } = tracked.fold {
-                tracked.state.ids = self.windows[index].iter().map(|id| id.to_string()).collect();
+                tracked.state.ids = self.windows[index].iter().map(|(_, id)| id.to_string()).collect();
             }
             // Serialising a map of integers and strings cannot fail.
             let json = serde_json::to_vec(&tracked.state).expect("a checkpoint serialises");
@@ -209,6 +230,18 @@ mod tests {
         let files = checkpoints.stamp(&[message(3, id(0, "d"))]);
         assert_eq!(parsed(&files[0]).ids, ["b", "c", "d"]);
         assert_eq!(parsed(&files[0]).source, "amqp://h/v");
+    }
+
+    #[test]
+    fn the_ids_of_a_failed_batch_are_forgotten_and_the_next_batch_says_so() {
+        let start = Checkpoint { source: "amqp://h/v".into(), offsets: BTreeMap::new(), ids: vec!["a".into()] };
+        let mut checkpoints = Checkpoints::new(vec![tracked("amqp.q", Fold::Ids { window: 10 }, start)]);
+        checkpoints.stamp(&[message(1, id(0, "b")), message(2, id(0, "c"))]);
+        checkpoints.stamp(&[message(3, id(0, "d"))]);
+        checkpoints.forget(&[(2, 3)]);
+        let files = checkpoints.stamp(&[message(4, None)]);
+        assert_eq!(parsed(&files[0]).ids, ["a", "b"], "written though the batch holds none of its messages");
+        assert!(checkpoints.stamp(&[message(5, None)]).is_empty());
     }
 
     #[test]

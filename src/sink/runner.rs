@@ -89,6 +89,7 @@ fn run(mut sink: Box<dyn Sink>, batches: Receiver<Batch>, ctx: SinkContext, extr
                     (gate.0)();
                 }
                 if let Some(batch) = batch.load() {
+                    checkpoints.forget(&batch.ack.ledger().take_failed());
                     let stamped = checkpoints.stamp(&batch.messages);
                     let mut commit = ctx.layout.apply(batch);
                     commit.files.extend(stamped);

@@ -38,6 +38,7 @@ mod schemathesis;
 mod senders;
 mod shutdown;
 mod sink_outages;
+mod source_amqp;
 mod source_kafka;
 mod source_sqs;
 mod spool;

@@ -1,9 +1,10 @@
 //! `cargo xtask test [ARGS]`, the project's test command: makes a fresh Debian machine
 //! that has Rust and Python 3 ready for the test suite, then runs it.
 //!
-//! 1. The programs the tests run (curl, nc, go, promtool, and `python3 -m venv`) are
-//!    looked for; as root, the Debian packages of those missing are installed with
-//!    apt-get; otherwise it names them and the command that installs them, and stops.
+//! 1. The programs the tests run (curl, nc, go, promtool, rabbitmq-server, and
+//!    `python3 -m venv`) are looked for; as root, the Debian packages of those missing
+//!    are installed with apt-get; otherwise it names them and the command that
+//!    installs them, and stops.
 //! 2. A Python virtualenv in `target/test-venv` gets tests/requirements.txt. It is
 //!    made again only when those requirements (or the Python) change: a stamp file
 //!    in it records what it was made from.
@@ -39,6 +40,9 @@ const PACKAGES: &[(&str, Probe)] = &[
     // promtool checks the scrape config, the alert rules and /metrics, and the
     // Prometheus server scrapes a sidecar to evaluate every query (tests/it/deploy).
     ("prometheus", Probe::Runs(&["prometheus", "--version"])),
+    // The broker of the amqp:// source tests (tests/it/source_amqp), run as a private
+    // node from its scripts, never as the system service.
+    ("rabbitmq-server", Probe::File("/usr/lib/rabbitmq/bin/rabbitmq-server")),
     // `python3 -m venv` makes the virtualenv; Debian's python3 lacks ensurepip without it.
     ("python3-venv", Probe::Runs(&["python3", "-c", "import ensurepip, venv"])),
 ];

@@ -12,6 +12,7 @@
 //!
 //! | URI | source |
 //! |---|---|
+//! | `amqp://USER:PASS@HOST:PORT/VHOST?queue=Q` | [`amqp`]: a RabbitMQ queue, acknowledged after commit |
 //! | `kafka://HOST:PORT[,HOST:PORT]/TOPIC[?options]` | [`kafka`]: a topic's partitions, resumed at the offsets committed |
 //! | `sqs://HOST/ACCOUNT/QUEUE` | Amazon SQS ([`sqs`]): messages, or the objects S3 event notifications name |
 //!
@@ -30,7 +31,9 @@ use crate::encode::checkpoint::{self, BadCheckpoint, Checkpoint, Fold, Tracked};
 use crate::message::Incoming;
 use crate::sink::reader::{CommitReader, ReadError};
 
+pub mod amqp;
 pub mod kafka;
+pub mod recent;
 pub mod sqs;
 
 /// A source of messages, as a `--source` URI configured it.
@@ -78,6 +81,7 @@ pub struct SourceScheme {
 
 /// Every kind of source, by URI prefix.
 pub const SCHEMES: &[SourceScheme] = &[
+    SourceScheme { prefix: "amqp://", form: "amqp://USER:PASS@HOST:PORT/VHOST?queue=Q", parse: amqp::parse },
     SourceScheme { prefix: "kafka://", form: "kafka://HOST:PORT[,HOST:PORT]/TOPIC[?options]", parse: kafka::parse },
     SourceScheme { prefix: "sqs://", form: sqs::FORM, parse: sqs::parse },
 ];

@@ -11,10 +11,10 @@ use tokio::task::JoinSet;
 
 use super::api::{ApiError, Queue, Received, BATCH};
 use super::held::Held;
-use super::recognised::Recognised;
 use super::s3_events::{self, Fetched, Notice, Objects};
 use super::{Mode, Sqs};
 use crate::ack::VerdictReceiver;
+use crate::ingest::source::recent::Recent;
 use crate::ingest::source::{Source, SourceContext, SourceError};
 use crate::ingest::{Answer, Refused};
 use crate::message::{Incoming, Origin, Position};
@@ -29,7 +29,8 @@ pub async fn run(source: Arc<Sqs>, ctx: SourceContext) -> Result<(), SourceError
     let queue = Arc::new(queue);
     let held = Arc::new(Held::default());
     let extender = tokio::spawn(held.clone().extend(queue.clone(), source.visibility));
-    let recognised = Arc::new(Mutex::new(Recognised::new(source.window, &ctx.resume.ids)));
+    let recognised =
+        Arc::new(Mutex::new(Recent::new(source.window, ctx.resume.ids.iter().map(|id| Arc::from(id.as_str())))));
     let tell = Tell { queue, held, recognised, stem: ctx.stem.clone() };
     let mut consumer =
         Consumer { source: source.clone(), ctx, tell, settling: JoinSet::new(), objects: Objects::default() };
@@ -230,7 +231,7 @@ impl std::fmt::Display for Why {
 struct Tell {
     queue: Arc<Queue>,
     held: Arc<Held>,
-    recognised: Arc<Mutex<Recognised>>,
+    recognised: Arc<Mutex<Recent>>,
     stem: String,
 }
 
@@ -241,12 +242,7 @@ impl Tell {
         let committed = matches!(verdict.await, Ok(Ok(_)));
         let handles = self.held.release(&ids);
         if committed {
-            let mut recognised = self.recognised.lock().unwrap();
-            for id in ids {
-                recognised.insert(id);
-            }
-        }
-        if committed {
+            self.recognised.lock().unwrap().extend(ids);
             self.delete(&handles, "ack").await;
         } else {
             self.give_back(&handles).await;

@@ -9,7 +9,6 @@
 mod api;
 mod consume;
 mod held;
-mod recognised;
 mod s3_events;
 
 use std::sync::Arc;
