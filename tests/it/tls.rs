@@ -16,13 +16,13 @@ use crate::support::curl::{self, Transfer};
 use crate::support::sidecar::{dir_payloads, eventually, Sidecar, BIN};
 
 /// A CA of the test's own and the server certificates it issues.
-struct Pki {
+pub struct Pki {
     dir: PathBuf,
     ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    pub fn new(dir: &Path) -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, "spout test CA");
@@ -31,7 +31,7 @@ impl Pki {
         Pki { dir: dir.to_owned(), ca }
     }
 
-    fn ca_file(&self) -> String {
+    pub fn ca_file(&self) -> String {
         self.dir.join("ca.pem").display().to_string()
     }
 
@@ -47,7 +47,7 @@ impl Pki {
 
     /// Issues `name` into cert.pem and key.pem, the files the sidecar is given,
     /// replacing each by a rename so that no reader sees half a file.
-    fn install(&self, name: &str) -> (String, String) {
+    pub fn install(&self, name: &str) -> (String, String) {
         let (cert, key) = self.issue(name);
         self.replace("cert.pem", &cert);
         self.replace("key.pem", &key);

@@ -4,19 +4,25 @@
 //! producer on rskafka, the client the source itself uses.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::support::python;
 use crate::support::sidecar::eventually;
 
 pub struct Broker {
     child: Child,
+    /// A TLS proxy in front of it, for a broker reached with `security.protocol=SSL`.
+    proxy: Option<Child>,
+    /// Where clients connect: the broker, or its TLS proxy.
     pub port: u16,
     runtime: tokio::runtime::Runtime,
     /// The producer's client; none for a broker that wants credentials.
@@ -48,22 +54,35 @@ impl Broker {
     /// A broker with more `tansu broker` options (`--authentication`).
     pub fn start_with(options: &[&str]) -> Self {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/", "--silent"])
-            .args(options)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        eventually(Duration::from_secs(20), "tansu to listen", || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        });
+        let child = tansu_on(port, port, options);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let client = ClientBuilder::new(vec![format!("127.0.0.1:{port}")]).build();
         let client = if options.is_empty() { Some(runtime.block_on(client).unwrap()) } else { None };
-        Self { child, port, runtime, client }
+        Self { child, proxy: None, port, runtime, client }
+    }
+
+    /// A broker reached only through TLS: a proxy (Python's `ssl`) with the
+    /// certificate and key in `cert` and `key` in front of it, whose address the
+    /// broker advertises, so that every connection a client makes is TLS. The
+    /// producer trusts the CA in `ca`.
+    pub fn behind_tls(cert: &Path, key: &Path, ca: &Path) -> Self {
+        let (port, proxy_port) = (free_port(), free_port());
+        let child = tansu_on(port, proxy_port, &[]);
+        let ports = [proxy_port.to_string(), port.to_string()];
+        let proxy = python::command()
+            .args(["-c", TLS_PROXY])
+            .args([cert.as_os_str(), key.as_os_str()])
+            .args(ports)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the TLS proxy");
+        eventually(Duration::from_secs(20), "the TLS proxy to listen", || {
+            TcpStream::connect(("127.0.0.1", proxy_port)).ok().map(|_| ())
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let client = ClientBuilder::new(vec![format!("127.0.0.1:{proxy_port}")]).tls_config(trusting(ca)).build();
+        let client = Some(runtime.block_on(client).unwrap());
+        Self { child, proxy: Some(proxy), port: proxy_port, runtime, client }
     }
 
     /// `kafka://` for `topic` on this broker, with `options` (`?…` or empty).
@@ -100,7 +119,64 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.proxy.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// tansu listening on `port`, telling clients (in its metadata) to come to
+/// `advertised`; returns once it accepts connections.
+fn tansu_on(port: u16, advertised: u16, options: &[&str]) -> Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{advertised}");
+    let child = Command::new(tansu())
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
+        .args(["--storage-engine", "memory://tansu/", "--silent"])
+        .args(options)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    eventually(Duration::from_secs(20), "tansu to listen", || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()));
+    child
+}
+
+/// TLS in front of a TCP port: `CERT KEY LISTEN_PORT TARGET_PORT`.
+const TLS_PROXY: &str = r#"
+import asyncio, ssl, sys
+cert, key, listen, target = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(cert, key)
+
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+async def serve(reader, writer):
+    upstream = await asyncio.open_connection("127.0.0.1", target)
+    await asyncio.gather(pipe(reader, upstream[1]), pipe(upstream[0], writer), return_exceptions=True)
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", listen, ssl=context)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"#;
+
+/// A TLS client configuration that trusts the certificates of the PEM file `ca`.
+fn trusting(ca: &Path) -> std::sync::Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
+    let config = ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap();
+    std::sync::Arc::new(config.with_root_certificates(roots).with_no_client_auth())
 }

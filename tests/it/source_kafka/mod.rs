@@ -193,6 +193,39 @@ fn a_partition_moved_to_another_replica_resumes_where_the_first_one_committed() 
     assert_exactly_once_in_order(&payloads, EACH);
 }
 
+/// `security.protocol=SSL`: every connection to the broker is TLS, trusting the CA
+/// of `ssl.ca.location`; without it, the system's CAs do not know the broker's
+/// certificate, and the source keeps retrying, down, saying why.
+#[test]
+fn brokers_behind_tls_are_read_with_the_ca_given_and_refused_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::Pki::new(dir.path());
+    let (cert, key) = pki.install("kafka");
+    let broker = Broker::behind_tls(Path::new(&cert), Path::new(&key), Path::new(&pki.ca_file()));
+    broker.create_topic("secret", 1);
+    broker.produce("secret", 0, (0..100).map(|i| format!("tls-{i}").into_bytes()).collect());
+
+    let untrusted = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", untrusted.path().display());
+    let sidecar = Sidecar::start(&["--source", &broker.uri("secret", "?security.protocol=SSL"), "--sink", &sink]);
+    eventually(Duration::from_secs(20), "a certificate error in the log", || {
+        sidecar.log().contains("certificate").then_some(())
+    });
+    assert_eq!(sidecar.metric(r#"spout_source_up{source="kafka.secret"}"#), 0);
+    assert!(dir_messages(untrusted.path()).is_empty());
+    assert!(sidecar.stop().success());
+
+    let out = tempfile::tempdir().unwrap();
+    let sink = format!("dir:{}", out.path().display());
+    let options = format!("?security.protocol=SSL&ssl.ca.location={}", pki.ca_file());
+    let sidecar = Sidecar::start(&["--source", &broker.uri("secret", &options), "--sink", &sink]);
+    eventually(Duration::from_secs(30), "the 100 records", || (dir_messages(out.path()).len() == 100).then_some(()));
+    assert_eq!(sidecar.metric(r#"spout_source_up{source="kafka.secret"}"#), 1);
+    assert!(sidecar.stop().success());
+    let expected: Vec<Vec<u8>> = (0..100).map(|i| format!("tls-{i}").into_bytes()).collect();
+    assert_eq!(dir_messages(out.path()), expected);
+}
+
 #[test]
 fn without_a_checkpoint_start_latest_reads_only_what_comes_after() {
     let broker = Broker::start();

@@ -12,6 +12,7 @@
 mod link;
 mod partition;
 mod settle;
+mod tls;
 pub mod uri;
 
 use std::fmt;
@@ -109,10 +110,14 @@ impl Kafka {
     /// Connects to the brokers, retrying while they cannot be reached; `None` if
     /// stopped first.
     async fn connect(&self, ctx: &SourceContext, link: &Link) -> Result<Option<Client>, SourceError> {
+        let tls = self.uri.tls.as_ref().map(tls::client_config).transpose().map_err(|why| self.error(why))?;
         loop {
             let mut builder = ClientBuilder::new(self.uri.brokers.clone())
                 .client_id("spout-sidecar")
                 .backoff_config(attempt_backoff());
+            if let Some(tls) = &tls {
+                builder = builder.tls_config(tls.clone());
+            }
             if let Some(sasl) = &self.uri.sasl {
                 let credentials = Credentials::new(sasl.username.clone(), sasl.password.clone());
                 builder = builder.sasl_config(match sasl.mechanism {

@@ -4,10 +4,12 @@
 //!
 //! `kafka://[USER:PASS@]HOST:PORT[,HOST:PORT…]/TOPIC[?OPTIONS]`, options:
 //! `partitions=0,2`, `start=earliest|latest`, `max.partition.fetch.bytes=N`,
-//! `security.protocol=PLAINTEXT|SASL_PLAINTEXT`, `sasl.mechanism=PLAIN|SCRAM-SHA-256|SCRAM-SHA-512`.
+//! `security.protocol=PLAINTEXT|SASL_PLAINTEXT|SSL|SASL_SSL`, `ssl.ca.location=PATH`,
+//! `sasl.mechanism=PLAIN|SCRAM-SHA-256|SCRAM-SHA-512`.
 //! Credentials come from the userinfo, else `SPOUT_KAFKA_USERNAME`/`SPOUT_KAFKA_PASSWORD`.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use percent_encoding::percent_decode_str;
 
@@ -30,6 +32,8 @@ pub struct KafkaUri {
     /// per partition, what the client holds before the buffer takes it.
     pub fetch_bytes: i32,
     pub sasl: Option<Sasl>,
+    /// TLS to the brokers (`SSL`, `SASL_SSL`).
+    pub tls: Option<Tls>,
     /// The query as given, for `describe`.
     query: String,
 }
@@ -46,6 +50,14 @@ impl std::fmt::Debug for KafkaUri {
 pub enum Start {
     Earliest,
     Latest,
+}
+
+/// TLS to the brokers: whom to trust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// `ssl.ca.location`: a PEM file of the certificates to trust; without it, the
+    /// system's.
+    pub ca: Option<PathBuf>,
 }
 
 /// SASL authentication: mechanism and credentials.
@@ -91,10 +103,12 @@ impl KafkaUri {
             start: Start::Earliest,
             fetch_bytes: DEFAULT_FETCH_BYTES,
             sasl: None,
+            tls: None,
             query: query.to_owned(),
         };
         let mut protocol = "PLAINTEXT".to_owned();
         let mut mechanism = None;
+        let mut ca = None;
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*key {
                 "partitions" => parsed.partitions = Some(partitions(&value).map_err(&bad)?),
@@ -112,6 +126,7 @@ impl KafkaUri {
                 }
                 "security.protocol" => protocol = value.to_ascii_uppercase(),
                 "sasl.mechanism" => mechanism = Some(value.into_owned()),
+                "ssl.ca.location" => ca = Some(PathBuf::from(&*value)),
                 "group" | "group.id" => {
                     return Err(bad(format!(
                         "{key}=: committing offsets to a consumer group is not supported (the client, rskafka, \
@@ -122,29 +137,33 @@ impl KafkaUri {
                 other => {
                     return Err(bad(format!(
                         "unknown option `{other}`: expected partitions, start, max.partition.fetch.bytes, \
-                         security.protocol, sasl.mechanism"
+                         security.protocol, ssl.ca.location, sasl.mechanism"
                     )))
                 }
             }
         }
-        parsed.sasl = match protocol.as_str() {
-            "PLAINTEXT" if mechanism.is_none() && userinfo.is_none() => None,
-            "PLAINTEXT" => {
-                return Err(bad(
-                    "credentials or sasl.mechanism given with security.protocol=PLAINTEXT: use SASL_PLAINTEXT".into(),
-                ))
-            }
-            "SASL_PLAINTEXT" => Some(sasl(mechanism.as_deref(), userinfo, &env).map_err(&bad)?),
-            "SSL" | "SASL_SSL" => {
-                return Err(bad(format!(
-                    "security.protocol={protocol}: TLS to the brokers is not supported by this build; \
-                     expected PLAINTEXT or SASL_PLAINTEXT"
-                )))
-            }
+        let (authenticated, encrypted) = match protocol.as_str() {
+            "PLAINTEXT" => (false, false),
+            "SASL_PLAINTEXT" => (true, false),
+            "SSL" => (false, true),
+            "SASL_SSL" => (true, true),
             other => {
-                return Err(bad(format!("security.protocol=`{other}`: expected PLAINTEXT or SASL_PLAINTEXT")));
+                return Err(bad(format!(
+                    "security.protocol=`{other}`: expected PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL"
+                )));
             }
         };
+        if !authenticated && (mechanism.is_some() || userinfo.is_some()) {
+            let with_sasl = if encrypted { "SASL_SSL" } else { "SASL_PLAINTEXT" };
+            return Err(bad(format!(
+                "credentials or sasl.mechanism given with security.protocol={protocol}: use {with_sasl}"
+            )));
+        }
+        if !encrypted && ca.is_some() {
+            return Err(bad(format!("ssl.ca.location given with security.protocol={protocol}: use SSL or SASL_SSL")));
+        }
+        parsed.sasl = authenticated.then(|| sasl(mechanism.as_deref(), userinfo, &env)).transpose().map_err(&bad)?;
+        parsed.tls = encrypted.then_some(Tls { ca });
         Ok(parsed)
     }
 
@@ -259,6 +278,17 @@ mod tests {
     }
 
     #[test]
+    fn tls_with_or_without_sasl() {
+        let uri = parse("kafka://k:9093/t?security.protocol=SSL&ssl.ca.location=/etc/ca.pem").unwrap();
+        assert_eq!(uri.tls, Some(Tls { ca: Some("/etc/ca.pem".into()) }));
+        assert!(uri.sasl.is_none());
+        let uri = parse("kafka://u:p@k:9093/t?security.protocol=sasl_ssl").unwrap();
+        assert_eq!(uri.tls, Some(Tls { ca: None }));
+        assert_eq!(uri.sasl.map(|s| (s.mechanism, s.username)), Some((Mechanism::Plain, "u".into())));
+        assert!(parse("kafka://k:9092/t").unwrap().tls.is_none());
+    }
+
+    #[test]
     fn refusals_say_why_and_hide_the_password() {
         let cases = [
             ("kafka://k:9092", "names no /TOPIC"),
@@ -267,7 +297,9 @@ mod tests {
             ("kafka://k:9092/t?partitions=a", "partitions=`a`"),
             ("kafka://k:9092/t?start=now", "start=`now`"),
             ("kafka://k:9092/t?group=g", "group=: committing offsets to a consumer group is not supported"),
-            ("kafka://k:9092/t?security.protocol=SSL", "TLS to the brokers is not supported"),
+            ("kafka://u:p@k:9092/t?security.protocol=SSL", "use SASL_SSL"),
+            ("kafka://k:9092/t?ssl.ca.location=/ca.pem", "use SSL or SASL_SSL"),
+            ("kafka://k:9092/t?security.protocol=TLS", "expected PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL"),
             ("kafka://k:9092/t?sasl.mechanism=GSSAPI&security.protocol=SASL_PLAINTEXT", "sasl.mechanism=`GSSAPI`"),
             ("kafka://u:pw@k:9092/t", "use SASL_PLAINTEXT"),
             ("kafka://k:9092/t?linger=1", "unknown option `linger`"),
