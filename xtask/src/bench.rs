@@ -8,8 +8,10 @@
 //!   verdict per bench, and a table at the end gives each bench's mean before and
 //!   now and the change: new benches first, then the largest slow-down.
 //!
-//! ARGS go to `cargo bench` (a bench name, `--bench object_s3`, ...). The benches
-//! run with the same tools as the tests (`object_s3` starts a local S3 server).
+//! ARGS go to `cargo bench` (`--bench tar_encode`, a filter, ...); without a
+//! `--bench`, every criterion bench in `benches/` runs (not `object_s3`, which
+//! measures a ratio in one run and keeps no baseline). The benches run with the same
+//! tools as the tests.
 //! Timings on a shared machine move by several per cent from run to run: read the
 //! change against criterion's noise band, not as a gate.
 
@@ -31,11 +33,32 @@ pub fn run(args: Vec<OsString>) -> Result<ExitCode, String> {
     };
     super::progress(&format!("{verb} the baseline `{BASELINE}` in {}", criterion.display()));
     let mut cargo = super::cargo_with_test_tools(&["bench", "--workspace", "--locked"])?;
+    if !cargo_args.iter().any(|a| a.to_str().is_some_and(|a| a.starts_with("--bench"))) {
+        // Only criterion's benches take its flags: the libraries' test harnesses and
+        // the object_s3 ratio bench would refuse or misread them.
+        let benches = criterion_benches(&super::workspace_root().join("benches"))?;
+        cargo.args(benches.iter().flat_map(|name| ["--bench", name.as_str()]));
+    }
     let code = super::exit_code(cargo.args(&cargo_args).args(["--", flag, BASELINE]).status())?;
     if !save && code == ExitCode::SUCCESS {
         print!("{}", table(&changes(&criterion)?));
     }
     Ok(code)
+}
+
+/// The benches in `dir` that run on criterion (they call `criterion_main!`), by name.
+fn criterion_benches(dir: &Path) -> Result<Vec<String>, String> {
+    let unreadable = |e: std::io::Error| format!("cannot read {}: {e}", dir.display());
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        let is_criterion = fs::read_to_string(&path).is_ok_and(|text| text.contains("criterion_main!"));
+        if let (Some(stem), true) = (path.file_stem().and_then(|s| s.to_str()), is_criterion) {
+            names.push(stem.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// One bench's mean time in the baseline (if it was there) and now, in nanoseconds.
@@ -120,6 +143,13 @@ mod tests {
     use super::*;
 
     const ESTIMATES: &str = r#"{"mean":{"confidence_interval":{"confidence_level":0.95,"lower_bound":10.5,"upper_bound":12.0},"point_estimate":11.25,"standard_error":0.3},"median":{"point_estimate":9.0}}"#;
+
+    #[test]
+    fn the_criterion_benches_are_those_that_call_criterion_main() {
+        let benches = criterion_benches(&super::super::workspace_root().join("benches")).unwrap();
+        assert!(benches.contains(&"tar_encode".to_owned()), "{benches:?}");
+        assert!(!benches.contains(&"object_s3".to_owned()), "{benches:?}");
+    }
 
     #[test]
     fn reads_the_mean_not_another_estimate() {
