@@ -41,6 +41,7 @@ mod sink_outages;
 mod source_amqp;
 mod source_kafka;
 mod source_sqs;
+mod sources;
 mod spool;
 mod support;
 mod thread_death;
