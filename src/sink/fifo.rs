@@ -223,6 +223,13 @@ impl FifoSink {
             Ok(file) => match file.metadata() {
                 Ok(meta) if meta.file_type().is_fifo() => match self.lock(&file) {
                     Ok(handoff_lock) => {
+                        match vectored::grow_pipe(file.as_fd()) {
+                            Ok(size) if size < vectored::PIPE_BUFFER => {
+                                tracing::debug!("the pipe's buffer stays at {size} bytes (the pipe quota is spent)")
+                            }
+                            Ok(_) => {}
+                            Err(err) => tracing::debug!("cannot grow the pipe's buffer: {err}"),
+                        }
                         ctx.health.up();
                         self.backoff.reset();
                         let holder = self.take_over(&file, handoff_lock);

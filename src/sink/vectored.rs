@@ -145,6 +145,22 @@ pub fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(rustix::io::ioctl_fionread(fd)?)
 }
 
+/// The pipe buffer the sink asks for: Linux's default ceiling for unprivileged
+/// processes (`/proc/sys/fs/pipe-max-size`). The default 64 KiB pipe makes a 1 MiB
+/// message sixteen `writev`s, each followed by a wait for the reader to make room.
+pub const PIPE_BUFFER: usize = 1 << 20;
+
+/// Grows a pipe's buffer to [`PIPE_BUFFER`]; returns the size it has. A pipe that
+/// cannot grow (the user's pipe quota, `/proc/sys/fs/pipe-user-pages-soft`, is
+/// spent) keeps the size it had: it works as before, only with more wake-ups.
+pub fn grow_pipe(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    match rustix::pipe::fcntl_setpipe_size(fd, PIPE_BUFFER) {
+        Ok(size) => Ok(size),
+        Err(Errno::PERM) => Ok(rustix::pipe::fcntl_getpipe_size(fd)?),
+        Err(err) => Err(err.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -207,10 +207,21 @@ fn without_the_holder_a_kill_inside_an_archive_commits_part_of_a_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let fifo = fifo_in(tmp.path());
     const BATCH: usize = 10_000;
-    let run = kill_while_writing(&fifo, 8, BATCH, &["--no-fifo-holder"]);
-    let partial = run.commits.iter().filter(|c| !c.is_empty() && c.len() < BATCH).count();
-    eprintln!("{} prefixes committed in 8 kills; {partial} commits of part of a batch", run.prefixes);
-    assert!(run.prefixes > 0 && partial > 0, "no kill left a clean EOF inside an archive: the test shows nothing");
+    // Where a kill leaves the pipe depends on how the last writes were cut: with the
+    // sink's 1 MiB pipe about one kill in eight ends on an entry's boundary. Rounds
+    // of eight kills go on until one does, so the hazard shows whatever the odds.
+    for round in 1..=5 {
+        let run = kill_while_writing(&fifo, 8, BATCH, &["--no-fifo-holder"]);
+        let partial = run.commits.iter().filter(|c| !c.is_empty() && c.len() < BATCH).count();
+        eprintln!(
+            "round {round}: {} prefixes committed in 8 kills; {partial} commits of part of a batch",
+            run.prefixes
+        );
+        if run.prefixes > 0 && partial > 0 {
+            return;
+        }
+    }
+    panic!("no kill in 40 left a clean EOF inside an archive: the test shows nothing");
 }
 
 #[test]

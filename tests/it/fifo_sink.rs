@@ -5,6 +5,7 @@
 //! committed exactly once with its bytes unchanged.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -267,4 +268,18 @@ fn no_reader_at_start_then_one_appears() {
     spout.finish();
     assert_exactly_once(&reader.stop(), 1_000);
     assert_eq!(spout.health.state(), SinkState::Up);
+}
+
+#[test]
+fn the_sink_grows_the_pipe_so_a_large_message_needs_few_writes() {
+    let mut spout = Spout::new(64, 8 << 20);
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&spout.path)
+        .unwrap();
+    // A new pipe holds 64 KiB (16 pages) unless its writer asks for more.
+    spout.wait_for_health(|state| state == SinkState::Up);
+    assert_eq!(rustix::pipe::fcntl_getpipe_size(&reader).unwrap(), 1 << 20, "once the sink has opened it");
+    spout.finish();
 }
