@@ -58,8 +58,7 @@ impl CommitReader for DirReader {
     fn list<'a>(&'a self, repo: Option<&'a str>, commit: &'a str) -> BoxFuture<'a, Result<FileList, ReadError>> {
         async move {
             let dir = self.commit_dir(repo, commit)?;
-            let listed = tokio::task::spawn_blocking(move || walk(&dir)).await;
-            match listed.unwrap_or_else(|panic| Err(io::Error::other(panic.to_string()))) {
+            match blocking(move || walk(&dir)).await {
                 Ok(files) => Ok(futures_util::stream::iter(files.into_iter().map(Ok)).boxed()),
                 Err(error) if is_absent(&error) => Err(self.not_found(commit)),
                 Err(error) => Err(self.failed(&error)),
@@ -113,11 +112,7 @@ impl CommitReader for DirReader {
     /// taken from the newest commit that has it.
     fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, ReadError>> {
         let root = self.root.clone();
-        async move {
-            let read = tokio::task::spawn_blocking(move || newest_checkpoints(&root)).await;
-            read.unwrap_or_else(|panic| Err(io::Error::other(panic.to_string()))).map_err(|error| self.failed(&error))
-        }
-        .boxed()
+        async move { blocking(move || newest_checkpoints(&root)).await.map_err(|error| self.failed(&error)) }.boxed()
     }
 }
 
@@ -134,21 +129,38 @@ fn newest_checkpoints(root: &Path) -> io::Result<Vec<(String, Bytes)>> {
     commits.sort_unstable_by(|a, b| b.cmp(a));
     let mut newest: std::collections::BTreeMap<String, Bytes> = Default::default();
     for commit in commits {
-        let dir = root.join(&commit).join(checkpoint::DIR);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(error) if is_absent(&error) => continue,
-            Err(error) => return Err(error),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let name = format!("{}/{}", checkpoint::DIR, entry.file_name().to_string_lossy());
-            if let std::collections::btree_map::Entry::Vacant(slot) = newest.entry(name) {
-                slot.insert(std::fs::read(entry.path())?.into());
-            }
+        for (name, bytes) in checkpoint_files(&root.join(&commit).join(checkpoint::DIR))? {
+            newest.entry(name).or_insert(bytes);
         }
     }
     Ok(newest.into_iter().collect())
+}
+
+/// The files in `dir`, a commit's (or a 1.x marker's) checkpoint directory, named as
+/// inside a commit and sorted; none if there is no such directory.
+pub(super) fn checkpoint_files(dir: &Path) -> io::Result<Vec<(String, Bytes)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if is_absent(&error) => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            let name = format!("{}/{}", checkpoint::DIR, entry.file_name().to_string_lossy());
+            files.push((name, Bytes::from(std::fs::read(entry.path())?)));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Runs file-system work on the runtime's blocking threads; a panic there is an error.
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|panic| Err(io::Error::other(panic.to_string())))
 }
 
 /// A path through a file (`a.txt/b`) fails with ENOTDIR, a name longer than the

@@ -10,7 +10,6 @@
 //! set) means no checkpoint. Commits themselves are not readable: the pipe keeps
 //! nothing, and every other read is refused as for any sink that keeps nothing.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+use super::dir_reader::{blocking, checkpoint_files};
 use super::reader::{CommitReader, Downstream, FileChunks, FileList, ReadError, Unreadable};
 use crate::encode::checkpoint;
 
@@ -65,35 +65,15 @@ impl CommitReader for MarkerReader {
     fn checkpoints(&self) -> BoxFuture<'_, Result<Vec<(String, Bytes)>, ReadError>> {
         let dir = self.beside.join(checkpoint::DIR);
         async move {
-            let read = tokio::task::spawn_blocking({
+            let read = blocking({
                 let dir = dir.clone();
-                move || read_dir(&dir)
-            })
-            .await;
-            read.unwrap_or_else(|panic| Err(io::Error::other(panic.to_string())))
+                move || checkpoint_files(&dir)
+            });
+            read.await
                 .map_err(|error| ReadError::Failed { place: dir.display().to_string(), message: error.to_string() })
         }
         .boxed()
     }
-}
-
-/// Every file in `dir`, named as inside a commit; none if `dir` is not there.
-fn read_dir(dir: &Path) -> io::Result<Vec<(String, Bytes)>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(error),
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            let name = format!("{}/{}", checkpoint::DIR, entry.file_name().to_string_lossy());
-            files.push((name, Bytes::from(std::fs::read(entry.path())?)));
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 #[cfg(test)]
