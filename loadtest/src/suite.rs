@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::baselines;
 use crate::body::Framing;
 use crate::load::Sizes;
+use crate::pin::Pinning;
 use crate::report::{self, Report};
 use crate::run;
 use crate::scenario::{Harness, Layout, Scenario, Sink};
@@ -81,13 +82,14 @@ impl Machine {
                     .map(|m| m.trim().to_owned())
             })
             .unwrap_or_else(|| "unknown".into());
-        Machine { cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), cpu }
+        Machine { cores: crate::pin::cores(), cpu }
     }
 }
 
 #[derive(Debug, Serialize)]
 pub struct SuiteReport {
     pub machine: Machine,
+    pub pinning: Pinning,
     pub reports: Vec<Report>,
     pub targets: Vec<Target>,
     pub failures: Vec<String>,
@@ -108,7 +110,8 @@ impl Runner<'_> {
     /// Records a report, or the error that kept it from being made.
     fn keep(&mut self, name: &str, outcome: anyhow::Result<Report>) -> Option<Report> {
         match outcome {
-            Ok(report) => {
+            Ok(mut report) => {
+                report.pinning = Some(self.harness.pinning());
                 if !report.ok {
                     self.failures.push(format!("{name}: {}", failure(&report)));
                 }
@@ -340,7 +343,13 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
         false,
     ));
 
-    SuiteReport { machine: Machine::here(), reports: r.reports, targets, failures: r.failures }
+    SuiteReport {
+        machine: Machine::here(),
+        pinning: harness.pinning(),
+        reports: r.reports,
+        targets,
+        failures: r.failures,
+    }
 }
 
 /// The targets as a text table.

@@ -16,6 +16,7 @@ fn harness() -> Harness {
         work_dir: None,
         keep: false,
         json: None,
+        pin: Default::default(),
     }
 }
 
