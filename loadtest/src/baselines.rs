@@ -17,11 +17,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::client::Endpoint;
-use crate::load::{self, Target};
+use crate::load::Target;
 use crate::process::{self, Server};
 use crate::readback;
 use crate::report::Report;
-use crate::run::WorkDir;
+use crate::run::{self, WorkDir};
 use crate::scenario::{Harness, Scenario, Transport};
 use crate::verify::{self, Outcome, Sent, Tally};
 
@@ -82,14 +82,15 @@ pub async fn http_ceiling(scenario: &Scenario, harness: &Harness) -> anyhow::Res
     if exe.file_stem().is_none_or(|stem| stem != "loadtest") {
         bail!("the HTTP ceiling runs `loadtest bare-server`: call it from the loadtest binary");
     }
-    let mut server = Server::spawn(&exe, &args, &work.join("bare-server.log"), None)?;
+    let mut server = Server::spawn(&exe, &args, &work.join("bare-server.log"), None, &harness.pinning())?;
     server.wait_ready(&control).await?;
     // The bare server counts no messages: the answers' `accepted` is not checked.
     let load = scenario.load(Target::Http(endpoint), 0, false);
-    let measured = load::drive(&load).await?;
+    let (measured, wrk_latency) = run::drive(scenario.client, &load, harness, &work).await?;
     let stopped = tokio::task::spawn_blocking(move || server.stop(Duration::from_secs(10))).await??;
     let mut report = Report::from_load(&scenario.name, &measured, Duration::ZERO);
     report.scenario = Some(serde_json::to_value(scenario)?);
+    report.latency = wrk_latency.or(report.latency);
     report.peak_rss_bytes = Some(stopped.peak_rss);
     Ok(report)
 }
@@ -125,7 +126,10 @@ pub fn python_tarfile(name: &str, size: usize, duration: Duration, harness: &Har
     let run = fastrand::u32(..);
     let reader = readback::tar_reader(&path, None, Tally::new(run), verify::Separator::None);
     let started = Instant::now();
-    let output = Command::new("python3")
+    let mut python = Command::new("python3");
+    // The spout is the server of this baseline: it gets the sidecar's cores.
+    harness.pinning().pin_server(&mut python);
+    let output = python
         .arg(script())
         .args(["--fifo", &path.display().to_string()])
         .args(["--seconds", &duration.as_secs_f64().to_string()])

@@ -3,11 +3,8 @@
 //! ones go out as slices of the filler pool.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http_body::{Frame, SizeHint};
 
 use crate::msg::Generated;
 
@@ -136,23 +133,6 @@ impl ChunkBody {
 
     pub fn into_chunks(self) -> VecDeque<Bytes> {
         self.chunks
-    }
-}
-
-impl http_body::Body for ChunkBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.chunks.pop_front().map(|chunk| Ok(Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
     }
 }
 

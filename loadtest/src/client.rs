@@ -1,16 +1,16 @@
 //! HTTP/1.1 keep-alive connections to the sidecar (or the bare baseline server) over
-//! TCP or a Unix socket: hyper's client over a raw stream, one connection per load
-//! worker, no pool in between.
+//! TCP or a Unix socket, one per load worker, no pool in between: requests written
+//! and answers parsed by hand, the least a client can do per request.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use anyhow::Context;
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::client::conn::http1;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use std::io::Write as _;
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::ChunkBody;
 
@@ -43,10 +43,22 @@ impl std::str::FromStr for Endpoint {
     }
 }
 
-/// One keep-alive connection.
+/// One keep-alive connection. Requests are written and answers parsed here, with no
+/// HTTP library between: a load generator that must outrun the server it measures
+/// (hyper's client, with its dispatch task, channels and header maps per request,
+/// cost twice wrk's CPU per request) cannot afford more than its bytes.
 pub struct Conn {
-    sender: http1::SendRequest<ChunkBody>,
+    endpoint: Endpoint,
+    /// `None` once the server said `Connection: close` or the connection failed: the
+    /// next request opens a fresh one.
+    stream: Option<Box<dyn Stream>>,
+    /// Bytes read and not yet consumed.
+    read: BytesMut,
+    out: Vec<u8>,
 }
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// An answer: status and body.
 pub struct Answer {
@@ -54,23 +66,20 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// Bodies up to this size are copied behind the request head, to go out in one write.
+const INLINE_BODY: u64 = 64 << 10;
+/// An answer's head longer than this is not one the harness's servers send.
+const MAX_HEAD: usize = 64 << 10;
+
 impl Conn {
     pub async fn open(endpoint: &Endpoint) -> anyhow::Result<Conn> {
-        let sender = match endpoint {
-            Endpoint::Tcp(addr) => {
-                let stream =
-                    tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-                stream.set_nodelay(true)?;
-                handshake(stream).await?
-            }
-            Endpoint::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path)
-                    .await
-                    .with_context(|| format!("connecting to {}", path.display()))?;
-                handshake(stream).await?
-            }
-        };
-        Ok(Conn { sender })
+        let stream = connect(endpoint).await?;
+        Ok(Conn {
+            endpoint: endpoint.clone(),
+            stream: Some(stream),
+            read: BytesMut::with_capacity(4096),
+            out: Vec::new(),
+        })
     }
 
     pub async fn send(
@@ -80,34 +89,168 @@ impl Conn {
         content_type: &str,
         body: ChunkBody,
     ) -> anyhow::Result<Answer> {
-        let request = Request::builder()
-            .method(method)
-            .uri(path_and_query)
-            .header(hyper::header::HOST, "loadtest")
-            .header(hyper::header::CONTENT_TYPE, content_type)
-            .body(body)?;
-        self.sender.ready().await?;
-        let response = self.sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok(Answer { status, body })
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                self.read.clear();
+                self.stream.insert(connect(&self.endpoint).await?)
+            }
+        };
+        let outcome =
+            exchange(stream, &mut self.out, &mut self.read, (method, path_and_query, content_type), body).await;
+        if !matches!(outcome, Ok((_, true))) {
+            self.stream = None;
+        }
+        outcome.map(|(answer, _)| answer)
     }
 }
 
-async fn handshake<S>(stream: S) -> anyhow::Result<http1::SendRequest<ChunkBody>>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-    // The connection task ends when the sender is dropped or the peer closes.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
+async fn connect(endpoint: &Endpoint) -> anyhow::Result<Box<dyn Stream>> {
+    Ok(match endpoint {
+        Endpoint::Tcp(addr) => {
+            let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+            stream.set_nodelay(true)?;
+            Box::new(stream)
+        }
+        Endpoint::Unix(path) => Box::new(
+            tokio::net::UnixStream::connect(path).await.with_context(|| format!("connecting to {}", path.display()))?,
+        ),
+    })
+}
+
+/// Writes one request and reads its answer; also says whether the connection stays
+/// open for the next.
+async fn exchange(
+    stream: &mut Box<dyn Stream>,
+    out: &mut Vec<u8>,
+    read: &mut BytesMut,
+    (method, path_and_query, content_type): (Method, &str, &str),
+    body: ChunkBody,
+) -> anyhow::Result<(Answer, bool)> {
+    out.clear();
+    let len = body.len();
+    write!(
+        out,
+        "{method} {path_and_query} HTTP/1.1\r\nHost: loadtest\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n\r\n"
+    )?;
+    let chunks = body.into_chunks();
+    if len <= INLINE_BODY {
+        chunks.iter().for_each(|chunk| out.extend_from_slice(chunk));
+        stream.write_all(out).await?;
+    } else {
+        stream.write_all(out).await?;
+        for chunk in chunks {
+            stream.write_all(&chunk).await?;
+        }
+    }
+    read_answer(stream, read).await
+}
+
+async fn read_answer(stream: &mut Box<dyn Stream>, read: &mut BytesMut) -> anyhow::Result<(Answer, bool)> {
+    let head_len = loop {
+        if let Some(at) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if read.len() > MAX_HEAD {
+            bail!("an answer's head longer than {MAX_HEAD} bytes");
+        }
+        fill(stream, read, read.len() + 1).await?;
+    };
+    let head = read.split_to(head_len);
+    let head = std::str::from_utf8(&head).context("an answer's head is not text")?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.strip_prefix("HTTP/1.1 "))
+        .and_then(|rest| StatusCode::from_bytes(rest.get(..3)?.as_bytes()).ok())
+        .with_context(|| format!("not an HTTP/1.1 answer: {head:?}"))?;
+    let (mut length, mut chunked, mut keep_alive) = (0, false, true);
+    for (name, value) in lines.filter_map(|line| line.split_once(':')) {
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().with_context(|| format!("Content-Length: {value}"))?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            keep_alive = !value.eq_ignore_ascii_case("close");
+        }
+    }
+    let body = if chunked { read_chunked(stream, read).await? } else { take(stream, read, length).await? };
+    Ok((Answer { status, body }, keep_alive))
+}
+
+/// A chunked body (streamed answers such as `/metrics`), without trailers.
+async fn read_chunked(stream: &mut Box<dyn Stream>, read: &mut BytesMut) -> anyhow::Result<Bytes> {
+    let mut body = BytesMut::new();
+    loop {
+        let line_len = loop {
+            if let Some(at) = read.windows(2).position(|w| w == b"\r\n") {
+                break at;
+            }
+            fill(stream, read, read.len() + 1).await?;
+        };
+        let line = read.split_to(line_len + 2);
+        let size = std::str::from_utf8(&line[..line_len])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.split(';').next()?.trim(), 16).ok())
+            .context("a bad chunk size line")?;
+        let chunk = take(stream, read, size + 2).await?;
+        if size == 0 {
+            return Ok(body.freeze());
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
+}
+
+/// The next `len` bytes.
+async fn take(stream: &mut Box<dyn Stream>, read: &mut BytesMut, len: usize) -> anyhow::Result<Bytes> {
+    fill(stream, read, len).await?;
+    Ok(read.split_to(len).freeze())
+}
+
+/// Reads until at least `want` bytes are buffered.
+async fn fill(stream: &mut Box<dyn Stream>, read: &mut BytesMut, want: usize) -> anyhow::Result<()> {
+    while read.len() < want {
+        read.reserve(want - read.len());
+        if stream.read_buf(read).await? == 0 {
+            bail!("the server closed the connection before the whole answer");
+        }
+    }
+    Ok(())
 }
 
 /// One request on a fresh connection: for control calls (`/flush`, `/metrics`).
 pub async fn call(endpoint: &Endpoint, method: Method, path_and_query: &str) -> anyhow::Result<Answer> {
     let mut conn = Conn::open(endpoint).await?;
     conn.send(method, path_and_query, "text/plain", ChunkBody::default()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answers(wire: &'static [u8]) -> Vec<(u16, Bytes, bool)> {
+        let (client, mut server) = tokio::io::duplex(64);
+        tokio::spawn(async move { server.write_all(wire).await });
+        let (mut stream, mut read): (Box<dyn Stream>, _) = (Box::new(client), BytesMut::new());
+        let mut out = Vec::new();
+        while let Ok((answer, keep_alive)) = read_answer(&mut stream, &mut read).await {
+            out.push((answer.status.as_u16(), answer.body, keep_alive));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn answers_with_a_length_or_in_chunks_split_anywhere() {
+        let got = answers(
+            b"HTTP/1.1 202 Accepted\r\ncontent-length: 14\r\n\r\n{\"accepted\":1}\
+              HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n1;x\r\nd\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![(202, Bytes::from_static(b"{\"accepted\":1}"), true), (200, Bytes::from_static(b"abcd"), false)]
+        );
+        assert!(answers(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab").await.is_empty(), "cut short");
+    }
 }

@@ -145,7 +145,8 @@ impl Measured {
         }
     }
 
-    fn error(&mut self, why: String) {
+    /// Keeps `why` for the report (the first few distinct ones).
+    pub fn error(&mut self, why: String) {
         if self.errors.len() < 5 && !self.errors.contains(&why) {
             self.errors.push(why);
         }

@@ -104,8 +104,12 @@ fn write_json(harness: &Harness, value: &impl serde::Serialize) -> anyhow::Resul
     Ok(())
 }
 
-fn print_reports(harness: &Harness, reports: &[Report]) -> anyhow::Result<bool> {
-    print!("{}", report::table(reports));
+fn print_reports(harness: &Harness, mut reports: Vec<Report>) -> anyhow::Result<bool> {
+    let pinning = harness.pinning();
+    for r in &mut reports {
+        r.pinning = Some(pinning.clone());
+    }
+    println!("{}pinning: {pinning}", report::table(&reports));
     for r in reports.iter().filter(|r| !r.ok) {
         for e in r.errors.iter().chain(r.verify.iter().flat_map(|v| &v.errors)) {
             eprintln!("{}: {e}", r.name);
@@ -118,15 +122,15 @@ fn print_reports(harness: &Harness, reports: &[Report]) -> anyhow::Result<bool> 
 async fn main_async(cli: Cli) -> anyhow::Result<bool> {
     let harness = &cli.harness;
     match cli.command {
-        Command::Run(scenario) => print_reports(harness, &[run::run(&scenario, harness).await?]),
+        Command::Run(scenario) => print_reports(harness, vec![run::run(&scenario, harness).await?]),
         Command::Baseline(Baseline::Http(scenario)) => {
-            print_reports(harness, &[baselines::http_ceiling(&scenario, harness).await?])
+            print_reports(harness, vec![baselines::http_ceiling(&scenario, harness).await?])
         }
         Command::Baseline(Baseline::Pipe { chunk, duration }) => {
-            print_reports(harness, &[baselines::pipe_ceiling("pipe-ceiling", chunk as usize, duration, harness)?])
+            print_reports(harness, vec![baselines::pipe_ceiling("pipe-ceiling", chunk as usize, duration, harness)?])
         }
         Command::Baseline(Baseline::Python { size, duration }) => {
-            print_reports(harness, &[baselines::python_tarfile("python-tarfile", size, duration, harness)?])
+            print_reports(harness, vec![baselines::python_tarfile("python-tarfile", size, duration, harness)?])
         }
         Command::BareServer { listen, socket } => {
             let tcp = tokio::spawn(async move { baselines::serve_bare(&listen).await });
@@ -138,7 +142,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Suite(options) => {
             let result = suite::run_suite(&options, harness).await;
-            println!("machine: {} cores, {}\n", result.machine.cores, result.machine.cpu);
+            println!("machine: {} cores, {}; {}\n", result.machine.cores, result.machine.cpu, result.pinning);
             print!("{}\n{}", report::table(&result.reports), suite::targets_table(&result.targets));
             for failure in &result.failures {
                 eprintln!("FAILED {failure}");
@@ -152,6 +156,14 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime starts its threads, so that they and every program the
+    // harness starts inherit the client cores (servers are moved to theirs).
+    if !matches!(cli.command, Command::BareServer { .. }) {
+        if let Err(e) = cli.harness.pinning().pin_harness() {
+            eprintln!("loadtest: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     match runtime.block_on(main_async(cli)) {
         Ok(true) => ExitCode::SUCCESS,

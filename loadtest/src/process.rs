@@ -14,6 +14,7 @@ use hyper::Method;
 use rustix::process::{kill_process, Pid, Signal};
 
 use crate::client::{call, Endpoint};
+use crate::pin::Pinning;
 
 /// Polls `/proc/<pid>/status` for the resident set size and keeps the peak: the
 /// larger of the kernel's high-water mark (`VmHWM`) and any `VmRSS` sample.
@@ -76,15 +77,23 @@ pub struct Stopped {
 }
 
 impl Server {
-    /// Starts `program` with its stderr in `log`, and its stdout there too unless
-    /// `stdout` is given (the `stdout:` sink's stream).
-    pub fn spawn(program: &Path, args: &[String], log: &Path, stdout: Option<File>) -> anyhow::Result<Server> {
+    /// Starts `program` on the server cores of `pinning`, with its stderr in `log`,
+    /// and its stdout there too unless `stdout` is given (the `stdout:` sink's stream).
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        stdout: Option<File>,
+        pinning: &Pinning,
+    ) -> anyhow::Result<Server> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let stdout = match stdout {
             Some(file) => file,
             None => out.try_clone()?,
         };
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        pinning.pin_server(&mut command);
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::load::Measured;
+use crate::pin::Pinning;
 use crate::verify::Verdict;
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -47,6 +48,8 @@ pub struct Report {
     pub committed_mb_per_sec: f64,
     pub latency: Option<Latency>,
     pub peak_rss_bytes: Option<u64>,
+    /// Which cores the server and the harness ran on.
+    pub pinning: Option<Pinning>,
     pub accepted_requests: u64,
     pub refused_requests: u64,
     pub failed_requests: u64,
@@ -73,6 +76,7 @@ impl Report {
             committed_mb_per_sec: measured.bytes as f64 / 1e6 / committed_secs,
             latency: Latency::of(&measured.latency),
             peak_rss_bytes: None,
+            pinning: None,
             accepted_requests: measured.accepted_requests,
             refused_requests: measured.refused_requests,
             failed_requests: measured.failed_requests,

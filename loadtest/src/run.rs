@@ -9,11 +9,11 @@ use anyhow::{bail, Context};
 use hyper::Method;
 
 use crate::client::{call, Endpoint};
-use crate::load::{self, Target};
+use crate::load::{self, Load, Measured, Target};
 use crate::process::{self, RssWatch, Server};
 use crate::readback;
-use crate::report::Report;
-use crate::scenario::{Harness, Layout, Scenario, Sink, Transport};
+use crate::report::{Latency, Report};
+use crate::scenario::{Client, Harness, Layout, Scenario, Sink, Transport};
 use crate::verify::{self, Tally};
 
 /// A directory for a run's pipes, sockets, sinks and logs.
@@ -168,7 +168,7 @@ pub async fn run(scenario: &Scenario, harness: &Harness) -> anyhow::Result<Repor
                 (Sink::Stdout, Readback::Fifo(_, pipe)) => Some(std::fs::OpenOptions::new().write(true).open(pipe)?),
                 _ => None,
             };
-            let mut server = Server::spawn(&binary, &args, &work.join("sidecar.log"), stdout)?;
+            let mut server = Server::spawn(&binary, &args, &work.join("sidecar.log"), stdout, &harness.pinning())?;
             let control = Endpoint::Tcp(addr);
             server.wait_ready(&control).await?;
             let target = match scenario.transport {
@@ -181,7 +181,7 @@ pub async fn run(scenario: &Scenario, harness: &Harness) -> anyhow::Result<Repor
     };
 
     let load = scenario.load(load_target, run, true);
-    let measured = load::drive(&load).await?;
+    let (measured, wrk_latency) = drive(scenario.client, &load, harness, &work).await?;
 
     let drain_started = Instant::now();
     let mut problems = Vec::new();
@@ -215,12 +215,33 @@ pub async fn run(scenario: &Scenario, harness: &Harness) -> anyhow::Result<Repor
     let mut report =
         Report::from_load(&scenario.name, &measured, drain).verified(verify::verdict(&measured.sent, &tally));
     report.scenario = Some(serde_json::to_value(scenario)?);
+    report.latency = wrk_latency.or(report.latency);
     report.peak_rss_bytes = peak_rss;
     if !problems.is_empty() {
         report.ok = false;
         report.errors.extend(problems);
     }
     Ok(report)
+}
+
+/// Drives `load` with `client`: what it measured, and with wrk the latency it reports
+/// (wrk keeps percentiles, not the harness's histogram).
+pub async fn drive(
+    client: Client,
+    load: &Load,
+    harness: &Harness,
+    work: &WorkDir,
+) -> anyhow::Result<(Measured, Option<Latency>)> {
+    match client {
+        Client::Harness => Ok((load::drive(load).await?, None)),
+        Client::Wrk => {
+            let threads = harness.pinning().client.map_or(1, |cpus| cpus.count());
+            let (load, dir) = (load.clone(), work.path.clone());
+            let (measured, latency) =
+                tokio::task::spawn_blocking(move || crate::wrk::drive(&load, threads, &dir)).await??;
+            Ok((measured, Some(latency)))
+        }
+    }
 }
 
 /// Waits until the sidecar's `spout_messages_received_total{transport}` reaches

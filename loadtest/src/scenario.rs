@@ -10,6 +10,7 @@ use serde::{Serialize, Serializer};
 use crate::body::Framing;
 use crate::client::Endpoint;
 use crate::load::{Load, Sizes, Target};
+use crate::pin::{PinOptions, Pinning};
 
 /// How messages reach the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -21,6 +22,16 @@ pub enum Transport {
     Unix,
     /// The raw Unix socket: `--framing ndjson` writes lines, `--framing frames` frames.
     Raw,
+}
+
+/// What sends the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Client {
+    /// The harness's own: every transport, framing and batch size, open loops.
+    Harness,
+    /// `wrk`, faster: single messages of one size over HTTP/TCP in a closed loop.
+    Wrk,
 }
 
 /// `--layout` of the sidecar.
@@ -130,6 +141,11 @@ pub struct Scenario {
     #[serde(serialize_with = "secs")]
     pub duration: Duration,
 
+    /// What sends the load: `wrk` for ceilings and single-message POSTs, where the
+    /// harness's own client would be the bottleneck.
+    #[arg(long, value_enum, default_value = "harness")]
+    pub client: Client,
+
     /// Send `?wait=commit`: each answer waits for its batch to be committed.
     #[arg(long)]
     pub wait_commit: bool,
@@ -210,6 +226,16 @@ pub struct Harness {
     /// Also write the report as JSON to this file.
     #[arg(long, global = true, value_name = "FILE")]
     pub json: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub pin: PinOptions,
+}
+
+impl Harness {
+    /// How servers and harness are pinned on this machine.
+    pub fn pinning(&self) -> Pinning {
+        Pinning::chosen(&self.pin, crate::pin::cores())
+    }
 }
 
 impl Scenario {

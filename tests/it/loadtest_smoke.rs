@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use loadtest::body::Framing;
 use loadtest::load::Sizes;
-use loadtest::scenario::{Harness, Layout, Scenario, Sink, Transport};
+use loadtest::scenario::{Client, Harness, Layout, Scenario, Sink, Transport};
 
 fn harness() -> Harness {
     Harness {
@@ -16,6 +16,7 @@ fn harness() -> Harness {
         work_dir: None,
         keep: false,
         json: None,
+        pin: Default::default(),
     }
 }
 
@@ -35,11 +36,15 @@ async fn every_accepted_message_is_committed_exactly_once() {
     (waited.wait_commit, waited.rate, waited.connections) = (true, Some(200.0), 16);
     let mut closed_loop = scenario("single", Transport::Http, Framing::Raw, 1, Sink::Fifo(None), Layout::Message);
     closed_loop.rate = None;
+    // wrk as the client, its Lua-built messages checked like the harness's own.
+    let mut by_wrk = closed_loop.clone();
+    (by_wrk.name, by_wrk.client, by_wrk.size) = ("single-wrk".into(), Client::Wrk, Sizes::fixed(100));
     // One file per message in a dir: sink: few of them.
     let mut multipart = scenario("multipart", Transport::Http, Framing::Multipart, 5, Sink::Dir(None), Layout::Message);
     multipart.rate = Some(40.0);
     let runs = [
         closed_loop,
+        by_wrk,
         scenario("ndjson-batch", Transport::Http, Framing::Ndjson, 50, Sink::Dir(None), Layout::Batch),
         scenario("frames-unix", Transport::Unix, Framing::Frames, 20, Sink::Fifo(None), Layout::Batch),
         multipart,

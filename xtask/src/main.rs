@@ -45,6 +45,9 @@ const PACKAGES: &[(&str, Probe)] = &[
     ("rabbitmq-server", Probe::File("/usr/lib/rabbitmq/bin/rabbitmq-server")),
     // `python3 -m venv` makes the virtualenv; Debian's python3 lacks ensurepip without it.
     ("python3-venv", Probe::Runs(&["python3", "-c", "import ensurepip, venv"])),
+    // The load harness's fast client for ceilings and single POSTs (loadtest/src/wrk.rs);
+    // `wrk -v` exits 1, so its banner is what shows it runs.
+    ("wrk", Probe::Prints(&["wrk", "-v"], "Will Glozer")),
 ];
 
 /// The npm packages the tests run, pinned to the versions they were tried with.
