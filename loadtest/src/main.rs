@@ -41,7 +41,7 @@ enum Command {
     /// Example: 1,000 x 100 B NDJSON messages per request into a dir: sink, one file
     /// per batch:
     ///   loadtest run --framing ndjson --batch 1000 --sink dir --layout batch
-    Run(Scenario),
+    Run(Box<Scenario>),
 
     /// Every target with its baseline; prints ratios and PASS/MISS.
     ///
