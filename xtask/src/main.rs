@@ -45,6 +45,8 @@ const PACKAGES: &[(&str, Probe)] = &[
     ("rabbitmq-server", Probe::File("/usr/lib/rabbitmq/bin/rabbitmq-server")),
     // `python3 -m venv` makes the virtualenv; Debian's python3 lacks ensurepip without it.
     ("python3-venv", Probe::Runs(&["python3", "-c", "import ensurepip, venv"])),
+    // The font `loadtest plot` draws its charts' text with (its test draws them).
+    ("fonts-dejavu-core", Probe::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")),
 ];
 
 /// The npm packages the tests run, pinned to the versions they were tried with.
