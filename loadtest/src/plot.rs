@@ -56,9 +56,11 @@ struct Curves {
 
 /// One line of a chart.
 struct Line {
-    name: &'static str,
+    name: String,
     color: RGBColor,
     points: Vec<(f64, f64)>,
+    /// Whether each point is marked: measured points are, a limit's line is not.
+    marked: bool,
 }
 
 const SIDECAR: RGBColor = RGBColor(200, 40, 40);
@@ -70,8 +72,8 @@ fn lines(curve: &Curve, baseline: &'static str, figure: fn(&Figures) -> Option<f
         curve.points.iter().filter_map(|p| Some((p.x, figure(pick(p)?)?))).collect()
     };
     vec![
-        Line { name: "spout-sidecar", color: SIDECAR, points: of(|p| Some(&p.sidecar)) },
-        Line { name: baseline, color: BASELINE, points: of(|p| p.baseline.as_ref()) },
+        Line { name: "spout-sidecar".into(), color: SIDECAR, points: of(|p| Some(&p.sidecar)), marked: true },
+        Line { name: baseline.into(), color: BASELINE, points: of(|p| p.baseline.as_ref()), marked: true },
     ]
 }
 
@@ -151,12 +153,21 @@ fn log_pair(
     x_label: fn(f64) -> String,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let xs = log_range(curve.points.iter().map(|p| p.x));
+    let ticks: Vec<f64> = curve.points.iter().map(|p| p.x).collect();
     let x_desc = format!("{x_name} (log scale)");
     let log_chart = |area: &DrawingArea<BitMapBackend<'_>, Shift>, title: &str, y_desc: &str, figure| {
         let lines = lines(curve, "bare hyper server", figure);
         let ys = log_range(lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)));
         let title = format!("{title} against {x_name}");
-        chart(area, &title, (&x_desc, x_label), (y_desc, si_label), xs.clone().log_scale(), ys.log_scale(), &lines)
+        chart(
+            area,
+            &title,
+            (&x_desc, x_label),
+            (y_desc, si_label),
+            xs.clone().log_scale().with_key_points(ticks.clone()),
+            ys.log_scale(),
+            &lines,
+        )
     };
     let (w, h) = CHART_SIZE;
     let throughput = png(out.join(format!("throughput-vs-{file}.png")), (w, 2 * h), |root| {
@@ -177,7 +188,8 @@ fn backlog(curve: &Curve, out: &Path) -> anyhow::Result<PathBuf> {
     let last = curve.points.iter().map(|p| p.x).fold(0.0, f64::max).max(1.0);
     if let Some(budget) = curve.budget_bytes {
         let mib = budget as f64 / 1048576.0;
-        lines.push(Line { name: "--max-buffer-bytes", color: BASELINE, points: vec![(0.0, mib), (last, mib)] });
+        let name = format!("--max-buffer-bytes {}", bytes_label(budget as f64));
+        lines.push(Line { name, color: BASELINE, points: vec![(0.0, mib), (last, mib)], marked: false });
     }
     let top = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).fold(0.0, f64::max) * 1.15;
     png(out.join("rss-vs-backlog.png"), CHART_SIZE, |root| {
@@ -216,6 +228,7 @@ where
         .configure_mesh()
         .x_desc(x.0)
         .y_desc(y.0)
+        .y_labels(12)
         .x_label_formatter(&x_format)
         .y_label_formatter(&y_format)
         .label_style(("sans-serif", 15))
@@ -225,9 +238,11 @@ where
         let style = line.color.stroke_width(2);
         chart
             .draw_series(LineSeries::new(line.points.iter().copied(), style))?
-            .label(line.name)
+            .label(line.name.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
-        chart.draw_series(line.points.iter().map(|&p| Circle::new(p, 4, line.color.filled())))?;
+        if line.marked {
+            chart.draw_series(line.points.iter().map(|&p| Circle::new(p, 4, line.color.filled())))?;
+        }
     }
     chart
         .configure_series_labels()
