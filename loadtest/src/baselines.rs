@@ -124,7 +124,7 @@ pub fn python_tarfile(name: &str, size: usize, duration: Duration, harness: &Har
     let path = work.join("spout.fifo");
     readback::make_fifo(&path)?;
     let run = fastrand::u32(..);
-    let reader = readback::tar_reader(&path, None, Tally::new(run), verify::Separator::None);
+    let reader = readback::tar_reader(&path, readback::Pace::default(), Tally::new(run), verify::Separator::None);
     let started = Instant::now();
     let mut python = Command::new("python3");
     // The spout is the server of this baseline: it gets the sidecar's cores.

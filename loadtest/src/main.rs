@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use loadtest::client::Endpoint;
+use loadtest::curves::{self, CurvesOptions};
 use loadtest::report::{self, Report};
 use loadtest::scenario::{Harness, Scenario};
 use loadtest::suite::{self, SuiteOptions};
@@ -41,7 +42,7 @@ enum Command {
     /// Example: 1,000 x 100 B NDJSON messages per request into a dir: sink, one file
     /// per batch:
     ///   loadtest run --framing ndjson --batch 1000 --sink dir --layout batch
-    Run(Scenario),
+    Run(Box<Scenario>),
 
     /// Every target with its baseline; prints ratios and PASS/MISS.
     ///
@@ -49,6 +50,27 @@ enum Command {
     /// --strict, also when a target is missed). For a quick check: --duration 2s
     /// --overload-duration 3s.
     Suite(SuiteOptions),
+
+    /// Curves of how cost grows: throughput and p99 against message size and
+    /// against connections, each point beside the bare hyper server with the same
+    /// load, and peak RSS against a stalled reader's backlog beside the budget.
+    ///
+    /// Every sidecar point is read back and checked. Write the points with --json,
+    /// then draw them with `loadtest plot`. Whole sweep: about 5 minutes at the
+    /// default --duration; --quick for a check.
+    Curves(CurvesOptions),
+
+    /// Draws the JSON of `curves` as PNG charts, one per curve.
+    Plot {
+        /// The JSON `loadtest curves --json` wrote.
+        curves: std::path::PathBuf,
+        /// Directory for the PNGs (created).
+        #[arg(long, default_value = "loadtest/results/curves")]
+        out: std::path::PathBuf,
+        /// TrueType font for the charts' text.
+        #[arg(long, default_value = loadtest::plot::DEFAULT_FONT)]
+        font: std::path::PathBuf,
+    },
 
     /// A baseline alone.
     #[command(subcommand)]
@@ -138,6 +160,20 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
                 baselines::serve_bare(&Endpoint::Unix(path)).await?;
             }
             tcp.await??;
+            Ok(true)
+        }
+        Command::Curves(options) => {
+            let result = curves::run_curves(&options, harness).await;
+            for failure in &result.failures {
+                eprintln!("FAILED {failure}");
+            }
+            write_json(harness, &result)?;
+            Ok(result.failures.is_empty())
+        }
+        Command::Plot { curves, out, font } => {
+            for png in loadtest::plot::plot(&curves, &out, &font)? {
+                println!("{}", png.display());
+            }
             Ok(true)
         }
         Command::Suite(options) => {

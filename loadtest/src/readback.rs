@@ -78,6 +78,16 @@ impl<R: Read> Read for Paced<R> {
     }
 }
 
+/// How fast the read-back consumes: a slow or stalled consumer makes the sink back up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pace {
+    /// Read no faster than this (bytes/s); `None` reads as fast as the pipe gives.
+    pub bytes_per_sec: Option<f64>,
+    /// Read nothing until this long after the reader starts (the pipe held open
+    /// meanwhile, as by a worker that has stalled).
+    pub stall: Duration,
+}
+
 /// A thread reading a named pipe until told to stop, reopening it whenever its writer
 /// closes it.
 pub struct PipeReader<T> {
@@ -91,7 +101,7 @@ pub struct PipeReader<T> {
 type Consume<T> = dyn FnMut(&mut dyn BufRead, &mut T) -> io::Result<()> + Send;
 
 impl<T: Send + 'static> PipeReader<T> {
-    fn spawn(path: &Path, bytes_per_sec: Option<f64>, mut state: T, mut consume: Box<Consume<T>>) -> Self {
+    fn spawn(path: &Path, pace: Pace, mut state: T, mut consume: Box<Consume<T>>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let bytes = Arc::new(AtomicU64::new(0));
         let thread = {
@@ -101,8 +111,11 @@ impl<T: Send + 'static> PipeReader<T> {
                 let mut total = 0;
                 while !stop.load(Ordering::Acquire) {
                     let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                    if let Some(stalled) = pace.stall.checked_sub(started.elapsed()) {
+                        std::thread::sleep(stalled);
+                    }
                     let counted = Counted { inner: file, total: &bytes, stop: &stop };
-                    let mut reader: Box<dyn BufRead> = match bytes_per_sec {
+                    let mut reader: Box<dyn BufRead> = match pace.bytes_per_sec {
                         Some(rate) => Box::new(BufReader::with_capacity(
                             256 << 10,
                             Paced { inner: counted, bytes_per_sec: rate, started, total },
@@ -171,8 +184,8 @@ impl Read for Counted<'_> {
 }
 
 /// Reads tar archives from the pipe into a tally, one commit per archive.
-pub fn tar_reader(path: &Path, bytes_per_sec: Option<f64>, tally: Tally, separator: Separator) -> PipeReader<Tally> {
-    PipeReader::spawn(path, bytes_per_sec, tally, Box::new(move |r, t| read_archives(r, t, separator)))
+pub fn tar_reader(path: &Path, pace: Pace, tally: Tally, separator: Separator) -> PipeReader<Tally> {
+    PipeReader::spawn(path, pace, tally, Box::new(move |r, t| read_archives(r, t, separator)))
 }
 
 /// Reads the pipe and checksums every byte, as the tar reader does: the consumer
@@ -180,7 +193,7 @@ pub fn tar_reader(path: &Path, bytes_per_sec: Option<f64>, tally: Tally, separat
 pub fn drain_reader(path: &Path) -> PipeReader<u32> {
     PipeReader::spawn(
         path,
-        None,
+        Pace::default(),
         0,
         Box::new(|reader, crc| {
             let mut hasher = crc32fast::Hasher::new_with_initial(*crc);
@@ -283,7 +296,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("out");
         make_fifo(&fifo).unwrap();
-        let reader = tar_reader(&fifo, None, Tally::new(5), Separator::None);
+        let reader = tar_reader(&fifo, Pace::default(), Tally::new(5), Separator::None);
         let mut generator = Generator::new(5, 1000);
         {
             let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();

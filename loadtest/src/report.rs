@@ -105,6 +105,40 @@ impl Report {
     }
 }
 
+/// Why `report` is not ok: its errors, and the check's findings if it failed.
+pub fn failure(report: &Report) -> String {
+    let mut why: Vec<String> = report.errors.clone();
+    if let Some(v) = &report.verify {
+        if !v.ok {
+            why.push(format!(
+                "check failed: accepted {}, found {}, missing {}, duplicated {}, corrupt {}, refused but committed {}, never sent {}",
+                v.accepted, v.found, v.missing, v.duplicated, v.corrupt, v.refused_but_committed, v.never_sent
+            ));
+            why.extend(v.errors.iter().cloned());
+        }
+    }
+    why.join("; ")
+}
+
+/// A run's outcome as progress: its row (or its error) on stderr, and into
+/// `failures` if it failed or its check did.
+pub fn noted(name: &str, outcome: anyhow::Result<Report>, failures: &mut Vec<String>) -> Option<Report> {
+    match outcome {
+        Ok(report) => {
+            if !report.ok {
+                failures.push(format!("{name}: {}", failure(&report)));
+            }
+            eprintln!("{}", table(std::slice::from_ref(&report)).lines().nth(2).unwrap_or_default());
+            Some(report)
+        }
+        Err(e) => {
+            failures.push(format!("{name}: {e:#}"));
+            eprintln!("{name}: FAILED: {e:#}");
+            None
+        }
+    }
+}
+
 fn si(value: f64) -> String {
     match value {
         v if v >= 1e6 => format!("{:.2}M", v / 1e6),

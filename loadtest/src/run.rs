@@ -72,8 +72,11 @@ impl Readback {
                 if !path.exists() {
                     readback::make_fifo(&path)?;
                 }
-                let rate = scenario.reader_rate.map(|mb| mb * 1e6);
-                let reader = readback::tar_reader(&path, rate, Tally::new(run), scenario.separator());
+                let pace = readback::Pace {
+                    bytes_per_sec: scenario.reader_rate.map(|mb| mb * 1e6),
+                    stall: scenario.reader_delay.unwrap_or_default(),
+                };
+                let reader = readback::tar_reader(&path, pace, Tally::new(run), scenario.separator());
                 let uri = match scenario.sink {
                     Sink::Stdout => "stdout:".to_owned(),
                     _ => format!("fifo:{}", path.display()),

@@ -98,7 +98,7 @@ fn opt_secs<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error
     }
 }
 
-fn size(s: &str) -> Result<u64, String> {
+pub(crate) fn size(s: &str) -> Result<u64, String> {
     s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| format!("`{s}`: {e}"))
 }
 
@@ -184,6 +184,12 @@ pub struct Scenario {
     /// buffer fills.
     #[arg(long, value_name = "MB_PER_SEC")]
     pub reader_rate: Option<f64>,
+
+    /// Read nothing from the FIFO for this long after the run starts (the pipe held
+    /// open meanwhile): a stalled consumer, so a backlog builds while load goes on.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DUR")]
+    #[serde(serialize_with = "opt_secs")]
+    pub reader_delay: Option<Duration>,
 
     /// Load an already running sidecar's HTTP API (`tcp:HOST:PORT` or `unix:PATH`)
     /// instead of starting one; `--sink` must then name the path it commits to.

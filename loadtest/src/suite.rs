@@ -109,22 +109,10 @@ impl Runner<'_> {
 
     /// Records a report, or the error that kept it from being made.
     fn keep(&mut self, name: &str, outcome: anyhow::Result<Report>) -> Option<Report> {
-        match outcome {
-            Ok(mut report) => {
-                report.pinning = Some(self.harness.pinning());
-                if !report.ok {
-                    self.failures.push(format!("{name}: {}", failure(&report)));
-                }
-                eprintln!("{}", report::table(std::slice::from_ref(&report)).lines().nth(2).unwrap_or_default());
-                self.reports.push(report.clone());
-                Some(report)
-            }
-            Err(e) => {
-                self.failures.push(format!("{name}: {e:#}"));
-                eprintln!("{name}: FAILED: {e:#}");
-                None
-            }
-        }
+        let mut report = report::noted(name, outcome, &mut self.failures)?;
+        report.pinning = Some(self.harness.pinning());
+        self.reports.push(report.clone());
+        Some(report)
     }
 
     async fn sidecar(&mut self, scenario: Scenario) -> Option<Report> {
@@ -155,20 +143,6 @@ impl Runner<'_> {
         let outcome = tokio::task::spawn_blocking(move || f(&owned, &harness)).await.map_err(anyhow::Error::from);
         self.keep(name, outcome.and_then(|r| r))
     }
-}
-
-fn failure(report: &Report) -> String {
-    let mut why: Vec<String> = report.errors.clone();
-    if let Some(v) = &report.verify {
-        if !v.ok {
-            why.push(format!(
-                "check failed: accepted {}, found {}, missing {}, duplicated {}, corrupt {}, refused but committed {}, never sent {}",
-                v.accepted, v.found, v.missing, v.duplicated, v.corrupt, v.refused_but_committed, v.never_sent
-            ));
-            why.extend(v.errors.iter().cloned());
-        }
-    }
-    why.join("; ")
 }
 
 fn base(name: &str, duration: Duration) -> Scenario {

@@ -61,3 +61,30 @@ async fn every_accepted_message_is_committed_exactly_once() {
         assert!(verdict.commits > 0, "{}", run.name);
     }
 }
+
+/// The backlog curve, briefly: the reader stalls for a second while load goes on,
+/// and every point is still checked message by message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_curve_checks_every_point() {
+    use loadtest::curves::{run_curves, CurvesOptions, Sweep};
+    let options = CurvesOptions {
+        duration: Duration::from_millis(500),
+        only: vec![Sweep::Backlog],
+        quick: true,
+        size_connections: 4,
+        backlog_budget: 8 << 20,
+    };
+    let result = run_curves(&options, &harness()).await;
+    assert!(result.failures.is_empty(), "{:#?}", result.failures);
+    let [curve] = &result.curves[..] else { panic!("one curve: {:#?}", result.curves) };
+    assert_eq!(curve.budget_bytes, Some(8 << 20));
+    let stalls: Vec<f64> = curve.points.iter().map(|p| p.x).collect();
+    assert_eq!(stalls, [0.0, 1.0]);
+    for point in &curve.points {
+        let verdict = point.sidecar.verify.as_ref().expect("sidecar runs are verified");
+        assert!(point.sidecar.ok && verdict.found == verdict.accepted && verdict.found > 0, "{:#?}", point.sidecar);
+        assert!(point.sidecar.peak_rss_bytes.is_some_and(|b| b > 0));
+    }
+    // The stalled point's load ran for its stall as well as --duration.
+    assert!(curve.points[1].sidecar.seconds >= 1.4, "{}", curve.points[1].sidecar.seconds);
+}

@@ -48,6 +48,8 @@ const PACKAGES: &[(&str, Probe)] = &[
     // The load harness's fast client for ceilings and single POSTs (loadtest/src/wrk.rs);
     // `wrk -v` exits 1, so its banner is what shows it runs.
     ("wrk", Probe::Prints(&["wrk", "-v"], "Will Glozer")),
+    // The font `loadtest plot` draws its charts' text with (its test draws them).
+    ("fonts-dejavu-core", Probe::File("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")),
 ];
 
 /// The npm packages the tests run, pinned to the versions they were tried with.
