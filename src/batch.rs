@@ -205,21 +205,22 @@ impl Batcher {
         }
         self.make_room(&mut open, count, bytes);
         let first = open.seq.take(count);
-        let messages: Vec<Message> = incoming
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| Message {
-                seq: first + i as u64,
-                name: m.name,
-                payload: m.payload,
-                line: m.line,
-                origin: m.origin,
-            })
-            .collect();
+        // Numbered straight into the open batch: no list of its own per request.
+        let start = open.messages.len();
+        open.messages.extend(incoming.into_iter().zip(first..).map(|(m, seq)| Message {
+            seq,
+            name: m.name,
+            payload: m.payload,
+            line: m.line,
+            origin: m.origin,
+        }));
         if let Some(journal) = &self.journal {
-            journal.append(&messages)?;
+            if let Err(error) = journal.append(&open.messages[start..]) {
+                open.messages.truncate(start);
+                return Err(error.into());
+            }
         }
-        self.extend(&mut open, messages, bytes, waiter);
+        self.added(&mut open, bytes, waiter);
         Ok(SeqRange { first, last: first + count - 1 })
     }
 
@@ -231,7 +232,8 @@ impl Batcher {
         let mut open = self.open.lock().unwrap();
         open.seq.skip_past(last);
         self.make_room(&mut open, messages.len() as u64, bytes);
-        self.extend(&mut open, messages, bytes, None);
+        open.messages.extend(messages);
+        self.added(&mut open, bytes, None);
     }
 
     /// Seals `messages` as the batch a previous run sealed (and journaled); call
@@ -242,7 +244,7 @@ impl Batcher {
         let mut open = self.open.lock().unwrap();
         debug_assert!(open.messages.is_empty(), "replayed batches go first");
         open.seq.skip_past(last);
-        // Not through `extend`: a batch as large as the limits would be sealed there
+        // Not through `added`: a batch as large as the limits would be sealed there
         // for its size, and then not be known as replayed.
         (open.messages, open.bytes, open.opened) = (messages, bytes, Some(Instant::now()));
         self.seal(&mut open, SealReason::Replay);
@@ -260,14 +262,14 @@ impl Batcher {
         }
     }
 
-    /// Adds numbered messages to the open batch and seals it if that fills it.
-    fn extend(&self, open: &mut Open, messages: Vec<Message>, bytes: u64, waiter: Option<oneshot::Sender<Verdict>>) {
+    /// Counts numbered messages of `bytes` just added to the open batch, and seals it
+    /// if that fills it.
+    fn added(&self, open: &mut Open, bytes: u64, waiter: Option<oneshot::Sender<Verdict>>) {
         if open.opened.is_none() {
             open.opened = Some(Instant::now());
             METRICS.open_batch_opened.set(crate::message::unix_nanos() as f64 / 1e9);
             self.changed.notify_one();
         }
-        open.messages.extend(messages);
         open.bytes += bytes;
         open.waiters.extend(waiter);
         if open.bytes >= self.policy.max_bytes {
@@ -312,7 +314,10 @@ impl Batcher {
         let Some(opened) = open.opened.take() else { return };
         let Some(out) = open.out.as_ref() else { return };
         open.sealed += 1;
-        let messages = std::mem::take(&mut open.messages);
+        // The next batch is likely as large as this one: room for it saves growing the
+        // list message by message, copying it each time it doubles.
+        let room = open.messages.len();
+        let messages = std::mem::replace(&mut open.messages, Vec::with_capacity(room));
         if let (Some(journal), Some(first), Some(last), false) =
             (&self.journal, messages.first(), messages.last(), reason == SealReason::Replay)
         {

@@ -1,21 +1,25 @@
-//! Zero-copy tar encoding: one commit's files become one archive, as a list of
-//! slices for vectored writes.
+//! Tar encoding: one commit's files become one archive, as a list of slices for
+//! vectored writes, large payloads shared rather than copied.
 //!
-//! Each file is a 512-byte header, its payload slices exactly as they arrived, and
-//! zero padding up to the next 512-byte boundary; the archive ends with two zero
+//! Each file is a 512-byte header, its payload, and zero padding up to the next
+//! 512-byte boundary; the archive ends with two zero
 //! blocks. Names over 100 bytes (up to the 255 a file name may have) get a GNU long-name
 //! entry (`././@LongLink`, type `L`) before their header, which Go's `archive/tar`
 //! (Pachyderm), GNU tar, bsdtar and the `tar` crate all read.
 //!
-//! Where bytes are still copied, and why: the headers (and long names) are built
-//! into one buffer per archive, because a header has to exist somewhere as bytes;
-//! that is about 512 bytes per file and one allocation per archive. Every file's
-//! header starts as a copy of one made per archive, with the fields all files share
-//! (type, mode, owner, mtime) already formatted: formatting a numeric field costs
-//! an allocation in the `tar` crate, and a header has six of them, so only the name,
-//! size and checksum are written per file. Padding and the
-//! closing blocks are slices of a static zero block. Payload bytes are never copied
-//! here; the only copy left is the kernel's, from these slices into the pipe or file.
+//! Where bytes are copied, and why: a header has to exist somewhere as bytes, so the
+//! headers (and long names) are written into one buffer per archive, about 512 bytes
+//! per file and one allocation per archive. A payload under one block is copied there
+//! too, right after its header, with its padding: a slice of its own would cost more
+//! than its bytes (a reference count, and an `iovec` in every write, for a few dozen
+//! bytes), and an archive of small files becomes one contiguous buffer. Larger
+//! payloads are never copied here: they are written as the slices they arrived in,
+//! padded from a static zero block; the only copy left of them is the kernel's.
+//!
+//! Every header starts as a copy of a template made per archive, with the fields all
+//! files share (type, mode, owner, mtime) and the sum of its bytes: only the name and
+//! size are written per file, and the checksum is that sum plus theirs, rather than a
+//! pass over 512 bytes (and two formatting allocations) per file in the `tar` crate.
 
 use bytes::{Bytes, BytesMut};
 use tar::{EntryType, Header};
@@ -25,12 +29,17 @@ use super::CommitFile;
 pub const BLOCK: usize = 512;
 /// The longest name a header's own name field holds.
 const NAME_FIELD: usize = 100;
+/// Where the per-file fields lie in a header (POSIX ustar, which GNU headers share).
+const SIZE_FIELD: std::ops::Range<usize> = 124..136;
+const CHECKSUM_FIELD: std::ops::Range<usize> = 148..156;
+/// The largest size the octal size field holds; beyond it, GNU's base-256 form.
+const OCTAL_SIZE_LIMIT: u64 = 1 << 33;
 const LONG_LINK: &[u8] = b"././@LongLink";
 /// Padding and the end-of-archive marker are sliced from here.
 static ZEROS: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 
-/// A complete tar archive as slices to write in order: headers, payload slices
-/// (shared, not copied), padding and the closing zero blocks.
+/// A complete tar archive as slices to write in order: metadata (headers, small
+/// payloads, padding), payload slices (shared, not copied), and the closing zero blocks.
 #[derive(Debug, Clone, Default)]
 pub struct Archive {
     pub chunks: Vec<Bytes>,
@@ -45,13 +54,6 @@ impl Archive {
         self.len += chunk.len() as u64;
         self.chunks.push(chunk);
     }
-
-    fn pad(&mut self, written: u64) {
-        let tail = (written % BLOCK as u64) as usize;
-        if tail != 0 {
-            self.push(Bytes::from_static(&ZEROS[..BLOCK - tail]));
-        }
-    }
 }
 
 /// Encodes one commit's files as one archive stamped with the current time.
@@ -61,26 +63,53 @@ pub fn encode_now(files: &[CommitFile]) -> Archive {
 
 /// Encodes one commit's files as one archive; `mtime` in seconds since the epoch.
 pub fn encode(files: &[CommitFile], mtime: u64) -> Archive {
-    let mut headers = BytesMut::with_capacity(files.iter().map(|f| header_len(&f.name)).sum());
-    let regular = header(EntryType::Regular, mtime);
+    let metadata: usize =
+        files.iter().map(|f| header_len(&f.name) + if copied(f) { padded(f.data.len() as usize) } else { 0 }).sum();
+    let mut out = BytesMut::with_capacity(metadata + ZEROS.len());
+    let templates = Templates {
+        regular: Template::new(EntryType::Regular, mtime),
+        long_name: Template::new(EntryType::GNULongName, 0),
+    };
+    let shared: usize = files.iter().filter(|f| !copied(f)).map(|f| f.data.chunks().len() + 2).sum();
+    let mut archive = Archive { chunks: Vec::with_capacity(shared + 1), len: 0, longest_entry: 0 };
     for file in files {
-        write_headers(&mut headers, &regular, file);
-    }
-    let mut headers = headers.freeze();
-    let payload_chunks: usize = files.iter().map(|f| f.data.chunks().len()).sum();
-    let chunks = Vec::with_capacity(payload_chunks + 2 * files.len() + 1);
-    let mut archive = Archive { chunks, len: 0, longest_entry: 0 };
-    for file in files {
-        let entry = header_len(&file.name) as u64 + file.data.len().div_ceil(BLOCK as u64) * BLOCK as u64;
+        let entry = header_len(&file.name) as u64 + padded(file.data.len() as usize) as u64;
         archive.longest_entry = archive.longest_entry.max(entry);
-        archive.push(headers.split_to(header_len(&file.name)));
-        for chunk in file.data.chunks() {
-            archive.push(chunk.clone());
+        write_headers(&mut out, &templates, file);
+        if copied(file) {
+            for chunk in file.data.chunks() {
+                out.extend_from_slice(chunk);
+            }
+            out.extend_from_slice(&ZEROS[..padding(file.data.len() as usize)]);
+        } else {
+            // Same allocation: what is written so far goes first, the rest stays to fill.
+            archive.push(out.split().freeze());
+            for chunk in file.data.chunks() {
+                archive.push(chunk.clone());
+            }
+            let pad = padding(file.data.len() as usize);
+            if pad > 0 {
+                archive.push(Bytes::from_static(&ZEROS[..pad]));
+            }
         }
-        archive.pad(file.data.len());
     }
-    archive.push(Bytes::from_static(&ZEROS));
+    out.extend_from_slice(&ZEROS);
+    archive.push(out.freeze());
     archive
+}
+
+/// Whether a file's payload is copied into the metadata: one under a block.
+fn copied(file: &CommitFile) -> bool {
+    file.data.len() < BLOCK as u64
+}
+
+fn padded(len: usize) -> usize {
+    len + padding(len)
+}
+
+/// The zeros after `len` bytes up to the next block boundary.
+fn padding(len: usize) -> usize {
+    (BLOCK - len % BLOCK) % BLOCK
 }
 
 /// The bytes of metadata before a file's payload: its header, and for a long name
@@ -89,27 +118,48 @@ fn header_len(name: &str) -> usize {
     if name.len() <= NAME_FIELD {
         BLOCK
     } else {
-        2 * BLOCK + (name.len() + 1).div_ceil(BLOCK) * BLOCK
+        2 * BLOCK + padded(name.len() + 1)
     }
 }
 
-/// Appends `file`'s header (after its long-name entry if it needs one), made from
-/// `regular`, the archive's header with no name, size or checksum yet.
-fn write_headers(out: &mut BytesMut, regular: &Header, file: &CommitFile) {
-    let name = file.name.as_bytes();
-    if name.len() > NAME_FIELD {
-        // GNU tar counts the terminating NUL in the long name's size.
-        let mut long = header(EntryType::GNULongName, 0);
-        out.extend_from_slice(named(&mut long, LONG_LINK, name.len() as u64 + 1).as_bytes());
-        out.extend_from_slice(name);
-        let padded = (name.len() + 1).div_ceil(BLOCK) * BLOCK;
-        out.extend_from_slice(&ZEROS[..padded - name.len()]);
+/// The two kinds of header an archive holds.
+struct Templates {
+    regular: Template,
+    long_name: Template,
+}
+
+/// A GNU header of one kind with the fields every file of an archive shares, its
+/// checksum field blank (spaces, as the checksum counts it), and the sum of its bytes.
+struct Template {
+    bytes: [u8; BLOCK],
+    sum: u32,
+}
+
+impl Template {
+    fn new(kind: EntryType, mtime: u64) -> Self {
+        let mut bytes = *shared_fields(kind, mtime).as_bytes();
+        bytes[CHECKSUM_FIELD].fill(b' ');
+        Self { sum: byte_sum(&bytes), bytes }
     }
-    out.extend_from_slice(named(&mut regular.clone(), name, file.data.len()).as_bytes());
+
+    /// Appends this header completed for `name` (cut to the name field when a
+    /// long-name entry carries it) and `size`.
+    fn write(&self, out: &mut BytesMut, name: &[u8], size: u64) {
+        let start = out.len();
+        out.extend_from_slice(&self.bytes);
+        let header = &mut out[start..];
+        let name = &name[..name.len().min(NAME_FIELD)];
+        header[..name.len()].copy_from_slice(name);
+        let size = size_field(size);
+        header[SIZE_FIELD].copy_from_slice(&size);
+        // The template's name and size fields are zeros: theirs are all they add.
+        let sum = self.sum + byte_sum(name) + byte_sum(&size);
+        octal(&mut header[CHECKSUM_FIELD], u64::from(sum));
+    }
 }
 
 /// A GNU header of `kind` with the fields every file of an archive shares.
-fn header(kind: EntryType, mtime: u64) -> Header {
+fn shared_fields(kind: EntryType, mtime: u64) -> Header {
     let mut header = Header::new_gnu();
     header.set_entry_type(kind);
     header.set_mode(0o644);
@@ -119,15 +169,43 @@ fn header(kind: EntryType, mtime: u64) -> Header {
     header
 }
 
-/// Completes `header` for `name` (cut to the name field when a long-name entry
-/// carries it) and `size`.
-fn named<'h>(header: &'h mut Header, name: &[u8], size: u64) -> &'h Header {
-    let field = &mut header.as_old_mut().name;
-    let kept = name.len().min(NAME_FIELD);
-    field[..kept].copy_from_slice(&name[..kept]);
-    header.set_size(size);
-    header.set_cksum();
-    header
+/// Appends `file`'s header, after its long-name entry if it needs one.
+fn write_headers(out: &mut BytesMut, templates: &Templates, file: &CommitFile) {
+    let name = file.name.as_bytes();
+    if name.len() > NAME_FIELD {
+        // GNU tar counts the terminating NUL in the long name's size.
+        templates.long_name.write(out, LONG_LINK, name.len() as u64 + 1);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&ZEROS[..padded(name.len() + 1) - name.len()]);
+    }
+    templates.regular.write(out, name, file.data.len());
+}
+
+fn byte_sum(bytes: &[u8]) -> u32 {
+    bytes.iter().map(|&b| u32::from(b)).sum()
+}
+
+/// The size field as the `tar` crate writes it: octal, or GNU's base-256 form for
+/// sizes the octal digits cannot hold.
+fn size_field(size: u64) -> [u8; 12] {
+    let mut field = [0; 12];
+    if size < OCTAL_SIZE_LIMIT {
+        octal(&mut field, size);
+    } else {
+        field[4..].copy_from_slice(&size.to_be_bytes());
+        field[0] |= 0x80;
+    }
+    field
+}
+
+/// `value` in octal digits right-aligned in `field`, zero-padded, ending with a NUL.
+fn octal(field: &mut [u8], mut value: u64) {
+    let (last, digits) = field.split_last_mut().expect("a field has room for its NUL");
+    *last = 0;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value & 7) as u8;
+        value >>= 3;
+    }
 }
 
 #[cfg(test)]
@@ -169,21 +247,32 @@ mod tests {
     }
 
     #[test]
-    fn payload_slices_are_shared_not_copied() {
-        let payload = Bytes::from_static(b"hello, pipe");
+    fn payload_slices_of_a_block_or_more_are_shared_not_copied() {
+        let payload = Bytes::from(vec![b'p'; 600]);
         let files = [CommitFile { name: "a".into(), data: Payload::from(payload.clone()) }];
         let archive = encode(&files, 0);
         assert!(archive.chunks.iter().any(|c| c.as_ptr() == payload.as_ptr()));
-        assert_eq!(archive.len, 512 + 512 + 1024);
+        assert_eq!(archive.len, 512 + 1024 + 1024);
     }
 
     #[test]
-    fn headers_share_one_buffer() {
-        let files = [file("a", &[b"x"]), file(&"n".repeat(200), &[b"y"]), file("c", &[])];
+    fn small_payloads_are_copied_after_their_headers_into_one_buffer() {
+        let files = [file("a", &[b"hello, ", b"pipe"]), file(&"n".repeat(200), &[&[1; 511]]), file("c", &[])];
+        let archive = encode(&files, 7);
+        assert_eq!(archive.chunks.len(), 1, "headers, payloads, padding and the end: one slice");
+        assert_eq!(archive.len, (2 + 4 + 1 + 2) * 512);
+        let expected: Vec<_> = files.iter().map(|f| (f.name.clone(), f.data.to_vec(), 0o644, 7)).collect();
+        assert_eq!(read_back(&flatten(&archive)), expected);
+    }
+
+    #[test]
+    fn metadata_shares_one_buffer_around_shared_payloads() {
+        let files = [file("a", &[&[7; 600]]), file(&"n".repeat(200), &[&[7; 700]]), file("c", &[])];
         let archive = encode(&files, 0);
-        let headers: Vec<&Bytes> = archive.chunks.iter().filter(|c| c.len() >= 512 && c[0] != 0).collect();
-        assert_eq!(headers.len(), 3);
-        for pair in headers.windows(2) {
+        let metadata: Vec<&Bytes> =
+            archive.chunks.iter().filter(|c| c.len() >= 512 && c[0] != 0 && c[0] != 7).collect();
+        assert_eq!(metadata.len(), 3);
+        for pair in metadata.windows(2) {
             assert_eq!(pair[0].as_ptr().wrapping_add(pair[0].len()), pair[1].as_ptr(), "contiguous");
         }
     }
@@ -215,7 +304,30 @@ mod tests {
         prop::collection::vec(prop::collection::vec(any::<u8>(), 0..700), 0..4)
     }
 
+    /// A header as the `tar` crate completes it.
+    fn tar_crate_header(kind: EntryType, mtime: u64, name: &[u8], size: u64) -> [u8; BLOCK] {
+        let mut header = shared_fields(kind, mtime);
+        let kept = name.len().min(NAME_FIELD);
+        header.as_old_mut().name[..kept].copy_from_slice(&name[..kept]);
+        header.set_size(size);
+        header.set_cksum();
+        *header.as_bytes()
+    }
+
     proptest! {
+        #[test]
+        fn headers_are_byte_for_byte_the_tar_crates(
+            name in prop::collection::vec(1u8..=255, 1..255),
+            size in prop_oneof![0u64..4096, 0u64..(1 << 40), Just((1 << 33) - 1), Just(1 << 33), Just(u64::MAX)],
+            mtime in 0u64..(1 << 33),
+            long_name in any::<bool>(),
+        ) {
+            let kind = if long_name { EntryType::GNULongName } else { EntryType::Regular };
+            let mut out = BytesMut::new();
+            Template::new(kind, mtime).write(&mut out, &name, size);
+            prop_assert_eq!(&out[..], &tar_crate_header(kind, mtime, &name, size)[..]);
+        }
+
         #[test]
         fn round_trips_through_the_tar_crate(
             files in prop::collection::vec((name(), chunks()), 0..6),

@@ -6,18 +6,55 @@
 
 pub mod file_name;
 
+use std::ops::Range;
+
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// The bytes of one message or file, as one or more zero-copy slices.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Payload {
-    chunks: Vec<Bytes>,
+    /// Almost always one slice, held inline: no allocation per message.
+    chunks: SmallVec<[Bytes; 1]>,
     len: u64,
+    /// Set by [`Payload::line_in`]: where the one slice lies in the buffer it was cut from.
+    line_in: Option<LineIn>,
+}
+
+/// A line's place in its buffer, the `\n` that ended it right after it.
+#[derive(Clone, Debug)]
+struct LineIn {
+    buffer: Bytes,
+    start: usize,
 }
 
 impl Payload {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A line cut from `buffer` at `range`, the `\n` that ended it at `range.end`. It
+    /// remembers its buffer, so that a batch file can take the line with its `\n` as one
+    /// slice, and consecutive lines as one ([`Payload::into_ended_line`]).
+    pub fn line_in(buffer: Bytes, range: Range<usize>) -> Self {
+        debug_assert_eq!(buffer.get(range.end), Some(&b'\n'), "the line's end follows it");
+        let chunk = buffer.slice(range.clone());
+        let line_in = (!chunk.is_empty()).then_some(LineIn { buffer, start: range.start });
+        let mut payload = Payload::from(chunk);
+        payload.line_in = line_in;
+        payload
+    }
+
+    /// The buffer a [`Payload::line_in`] line was cut from, and the range of it the line
+    /// and its `\n` take; the payload itself if it was not cut so or has grown since.
+    pub fn into_ended_line(self) -> Result<(Bytes, Range<usize>), Payload> {
+        match self.line_in {
+            Some(LineIn { buffer, start }) if self.chunks.len() == 1 => {
+                let end = start + self.chunks[0].len() + 1;
+                Ok((buffer, start..end))
+            }
+            _ => Err(self),
+        }
     }
 
     pub fn push(&mut self, chunk: Bytes) {
@@ -27,10 +64,10 @@ impl Payload {
         }
     }
 
-    pub fn extend(&mut self, other: &Payload) {
-        for chunk in &other.chunks {
-            self.push(chunk.clone());
-        }
+    /// Moves `other`'s slices to the end of this payload.
+    pub fn append(&mut self, other: Payload) {
+        self.len += other.len;
+        self.chunks.extend(other.chunks);
     }
 
     pub fn len(&self) -> u64 {
@@ -55,6 +92,15 @@ impl Payload {
         out
     }
 }
+
+/// Payloads are equal when their slices are: where a line was cut from does not count.
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.chunks == other.chunks
+    }
+}
+
+impl Eq for Payload {}
 
 impl From<Bytes> for Payload {
     fn from(chunk: Bytes) -> Self {

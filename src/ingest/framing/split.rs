@@ -50,6 +50,18 @@ pub trait Source {
     fn skip(&mut self, count: usize);
 
     fn take(&mut self, count: usize) -> Self::Piece;
+
+    /// Takes a line of `count` bytes, and the `\n` after it if `terminated`.
+    fn take_line(&mut self, count: usize, terminated: bool) -> Self::Piece {
+        take_then_skip_end(self, count, terminated)
+    }
+}
+
+/// A line as any source can cut it: taken, then its `\n` skipped.
+fn take_then_skip_end<S: Source + ?Sized>(source: &mut S, count: usize, terminated: bool) -> S::Piece {
+    let line = source.take(count);
+    source.skip(usize::from(terminated));
+    line
 }
 
 /// Where the splitter is in a stream: which line or frame comes next, where it
@@ -95,10 +107,8 @@ impl Splitter {
             if end > self.max {
                 return Err(self.line_too_long());
             }
-            let line = source.take(end);
-            let terminator = usize::from(newline.is_some());
-            source.skip(terminator);
-            self.offset += (end + terminator) as u64;
+            let line = source.take_line(end, newline.is_some());
+            self.offset += (end + usize::from(newline.is_some())) as u64;
             self.number += 1;
             self.scanned = 0;
             if end > 0 {
@@ -165,6 +175,10 @@ impl Splitter {
 #[derive(Debug, Default)]
 pub struct Chunks {
     chunks: VecDeque<Bytes>,
+    /// How much of the first chunk is taken. The chunk itself stays whole until all
+    /// of it is, so that every line cut from it names the same buffer
+    /// ([`Payload::line_in`]).
+    start: usize,
     len: usize,
 }
 
@@ -172,14 +186,14 @@ impl From<Vec<Bytes>> for Chunks {
     fn from(body: Vec<Bytes>) -> Self {
         let chunks: VecDeque<Bytes> = body.into_iter().filter(|c| !c.is_empty()).collect();
         let len = chunks.iter().map(Bytes::len).sum();
-        Self { chunks, len }
+        Self { chunks, start: 0, len }
     }
 }
 
 impl Chunks {
-    /// The chunks, in order.
-    pub fn chunks(&self) -> impl Iterator<Item = &Bytes> {
-        self.chunks.iter()
+    /// The bytes left, chunk by chunk.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().enumerate().map(|(i, chunk)| if i == 0 { &chunk[self.start..] } else { &chunk[..] })
     }
 
     /// Removes the first `count` bytes, adding them to `kept` as chunk slices if given.
@@ -188,19 +202,16 @@ impl Chunks {
         self.len -= count;
         let mut left = count;
         while left > 0 {
-            let front = self.chunks.front_mut().expect("len counts the chunks' bytes");
-            if front.len() <= left {
-                left -= front.len();
-                let chunk = self.chunks.pop_front().expect("front exists");
-                if let Some(payload) = kept.as_deref_mut() {
-                    payload.push(chunk);
-                }
-            } else {
-                match kept.as_deref_mut() {
-                    Some(payload) => payload.push(front.split_to(left)),
-                    None => front.advance(left),
-                }
-                left = 0;
+            let front = self.chunks.front().expect("len counts the chunks' bytes");
+            let taken = left.min(front.len() - self.start);
+            if let Some(payload) = kept.as_deref_mut() {
+                payload.push(front.slice(self.start..self.start + taken));
+            }
+            left -= taken;
+            self.start += taken;
+            if self.start == front.len() {
+                self.chunks.pop_front();
+                self.start = 0;
             }
         }
     }
@@ -215,7 +226,7 @@ impl Source for Chunks {
 
     fn find_newline(&self, from: usize) -> Option<usize> {
         let mut base = 0;
-        for chunk in &self.chunks {
+        for chunk in self.chunks() {
             let end = base + chunk.len();
             if end > from {
                 let start = from.saturating_sub(base);
@@ -235,7 +246,7 @@ impl Source for Chunks {
         // The header may straddle chunks; these four bytes are the only ones copied.
         let mut header = [0; LENGTH_BYTES];
         let mut filled = 0;
-        for chunk in &self.chunks {
+        for chunk in self.chunks() {
             let n = (LENGTH_BYTES - filled).min(chunk.len());
             header[filled..filled + n].copy_from_slice(&chunk[..n]);
             filled += n;
@@ -254,6 +265,19 @@ impl Source for Chunks {
         let mut payload = Payload::new();
         self.advance(count, Some(&mut payload));
         payload
+    }
+
+    /// A line that ends inside the first chunk is cut as a line of that chunk.
+    fn take_line(&mut self, count: usize, terminated: bool) -> Payload {
+        let end = self.start + count;
+        match self.chunks.front() {
+            Some(front) if terminated && count > 0 && end < front.len() => {
+                let line = Payload::line_in(front.clone(), self.start..end);
+                self.advance(count + 1, None);
+                line
+            }
+            _ => take_then_skip_end(self, count, terminated),
+        }
     }
 }
 
@@ -377,6 +401,19 @@ mod tests {
     }
 
     #[test]
+    fn lines_inside_one_chunk_keep_their_place_in_it() {
+        let mut splitter = Splitter::new(Unit::Line, 10);
+        let mut body = Chunks::from(cut(b"ab\ncd\nef\ngh", &[5]));
+        let mut next = || splitter.next(&mut body, true).unwrap().unwrap().into_ended_line();
+        let (buffer, range) = next().unwrap();
+        assert_eq!((&buffer[..], range), (&b"ab\ncd"[..], 0..3));
+        assert!(next().is_err(), "its newline is in the next chunk");
+        let (buffer, range) = next().unwrap();
+        assert_eq!((&buffer[..], range), (&b"\nef\ngh"[..], 1..4));
+        assert!(next().is_err(), "no newline after the last line");
+    }
+
+    #[test]
     fn a_long_line_names_its_number_and_offset() {
         let (kind, message) = error(whole(Unit::Line, 3, cut(b"ab\n\nabcd\nx", &[])));
         assert_eq!(kind, DecodeErrorKind::TooLarge);
@@ -456,6 +493,21 @@ mod tests {
             cuts in prop::collection::vec(0usize..1500, 0..12),
         ) {
             round_trip(Unit::Line, 40, cut(&lines(&messages, final_newline), &cuts), &messages)?;
+        }
+
+        #[test]
+        fn lines_laid_out_as_a_batch_file_are_the_lines_ended(
+            messages in prop::collection::vec(prop::collection::vec(any::<u8>().prop_map(|b| if b == b'\n' { b'n' } else { b }), 0..40), 0..30),
+            final_newline in any::<bool>(),
+            cuts in prop::collection::vec(0usize..1500, 0..12),
+        ) {
+            let lines_in = whole(Unit::Line, 40, cut(&lines(&messages, final_newline), &cuts)).unwrap();
+            let batch = lines_in
+                .into_iter()
+                .map(|payload| crate::message::Message { seq: 0, name: None, payload, line: true, origin: None })
+                .collect();
+            let expected: Vec<u8> = messages.iter().filter(|m| !m.is_empty()).flat_map(|m| m.iter().chain(b"\n")).copied().collect();
+            prop_assert_eq!(crate::encode::batch_file(batch).to_vec(), expected);
         }
 
         #[test]
