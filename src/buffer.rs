@@ -71,6 +71,14 @@ impl Budget {
         if bytes > self.limit {
             return Err(Refusal::LargerThanBudget);
         }
+        // The common case, room at once, takes one lock: registering with `freed`
+        // (two more, on its waiter list) is only worth it when we may wait.
+        if self.try_reserve(bytes) {
+            return Ok(());
+        }
+        if wait == Some(Duration::ZERO) {
+            return Err(Refusal::Full);
+        }
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         loop {
             // Registered before the check so a release between check and await wakes us.

@@ -21,7 +21,6 @@ pub mod split;
 use std::fmt;
 
 use bytes::Bytes;
-use mime::Mime;
 
 use self::split::{Chunks, Splitter, Unit};
 use crate::message::file_name;
@@ -122,22 +121,28 @@ impl Framing {
     /// not a media type at all is "anything else".
     pub fn from_content_type(content_type: Option<&str>) -> Result<Framing, DecodeError> {
         let Some(content_type) = content_type else { return Ok(Framing::Whole) };
-        let Some(media_type) = media_type(content_type) else { return Ok(Framing::Whole) };
-        Ok(match media_type.essence_str() {
-            NDJSON => Framing::Lines,
-            FRAMES => Framing::Frames,
-            MULTIPART => Framing::Multipart { boundary: multipart::boundary(content_type)? },
-            _ => Framing::Whole,
+        let media_type = media_type(content_type);
+        let is = |known: &str| media_type.eq_ignore_ascii_case(known);
+        Ok(if is(NDJSON) {
+            Framing::Lines
+        } else if is(FRAMES) {
+            Framing::Frames
+        } else if is(MULTIPART) {
+            Framing::Multipart { boundary: multipart::boundary(content_type)? }
+        } else {
+            Framing::Whole
         })
     }
 }
 
-/// The media type of a `Content-Type` (`type/subtype`, lower-cased by `mime`),
-/// parsed without its parameters: `mime` refuses whitespace before a `;`, which
-/// RFC 9110 allows, and a parameter it cannot read must not turn an NDJSON body
-/// into one message. The multipart boundary is read from the whole header.
-fn media_type(content_type: &str) -> Option<Mime> {
-    content_type.split(';').next()?.trim().parse().ok()
+/// The media type of a `Content-Type` (`type/subtype`, to compare without regard to
+/// case), without its parameters: RFC 9110 allows whitespace before a `;`, and a
+/// parameter that cannot be read must not turn an NDJSON body into one message.
+/// Compared with the three types that name a framing as it stands, since anything
+/// else means one message: parsing it (as a `Mime`) would cost an allocation on
+/// every request. The multipart boundary is read from the whole header.
+fn media_type(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or_default().trim()
 }
 
 /// Decodes a whole body, given as the chunks it arrived in. `name` (from

@@ -14,9 +14,11 @@ pub mod idempotency;
 pub mod raw_socket;
 pub mod source;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
+use strum::VariantArray;
 use tokio::sync::oneshot;
 
 use crate::ack::VerdictReceiver;
@@ -44,6 +46,19 @@ impl Transport {
     pub fn as_str(self) -> &'static str {
         self.into()
     }
+}
+
+/// `spout_messages_received_total` and `spout_bytes_received_total` of each
+/// transport, indexed by its discriminant: resolved once, as the transport is first
+/// used, rather than looked up by label on every admission.
+static RECEIVED: [OnceLock<(IntCounter, IntCounter)>; Transport::VARIANTS.len()] =
+    [const { OnceLock::new() }; Transport::VARIANTS.len()];
+
+fn received(transport: Transport) -> &'static (IntCounter, IntCounter) {
+    RECEIVED[transport as usize].get_or_init(|| {
+        let label = [transport.as_str()];
+        (METRICS.messages_received.with_label_values(&label), METRICS.bytes_received.with_label_values(&label))
+    })
 }
 
 /// How a sender of messages wants them admitted.
@@ -224,9 +239,9 @@ impl Intake {
                 return Err(self.refuse(Refused::SpoolUnwritable, count));
             }
         }
-        let transport = how.transport.as_str();
-        METRICS.messages_received.with_label_values(&[transport]).inc_by(count);
-        METRICS.bytes_received.with_label_values(&[transport]).inc_by(bytes);
+        let (messages_received, bytes_received) = received(how.transport);
+        messages_received.inc_by(count);
+        bytes_received.inc_by(bytes);
         Ok(Admitted { seqs, verdict: rx })
     }
 
@@ -254,6 +269,20 @@ impl From<Refusal> for Refused {
         match refusal {
             Refusal::Full => Refused::Overloaded,
             Refusal::LargerThanBudget => Refused::LargerThanBudget,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `RECEIVED` has a place for each transport at `transport as usize`, which
+    /// discriminants given by hand could break.
+    #[test]
+    fn every_transport_has_its_place() {
+        for (index, &transport) in Transport::VARIANTS.iter().enumerate() {
+            assert_eq!(transport as usize, index, "{transport:?}");
         }
     }
 }

@@ -103,6 +103,18 @@ fn slowloris_headers_are_cut_off_and_others_are_served_meanwhile() {
     assert_eq!(committed(tmp.path()), vec![b"not starved".to_vec()]);
 }
 
+/// Between requests, an HTTP/1.1 connection is held to --header-timeout as well,
+/// counted from its last answer; a request that takes longer to answer is not cut.
+#[test]
+fn keep_alive_connections_are_closed_once_idle_for_the_header_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sidecar = start(tmp.path(), &["--header-timeout", "1s", "--max-batch-age", "2s"]);
+    let waited = client::time_until_closed(&sidecar.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}, before --header-timeout");
+    let slow = client::post(&sidecar.addr, "/messages?wait=commit", "text/plain", b"two seconds");
+    assert_eq!(slow.status, 200, "{}", slow.text());
+}
+
 #[test]
 fn a_trickling_body_gets_408_once_body_timeout_passes() {
     let tmp = tempfile::tempdir().unwrap();

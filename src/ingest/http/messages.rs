@@ -8,13 +8,16 @@
 // around on a path that is not hot.
 #![allow(clippy::result_large_err)]
 
+use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming as Body;
-use hyper::header::{HeaderMap, HeaderValue, ACCEPT_ENCODING, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
@@ -32,15 +35,17 @@ use crate::ingest::{AdmitOptions, Answer, FullBudget, Refused, Transport};
 use crate::message::file_name;
 use crate::metrics::METRICS;
 
+/// The answer to a POST; a `wait=commit` answer borrows the names it gives from the
+/// commit's receipt, which a whole batch of answers shares.
 #[derive(Serialize)]
-struct Accepted {
+struct Accepted<'a> {
     accepted: u64,
     first_seq: Option<u64>,
     last_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    commit: Option<String>,
+    commit: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    files: Option<Vec<String>>,
+    files: Option<Vec<Cow<'a, str>>>,
     /// With an object-store sink, the keys of the objects holding `files`.
     #[serde(skip_serializing_if = "Option::is_none")]
     objects: Option<Vec<String>>,
@@ -92,12 +97,11 @@ impl From<DecodeError> for Rejection {
 }
 
 async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Result<Reply, Rejection> {
-    let Received { options, headers, content_type, framing, body } =
-        receive(api, request).await.map_err(Rejection::closing)?;
+    let Received { options, headers, framing, body } = receive(api, request).await.map_err(Rejection::closing)?;
     let ticket = match idempotency_key(&headers)? {
         None => None,
         Some(key) => {
-            let fingerprint = fingerprint(&body, content_type.as_deref(), options.framing, options.file.as_deref());
+            let fingerprint = fingerprint(&body, content_type(&headers), options.framing, options.file.as_deref());
             loop {
                 match api.idempotency.begin(key, fingerprint) {
                     Begin::First(ticket) => break Some(ticket),
@@ -159,7 +163,6 @@ async fn accept(api: &Api, transport: Transport, request: Request<Body>) -> Resu
 struct Received {
     options: RequestOptions,
     headers: HeaderMap,
-    content_type: Option<String>,
     framing: Framing,
     body: Vec<Bytes>,
 }
@@ -181,23 +184,40 @@ async fn receive(api: &Api, request: Request<Body>) -> Result<Received, Rejectio
         file_name::validate(name)
             .map_err(|why| Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_file_name", why.to_string()))?;
     }
-    let headers = request.headers().clone();
-    let content_type = headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
-    let framing = Framing::choose(options.framing, content_type.as_deref())?;
-    let coding = Coding::from_headers(&headers).map_err(|e| undecodable(e, Coding::Identity, false))?;
+    let (head, body) = request.into_parts();
+    let framing = Framing::choose(options.framing, content_type(&head.headers))?;
+    let coding = Coding::from_headers(&head.headers).map_err(|e| undecodable(e, Coding::Identity, false))?;
     let body =
-        tokio::time::timeout(api.body_timeout, read_body(api, request, coding, &framing)).await.map_err(|_| {
+        within(api.body_timeout, read_body(api, &head.headers, body, coding, &framing)).await.ok_or_else(|| {
             Rejection::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "timeout",
                 format!("the body did not arrive within --body-timeout ({:?})", api.body_timeout),
             )
         })??;
-    Ok(Received { options, headers, content_type, framing, body })
+    Ok(Received { options, headers: head.headers, framing, body })
+}
+
+/// `future`'s output, or `None` if it takes longer than `limit`. A small body has
+/// usually arrived with its head: the timer (whose setting and dropping each take
+/// the timer driver's lock) is only set if the body must be waited for.
+async fn within<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+    if let Poll::Ready(output) = first {
+        return Some(output);
+    }
+    tokio::time::timeout(limit, future).await.ok()
+}
+
+/// The request's `Content-Type`; one that is not UTF-8 as a string no type matches.
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers.get(CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}"))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
     match value.to_str() {
         Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key)),
         _ => Err(Rejection::new(
@@ -255,13 +275,16 @@ async fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict, opti
         Err(error) => return reply::error(StatusCode::BAD_GATEWAY, "commit_failed", error.0.clone()),
     };
     let files = match api.layout {
-        Layout::Batch => receipt.batch_file.iter().cloned().collect(),
+        Layout::Batch => receipt.batch_file.iter().map(|file| Cow::Borrowed(file.as_str())).collect(),
         Layout::Message => admission
             .names
             .iter()
             .zip(admission.seqs.first..)
-            .map(|(name, seq)| name.clone().unwrap_or_else(|| file_name::default_name(seq)))
-            .fold(Vec::new(), |mut files: Vec<String>, file| {
+            .map(|(name, seq)| match name {
+                Some(name) => Cow::Borrowed(name.as_str()),
+                None => Cow::Owned(file_name::default_name(seq)),
+            })
+            .fold(Vec::new(), |mut files: Vec<Cow<str>>, file| {
                 // Messages appended to one file name it once.
                 if files.last() != Some(&file) {
                     files.push(file);
@@ -279,7 +302,7 @@ async fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict, opti
         accepted: admission.count,
         first_seq: Some(admission.seqs.first),
         last_seq: Some(admission.seqs.last),
-        commit: Some(receipt.commit.clone()),
+        commit: Some(&receipt.commit),
         files: Some(files),
         objects,
     };
@@ -294,7 +317,8 @@ async fn settled_reply(api: &Api, admission: &Admission, verdict: &Verdict, opti
 /// further. A body that is one message is held to `--max-message-bytes` the same way.
 async fn read_body(
     api: &Api,
-    request: Request<Body>,
+    headers: &HeaderMap,
+    mut body: Body,
     coding: Coding,
     framing: &Framing,
 ) -> Result<Vec<Bytes>, Rejection> {
@@ -306,15 +330,13 @@ async fn read_body(
             format!("request body of {size} is over --max-request-bytes ({limit} bytes)"),
         )
     };
-    let declared =
-        request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(declared) = declared.filter(|&n| n > limit) {
         return Err(too_large(&format!("{declared} bytes")));
     }
     let one_message = *framing == Framing::Whole && api.max_message_bytes < limit;
     let decoded_limit = if one_message { api.max_message_bytes } else { limit };
     let mut decoder = Decoder::new(coding, decoded_limit);
-    let mut body = request.into_body();
     let mut total = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {

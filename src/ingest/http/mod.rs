@@ -1,16 +1,18 @@
 //! The HTTP API, served the same on TCP and on a Unix socket.
 //!
-//! This module owns connections (HTTP/1.1 and HTTP/2 on one port, TLS in `tls`)
-//! and routing; `messages` is the ingest endpoint (`encoding` undoes its bodies'
+//! This module owns connections (HTTP/1.1 and HTTP/2 on one port, TLS in `tls`,
+//! `--header-timeout` in `idle`) and routing; `messages` is the ingest endpoint (`encoding` undoes its bodies'
 //! `Content-Encoding`, `query` reads its options), `admin` the flush, health,
 //! status and metrics endpoints, `commits` reads commits back through the sink's
 //! reader, `reply` the JSON answers. Every answer is counted in
 //! `spout_requests_total{code}` and timed in
-//! `spout_request_duration_seconds{route,code}`.
+//! `spout_request_duration_seconds{route,code}` (by `answered`).
 
 mod admin;
+mod answered;
 mod commits;
 mod encoding;
+mod idle;
 mod messages;
 mod query;
 mod reply;
@@ -18,7 +20,6 @@ pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming as Body;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH};
 use hyper::service::service_fn;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -41,6 +42,7 @@ use crate::encode::Layout;
 use crate::metrics::METRICS;
 use crate::sink::reader::CommitReader;
 use crate::sink::Health;
+use idle::{Answering, Idleness};
 use reply::Reply;
 use tls::Tls;
 
@@ -97,7 +99,7 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
     // so that --max-connections × --max-request-bytes still bounds the bodies read.
     let requests = Arc::new(Semaphore::new(api.max_connections));
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(connection_builder(api.header_timeout));
+    let builder = Arc::new(connection_builder());
     loop {
         // Waiting for a slot before accepting leaves further clients in the kernel's
         // backlog instead of accepting connections we would not serve.
@@ -138,9 +140,9 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
 /// HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c with prior
 /// knowledge, or after choosing `h2` by ALPN under TLS). Each HTTP/2 stream is one
 /// request to the same handler as an HTTP/1.1 request, with the same limits.
-fn connection_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+/// HTTP/1.1 has no timer: `idle` holds it to --header-timeout.
+fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
     builder
 }
@@ -158,41 +160,41 @@ struct Connection {
 impl Connection {
     /// Serves the connection, after the TLS handshake if there is one. A client that
     /// has not sent a request within --header-timeout of connecting (silent, stuck
-    /// in the handshake, or an HTTP/2 connection without a stream) is disconnected,
-    /// so that it does not hold a --max-connections slot.
+    /// in the handshake, or an HTTP/2 connection without a stream), or an HTTP/1.1
+    /// client that has not sent its next one within --header-timeout of its last
+    /// answer, is disconnected, so that it does not hold a --max-connections slot.
     async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S, tls: Option<Arc<Tls>>) {
         let header_timeout = self.api.header_timeout;
-        let asked = Arc::new(AtomicBool::new(false));
-        let asked_by_service = asked.clone();
-        let served = async move {
-            match tls {
-                None => self.http(stream, asked_by_service).await,
-                Some(tls) => match tls.acceptor().accept(stream).await {
-                    Ok(stream) => self.http(stream, asked_by_service).await,
-                    Err(error) => tracing::debug!("TLS handshake failed: {error}"),
-                },
-            }
-        };
-        let silent = async {
-            tokio::time::sleep(header_timeout).await;
-            if asked.load(Ordering::Relaxed) {
-                std::future::pending::<()>().await;
+        let idleness = Idleness::new();
+        let served = {
+            let idleness = idleness.clone();
+            async move {
+                match tls {
+                    None => self.http(stream, idleness).await,
+                    Some(tls) => match tls.acceptor().accept(stream).await {
+                        Ok(stream) => self.http(stream, idleness).await,
+                        Err(error) => tracing::debug!("TLS handshake failed: {error}"),
+                    },
+                }
             }
         };
         tokio::select! {
             () = served => {}
-            () = silent => tracing::debug!("no request within --header-timeout; closing the connection"),
+            () = idleness.expired(header_timeout) => {
+                tracing::debug!("no request within --header-timeout; closing the connection");
+            }
         }
     }
 
-    async fn http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S, asked: Arc<AtomicBool>) {
+    async fn http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S, idleness: Arc<Idleness>) {
         let (api, transport, requests) = (self.api.clone(), self.transport, self.requests.clone());
-        let service = service_fn(move |request| {
-            asked.store(true, Ordering::Relaxed);
+        let service = service_fn(move |request: Request<Body>| {
+            let busy = idleness.serving(request.version() == Version::HTTP_2);
             let (api, requests) = (api.clone(), requests.clone());
             async move {
                 let _turn = requests.acquire().await.expect("the semaphore is never closed");
-                Ok::<_, Infallible>(handle(&api, transport, request).await)
+                let response = handle(&api, transport, request).await;
+                Ok::<_, Infallible>(response.map(|body| Answering::new(body, busy)))
             }
         });
         let connection = self.builder.serve_connection(TokioIo::new(stream), service);
@@ -210,9 +212,7 @@ async fn handle(api: &Api, transport: Transport, request: Request<Body>) -> Repl
     if head {
         response = without_body(response);
     }
-    let code = response.status().as_u16().to_string();
-    METRICS.requests.with_label_values(&[&code]).inc();
-    METRICS.request_duration.with_label_values(&[route, &code]).observe(started.elapsed().as_secs_f64());
+    answered::record(route, response.status().as_u16(), started.elapsed());
     response
 }
 

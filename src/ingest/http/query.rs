@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use hyper::header::HeaderMap;
+use hyper::header::{HeaderMap, HeaderName};
 
 use crate::ingest::framing::Named;
 
@@ -50,21 +50,26 @@ pub enum BadOption {
     Framing(String),
 }
 
+// Named once: looking a header up by a string parses the name on every request.
+const SPOUT_FILE: HeaderName = HeaderName::from_static("spout-file");
+const SPOUT_WAIT: HeaderName = HeaderName::from_static("spout-wait");
+const SPOUT_FRAMING: HeaderName = HeaderName::from_static("spout-framing");
+
 impl RequestOptions {
     /// The query wins over a header when both are given. Unknown parameters are
     /// ignored, as curl users expect; a header that is not UTF-8 is an error.
     pub fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Self, BadOption> {
         let mut options = RequestOptions::default();
-        let header = |name: &'static str, shown: &'static str| {
+        let header = |name: &HeaderName, shown: &'static str| {
             headers.get(name).map(|value| value.to_str().map_err(|_| BadOption::NotUtf8(shown))).transpose()
         };
-        if let Some(value) = header("spout-file", "Spout-File")? {
+        if let Some(value) = header(&SPOUT_FILE, "Spout-File")? {
             options.file = Some(value.to_owned());
         }
-        if let Some(value) = header("spout-wait", "Spout-Wait")? {
+        if let Some(value) = header(&SPOUT_WAIT, "Spout-Wait")? {
             options.wait = wait_value(value)?;
         }
-        if let Some(value) = header("spout-framing", "Spout-Framing")? {
+        if let Some(value) = header(&SPOUT_FRAMING, "Spout-Framing")? {
             options.framing = Some(framing_value(value)?);
         }
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
