@@ -9,13 +9,12 @@
 //! With a [`Journal`] (the disk spool), messages are recorded as they are numbered and
 //! seals as they happen, under the same lock: the journal's order is the seq order and
 //! the batches can be rebuilt from it after a crash ([`Batcher::replay_sealed`],
-//! [`Batcher::restore`]). A batch sealed while the sink lags ([`Batcher::lagging`]:
-//! the memory budget more than half full and a batch already waiting for the sink,
-//! or the budget three quarters full) lets its messages go and gives back their
-//! charge: the sink thread reads it back from the journal ([`Batch::load`]), so the
-//! backlog is bounded by the journal's room rather than by memory. A batch the sink
-//! takes next stays in memory while there is room: reading it back at once would
-//! cost CPU for nothing.
+//! [`Batcher::restore`]). A batch sealed while the sink lags so far behind that
+//! keeping it in memory would leave less room than a full batch takes
+//! ([`Batcher::lagging`]) lets its messages go and gives back their charge: the sink
+//! thread reads it back from the journal ([`Batch::load`]), so the backlog is bounded
+//! by the journal's room rather than by memory. Any other batch stays in memory:
+//! reading it back costs CPU that a sink only slightly behind cannot spare.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -339,7 +338,7 @@ impl Batcher {
         // The batch waits on disk instead of memory, and new requests are bounded by
         // the spool's room rather than memory.
         let on_disk = match (&self.journal, messages.first()) {
-            (Some(journal), Some(first)) if self.lagging(out.len()) && journal.holds(first.seq) => {
+            (Some(journal), Some(first)) if self.lagging() && journal.holds(first.seq) => {
                 ack.release_memory();
                 Some(journal.clone())
             }
@@ -351,14 +350,14 @@ impl Batcher {
         let _ = out.send(Batch { messages, ack, on_disk });
     }
 
-    /// Whether the sink lags, with `queued` sealed batches waiting for it: the memory
-    /// budget is more than half full and this batch would wait behind another, or it
-    /// is three quarters full (batches large against the budget must go to disk even
-    /// if none waits, or a stalled sink would hold up admission with the spool empty).
-    fn lagging(&self, queued: usize) -> bool {
+    /// Whether the sink lags so far behind that the batch just sealed must wait on
+    /// disk: kept in memory, it would leave less room in the budget than a full batch
+    /// takes, and admission would stall on memory with room in the spool. Batches
+    /// kept stay within the budget less that room, so the open batch can always fill.
+    fn lagging(&self) -> bool {
         let budget = self.ledger.budget();
-        let (used, limit) = (budget.used(), budget.limit());
-        (used > limit / 2 && queued > 0) || used > limit / 4 * 3
+        let full_batch = crate::buffer::charge(self.policy.max_bytes, self.policy.max_messages);
+        budget.used().saturating_add(full_batch.min(budget.limit())) > budget.limit()
     }
 
     /// Seals batches that reach `--max-batch-age`. Runs until the batcher is closed.
@@ -478,12 +477,13 @@ mod tests {
         }
     }
 
-    /// A batcher journaling to memory, with `used` bytes of a 1 MiB budget taken.
+    /// A batcher journaling to memory, with `used` bytes of a 1 MiB budget taken and
+    /// batches of one message, at most 100 KiB.
     fn journaled(used: u64) -> (Arc<Batcher>, crossbeam_channel::Receiver<Batch>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let budget = Arc::new(Budget::new(1 << 20));
         budget.force(used);
-        let policy = Policy { max_bytes: 1 << 20, max_messages: 1, max_age: Duration::from_secs(60) };
+        let policy = Policy { max_bytes: 100 << 10, max_messages: 1, max_age: Duration::from_secs(60) };
         let journal: Arc<dyn Journal> = Arc::new(Remembers::default());
         (Batcher::journaled(policy, Sequencer::starting_at(1), Ledger::new(budget), tx, Some(journal)), rx)
     }
@@ -493,27 +493,27 @@ mod tests {
     }
 
     #[test]
-    fn only_a_batch_queued_behind_another_waits_on_disk() {
-        // More than half the budget taken: the sink lags.
-        let (b, rx) = journaled(600 << 10);
-        b.push(msgs(&[10]), None).unwrap();
-        b.push(msgs(&[10]), None).unwrap();
-        let batches: Vec<Batch> = rx.try_iter().collect();
-        assert_eq!(
-            batches.iter().map(Batch::on_disk).collect::<Vec<_>>(),
-            [false, true],
-            "the sink takes the first next"
-        );
-        let last = batches.into_iter().last().unwrap().load().unwrap();
-        assert_eq!(last.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
-        // Under half: everything stays in memory, however many wait.
-        let (b, rx) = journaled(100 << 10);
+    fn a_batch_waits_on_disk_only_when_memory_has_no_room_for_the_next() {
+        // Most of the budget taken, batches waiting: still room for a full batch.
+        let (b, rx) = journaled(900 << 10);
         for _ in 0..3 {
             b.push(msgs(&[10]), None).unwrap();
         }
         assert_eq!(on_disk(&rx), [false; 3]);
-        // Three quarters full: to disk even with nothing waiting.
-        let (b, rx) = journaled(800 << 10);
+        // A full batch (100 KiB and 512 bytes charged) would not fit next to it.
+        let (b, rx) = journaled((1 << 20) - (100 << 10));
+        b.push(msgs(&[10]), None).unwrap();
+        let batch = rx.try_recv().unwrap();
+        assert!(batch.on_disk());
+        let batch = batch.load().unwrap();
+        assert_eq!(batch.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1]);
+        // Batches larger than the budget always go to disk.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let policy = Policy { max_bytes: 2 << 20, max_messages: 1, max_age: Duration::from_secs(60) };
+        let journal: Arc<dyn Journal> = Arc::new(Remembers::default());
+        let budget = Arc::new(Budget::new(1 << 20));
+        budget.force(crate::buffer::charge(10, 1));
+        let b = Batcher::journaled(policy, Sequencer::starting_at(1), Ledger::new(budget), tx, Some(journal));
         b.push(msgs(&[10]), None).unwrap();
         assert_eq!(on_disk(&rx), [true]);
     }

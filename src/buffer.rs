@@ -21,7 +21,8 @@ pub const MESSAGE_OVERHEAD_BYTES: u64 = 512;
 
 /// What `messages` messages of `payload` bytes in all are charged against the budget.
 pub fn charge(payload: u64, messages: u64) -> u64 {
-    payload + messages * MESSAGE_OVERHEAD_BYTES
+    // Saturating: limits such as `--max-batch-messages` may be charged as a bound.
+    payload.saturating_add(messages.saturating_mul(MESSAGE_OVERHEAD_BYTES))
 }
 
 #[derive(Debug)]

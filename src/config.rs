@@ -85,9 +85,9 @@ pub struct Options {
     pub max_batch_age: Duration,
 
     /// Memory budget for accepted, not yet committed payload; past it, back-pressure.
-    /// With --spool-dir, batches sealed while it is half full and another batch waits
-    /// for the sink (or while it is three quarters full) wait on disk instead, read
-    /// back when the sink takes them, so the backlog is bounded by --max-spool-bytes.
+    /// With --spool-dir, a batch sealed while keeping it would leave less room than a
+    /// full batch takes waits on disk instead, read back when the sink takes it, so
+    /// the backlog is bounded by --max-spool-bytes.
     #[arg(long, env = "SPOUT_MAX_BUFFER_BYTES", default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_buffer_bytes: u64,
 

@@ -46,6 +46,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use self::lock::SpoolLock;
+use self::read_back::Extent;
 use self::record::{Header, Kind, HEADER_LEN};
 pub use self::replay::Recovered;
 pub use self::writer_id::writer_id;
@@ -446,6 +447,29 @@ impl Spool {
         Ok(())
     }
 
+    /// Where the records of the batch `first..=last` lie: from where its first
+    /// request's records start to where the next request's do (or to the end of
+    /// what is written), as the segments have them now.
+    fn extents(&self, first: u64, last: u64) -> Result<Vec<Extent>, String> {
+        let state = self.shared.state.lock().unwrap();
+        let Some((path, start)) = state.starts.get(&first) else {
+            return Err(format!("the spool does not know where message {first} is"));
+        };
+        let next = state.starts.range(last + 1..).next().map(|(_, at)| at);
+        let mut extents = Vec::new();
+        for segment in state.segments.iter().skip_while(|s| &s.path != path) {
+            let from = if extents.is_empty() { *start } else { 0 };
+            match next {
+                Some((next_path, to)) if *next_path == segment.path => {
+                    extents.push(Extent { path: segment.path.clone(), from, to: *to });
+                    break;
+                }
+                _ => extents.push(Extent { path: segment.path.clone(), from, to: segment.len }),
+            }
+        }
+        Ok(extents)
+    }
+
     fn failing(&self, state: &mut State, error: SpoolError) -> SpoolError {
         if state.failure.is_none() {
             tracing::error!("the spool cannot be written, refusing messages (503) until it can: {error}");
@@ -513,15 +537,8 @@ impl Journal for Spool {
     }
 
     fn read_back(&self, first: u64, last: u64) -> Result<Vec<Message>, JournalError> {
-        let (segments, offset) = {
-            let state = self.shared.state.lock().unwrap();
-            let Some((path, offset)) = state.starts.get(&first).cloned() else {
-                return Err(JournalError(format!("the spool does not know where message {first} is")));
-            };
-            let later = state.segments.iter().skip_while(|s| s.path != path).map(|s| s.path.clone());
-            (later.collect::<Vec<_>>(), offset)
-        };
-        read_back::read_back(&segments, offset, first, last).map_err(|e| JournalError(e.to_string()))
+        let extents = self.extents(first, last).map_err(JournalError)?;
+        read_back::read_back(&extents, first, last).map_err(|e| JournalError(e.to_string()))
     }
 
     fn sealed(&self, first: u64, last: u64) {

@@ -1,42 +1,86 @@
 //! Reading a sealed batch back from the segments, for a batch whose messages were let
 //! go of from memory while it waited for a lagging sink (see `batch`): the spool then
 //! holds the backlog, bounded by `--max-spool-bytes`, and memory only what is being
-//! committed. Reading starts where the batch's first message was written and goes
-//! record by record, each checked as at start-up, into the segments after it if need
-//! be, until the batch's last message.
+//! committed.
+//!
+//! The spool knows the byte ranges ([`Extent`]s) the batch's records lie in, from
+//! where its first request's records start to where the next request's do. They are
+//! read a few MiB at a time into one buffer each, and every record is parsed and
+//! checked where it lies: a payload is a slice of that buffer, never a copy. Only a
+//! record cut by the end of a read is copied, to the front of the next buffer.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 
 use super::record::{parse, Kind, Parsed, HEADER_LEN};
 use super::replay::message;
 use crate::message::Message;
 
-/// The messages `first..=last`, the first written at `offset` in the first of
-/// `segments` (the others are the segments written after it, in order).
-pub fn read_back(segments: &[PathBuf], offset: u64, first: u64, last: u64) -> io::Result<Vec<Message>> {
-    let mut messages = Vec::new();
-    for (i, path) in segments.iter().enumerate() {
-        let mut file = File::open(path)?;
-        if i == 0 {
-            file.seek(SeekFrom::Start(offset))?;
-        }
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        while let Some(record) = next_record(&mut reader, path)? {
-            if record.header.kind != Kind::Message || record.header.seq < first {
-                continue;
+/// Bytes read at once: large enough that a read costs little per record, small enough
+/// that a batch's buffers hold little besides its records.
+const READ_BYTES: u64 = 4 << 20;
+
+/// Bytes `from..to` of the segment at `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    pub path: PathBuf,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The messages `first..=last`, whose records lie in `extents`, in order.
+pub fn read_back(extents: &[Extent], first: u64, last: u64) -> io::Result<Vec<Message>> {
+    read_back_by(extents, first, last, READ_BYTES)
+}
+
+fn read_back_by(extents: &[Extent], first: u64, last: u64, read_bytes: u64) -> io::Result<Vec<Message>> {
+    // Bounded: the range comes from a batch, but a batch is not trusted to be small.
+    let mut messages = Vec::with_capacity((last.saturating_sub(first) + 1).min(1 << 20) as usize);
+    for extent in extents {
+        let mut file = File::open(&extent.path)?;
+        file.seek(SeekFrom::Start(extent.from))?;
+        let mut unread = extent.to.saturating_sub(extent.from);
+        // Read but not yet parsed: at most the start of one record.
+        let mut rest = Bytes::new();
+        loop {
+            loop {
+                let record = match parse(&rest) {
+                    Parsed::Record(record) => record,
+                    Parsed::Torn => break,
+                    Parsed::Corrupt => return Err(damaged(&extent.path, "damaged")),
+                };
+                rest.advance(record.header.record_len() as usize);
+                let seq = record.header.seq;
+                if record.header.kind != Kind::Message || seq < first {
+                    continue;
+                }
+                if seq > last {
+                    return Ok(messages);
+                }
+                messages.push(message(record));
+                if seq == last {
+                    return Ok(messages);
+                }
             }
-            let seq = record.header.seq;
-            if seq > last {
-                return Ok(messages);
+            if unread == 0 {
+                if !rest.is_empty() {
+                    return Err(damaged(&extent.path, "cut short"));
+                }
+                break;
             }
-            messages.push(message(record));
-            if seq == last {
-                return Ok(messages);
+            // At least the whole of the record `rest` begins, however large.
+            let size = unread.min(read_bytes.max(record_len(&rest).saturating_sub(rest.len() as u64)));
+            let mut buf = Vec::with_capacity(rest.len() + size as usize);
+            buf.extend_from_slice(&rest);
+            let got = (&mut file).take(size).read_to_end(&mut buf)?;
+            if (got as u64) < size {
+                return Err(damaged(&extent.path, "shorter than written"));
             }
+            unread -= size;
+            rest = Bytes::from(buf);
         }
     }
     Err(io::Error::new(
@@ -45,31 +89,60 @@ pub fn read_back(segments: &[PathBuf], offset: u64, first: u64, last: u64) -> io
     ))
 }
 
-/// The next whole record, or `None` at the end of the segment.
-fn next_record(reader: &mut impl Read, path: &std::path::Path) -> io::Result<Option<super::record::Record>> {
-    let mut buf = BytesMut::zeroed(HEADER_LEN);
-    match reader.read_exact(&mut buf) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(error) => return Err(error),
-    }
-    let header = buf.clone().freeze();
-    if parse(&header) == Parsed::Corrupt {
-        return Err(damaged(path, Parsed::Corrupt));
-    }
-    let body_len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
-    buf.resize(HEADER_LEN + body_len, 0);
-    reader.read_exact(&mut buf[HEADER_LEN..])?;
-    match parse(&Bytes::from(buf)) {
-        Parsed::Record(record) => Ok(Some(record)),
-        other => Err(damaged(path, other)),
+/// The length of the record whose header `bytes` begin with, once the header is whole.
+fn record_len(bytes: &[u8]) -> u64 {
+    match bytes.get(8..12) {
+        Some(body_len) => HEADER_LEN as u64 + u64::from(u32::from_le_bytes(body_len.try_into().expect("4 bytes"))),
+        None => 0,
     }
 }
 
-fn damaged(path: &std::path::Path, parsed: Parsed) -> io::Error {
-    let what = if parsed == Parsed::Torn { "cut short" } else { "damaged" };
+fn damaged(path: &Path, what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!("spool segment {}: a record read back is {what}", path.display()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::salvage::tests::message_record;
+
+    #[test]
+    fn records_straddling_reads_and_extents_come_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two segments; the batch 3..=12 starts in the first and ends in the second.
+        // Payloads of 1 to 150 bytes, so that reads of 64 bytes cut records
+        // everywhere, headers included, and some records are longer than a read.
+        let mut segments = [Vec::new(), Vec::new()];
+        let mut starts = Vec::new();
+        for seq in 1..=14u64 {
+            let segment = &mut segments[usize::from(seq > 7)];
+            starts.push(segment.len() as u64);
+            segment.extend(message_record(seq, &vec![seq as u8; (seq as usize * 37) % 150 + 1]));
+        }
+        let paths: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("{i}.seg"))).collect();
+        for (path, bytes) in paths.iter().zip(&segments) {
+            std::fs::write(path, bytes).unwrap();
+        }
+        let extents = [
+            Extent { path: paths[0].clone(), from: starts[2], to: segments[0].len() as u64 },
+            Extent { path: paths[1].clone(), from: 0, to: starts[12] },
+        ];
+        for read_bytes in [1, 7, 64, 1 << 20] {
+            let back = read_back_by(&extents, 3, 12, read_bytes).unwrap();
+            assert_eq!(back.iter().map(|m| m.seq).collect::<Vec<_>>(), (3..=12).collect::<Vec<_>>());
+            for m in &back {
+                assert_eq!(m.payload.to_vec(), vec![m.seq as u8; (m.seq as usize * 37) % 150 + 1], "{read_bytes}");
+            }
+        }
+        // A byte flipped in a payload the batch needs is caught, wherever the reads fall.
+        let mut flipped = segments[1].clone();
+        flipped[starts[9] as usize + HEADER_LEN] ^= 1;
+        std::fs::write(&paths[1], &flipped).unwrap();
+        for read_bytes in [7, 1 << 20] {
+            assert_eq!(read_back_by(&extents, 3, 12, read_bytes).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        }
+    }
 }
