@@ -1,28 +1,35 @@
-//! How the process's memory follows the budget: the one setting of glibc's
-//! allocator the sidecar changes, and why.
+//! How the process's memory follows the budget: glibc's allocator is asked ten
+//! times a second to give back the free pages inside its heaps.
 //!
 //! Payloads of large bodies are slices of hyper's read buffers, blocks of a few
-//! hundred KiB. glibc serves blocks over 128 KiB with their own `mmap` and unmaps them
-//! when freed, but the first such free raises that threshold to the block's size, so
-//! from then on these blocks come from the heap arenas, where a freed block in the
-//! middle of a heap stays resident. Peak RSS then outgrows `--max-buffer-bytes` by
-//! the arenas' holes: 133 MiB against a 64 MiB budget under a 2x overload of 64 KiB
-//! messages, 113 MiB with the threshold held (BENCHMARKS.md). Holding the threshold
-//! at glibc's own default keeps it from rising.
+//! hundred KiB. Once glibc has freed one such block it serves the next ones from its
+//! heap arenas instead of their own `mmap`s (its threshold adapts), and a freed block
+//! in the middle of a heap stays resident: peak RSS outgrew `--max-buffer-bytes` by
+//! the arenas' holes, 137 MiB against a 64 MiB budget under a 2x overload of 64 KiB
+//! messages (BENCHMARKS.md). Holding the threshold down bounded that but cost 30 % of
+//! the batched throughput in page faults, every block mapped afresh; trimming often
+//! frees the holes (103-111 MiB there) and keeps the heaps' warm pages for the
+//! blocks in between.
 
-/// glibc's default threshold, held so it does not adapt.
-#[cfg(target_env = "gnu")]
-const MMAP_THRESHOLD: libc::c_int = 128 << 10;
+use std::time::Duration;
 
-/// Holds glibc's `mmap` threshold, unless `MALLOC_MMAP_THRESHOLD_` in the
-/// environment already set one (glibc reads it first; an operator's choice wins).
-pub fn hold_mmap_threshold() {
+/// How often the heaps are trimmed.
+const EVERY: Duration = Duration::from_millis(100);
+
+/// Starts the thread that trims glibc's heaps (nothing elsewhere).
+pub fn start_trimming() {
     #[cfg(target_env = "gnu")]
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: mallopt only sets a tunable of the allocator; called before any
-        // thread is started, so nothing allocates concurrently.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    {
+        let trim = || loop {
+            std::thread::sleep(EVERY);
+            // SAFETY: malloc_trim only returns free memory to the kernel; glibc
+            // locks each arena while it walks it.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        };
+        if let Err(err) = std::thread::Builder::new().name("malloc-trim".into()).spawn(trim) {
+            tracing::warn!("cannot start the allocator's trimming thread ({err}): RSS may outgrow the budget");
         }
     }
 }

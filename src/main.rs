@@ -54,9 +54,9 @@ fn main() -> ExitCode {
     if std::env::var_os(fifo_holder::HOLDER_ENV).is_some() {
         return fifo_holder::run();
     }
-    spout_sidecar::allocator::hold_mmap_threshold();
     let options = Options::parse();
     init_logging(&options.log);
+    spout_sidecar::allocator::start_trimming();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fatal(Fatal::Runtime(error)),
