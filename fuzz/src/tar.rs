@@ -62,8 +62,11 @@ fn expected_len(files: &[CommitFile]) -> u64 {
     files.iter().map(file).sum::<u64>() + 2 * BLOCK
 }
 
+/// A payload of a block or more is shared, never copied; smaller ones are copied
+/// next to their header by design (one buffer instead of three slices per file).
 fn assert_shares_payloads(archive: &Archive, files: &[CommitFile]) {
-    for chunk in files.iter().flat_map(|f| f.data.chunks()) {
+    let large = files.iter().filter(|f| f.data.len() >= BLOCK);
+    for chunk in large.flat_map(|f| f.data.chunks()) {
         let shared = archive.chunks.iter().any(|c| c.as_ptr() == chunk.as_ptr() && c.len() == chunk.len());
         assert!(shared, "a payload chunk of {} bytes was copied", chunk.len());
     }

@@ -278,8 +278,9 @@ fn the_sink_grows_the_pipe_so_a_large_message_needs_few_writes() {
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(&spout.path)
         .unwrap();
-    // A new pipe holds 64 KiB (16 pages) unless its writer asks for more.
-    spout.wait_for_health(|state| state == SinkState::Up);
-    assert_eq!(rustix::pipe::fcntl_getpipe_size(&reader).unwrap(), 1 << 20, "once the sink has opened it");
+    // A new pipe holds 64 KiB (16 pages) unless its writer asks for more; the sink
+    // asks as it opens the pipe, which it retries with a backoff until a reader is there.
+    let grown = || rustix::pipe::fcntl_getpipe_size(&reader).unwrap() == 1 << 20;
+    wait_until(grown, "the sink to grow the pipe to 1 MiB");
     spout.finish();
 }
