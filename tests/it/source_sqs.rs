@@ -337,8 +337,9 @@ fn s3_event_notifications_become_files_named_by_their_keys() {
     eventually(Duration::from_secs(10), "only the refused notification left, in flight", || {
         (queue.counts() == (0, 1)).then_some(())
     });
-    assert!(sidecar.log().contains("has space.txt"), "{}", sidecar.log());
-    assert!(sidecar.stop().success());
+    let (status, log) = sidecar.stop_with_log();
+    assert!(log.contains("has space.txt"), "{log}");
+    assert!(status.success(), "{log}");
 }
 
 #[test]
@@ -371,10 +372,10 @@ fn an_sqs_that_goes_away_is_retried_and_read_again_when_back() {
     });
     assert_eq!(sidecar.metric(up), 1);
     assert_eq!(committed(out.path()).into_keys().collect::<Vec<_>>(), all);
-    let log = sidecar.log();
+    let (status, log) = sidecar.stop_with_log();
     assert_eq!(log.matches("; retrying").count(), 1, "one line when it went away:\n{log}");
     assert!(log.contains("cannot reach SQS at http://127.0.0.1:"), "{log}");
-    assert!(sidecar.stop().success());
+    assert!(status.success(), "{log}");
 }
 
 #[test]

@@ -70,8 +70,8 @@ fn drain(sidecar: Sidecar) -> String {
         })
         .expect("the backlog committed within 5 minutes");
     assert_eq!(flushed.status, 200, "{}", flushed.text());
-    let log = sidecar.log();
-    assert!(sidecar.stop().success());
+    let (status, log) = sidecar.stop_with_log();
+    assert!(status.success(), "{log}");
     log
 }
 

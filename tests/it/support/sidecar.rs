@@ -103,9 +103,16 @@ impl Sidecar {
     }
 
     /// Sends SIGTERM and waits for the exit, and for the whole log.
-    pub fn stop(mut self) -> ExitStatus {
+    pub fn stop(self) -> ExitStatus {
+        self.stop_with_log().0
+    }
+
+    /// Like [`Self::stop`], and returns every line the sidecar logged: a line logged
+    /// just before an answer the test saw may still be in the pipe until the exit.
+    pub fn stop_with_log(mut self) -> (ExitStatus, String) {
         self.signal(Signal::TERM);
-        self.wait_exit(Duration::from_secs(40))
+        let status = self.wait_exit(Duration::from_secs(40));
+        (status, self.log())
     }
 
     /// Waits for the sidecar to exit, then for its log to be read to the end, so that
