@@ -137,6 +137,14 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
     graceful.shutdown().await;
 }
 
+/// The largest buffer hyper reads an HTTP/1.1 connection into. A body's chunks are
+/// slices of these buffers, and a slice keeps its whole buffer alive while its message
+/// waits in a batch, though the budget counts only the slice. hyper's default (about
+/// 400 KiB) let a read that filled part of a buffer hold all of it: 1 MiB messages
+/// took 1.6x the memory the budget counted (BENCHMARKS.md). It is also the largest
+/// header section accepted (431 past it).
+const READ_BUFFER_BYTES: usize = 64 << 10;
+
 /// HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c with prior
 /// knowledge, or after choosing `h2` by ALPN under TLS). Each HTTP/2 stream is one
 /// request to the same handler as an HTTP/1.1 request, with the same limits.
@@ -144,6 +152,7 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
 fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().timer(TokioTimer::new());
+    builder.http1().max_buf_size(READ_BUFFER_BYTES);
     builder
 }
 
