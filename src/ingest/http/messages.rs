@@ -352,7 +352,7 @@ async fn read_body(
     }
     let body = decoder.finish().map_err(|e| undecodable(e, coding, one_message))?;
     // Decoded chunks are the sidecar's own, sized to their bytes: nothing to unpin.
-    Ok(if coding == Coding::Identity { unpin_small(body, total) } else { body })
+    Ok(if coding == Coding::Identity { unpin(body, total) } else { body })
 }
 
 /// The refusal of a body whose coding is unsupported or failed, or that passed its
@@ -387,23 +387,30 @@ fn undecodable(error: EncodingError, coding: Coding, one_message: bool) -> Rejec
 
 const DRAINING: &str = "the sidecar is shutting down and takes no more messages";
 
-/// Bodies below this are copied out of hyper's read buffer.
+/// Bodies below this are copied out of hyper's read buffers whole.
 const COPY_BELOW: u64 = 64 * 1024;
 
-/// A small body's chunks are slices of hyper's read buffer (8 KiB and up), which
-/// they would keep alive until their batch commits: 100-byte messages would pin 80
-/// times their size, out of the memory budget's sight. Copying a small body once
-/// frees the buffer; large bodies stay zero-copy, their slices filling the buffers
-/// they pin.
-fn unpin_small(chunks: Vec<Bytes>, total: u64) -> Vec<Bytes> {
-    if total >= COPY_BELOW || chunks.is_empty() {
+/// A body's chunks are slices of hyper's read buffers (8 KiB up to
+/// [`super::READ_BUFFER_BYTES`]), and each would keep its whole buffer alive until its
+/// batch commits, out of the memory budget's sight. A chunk that fills most of its
+/// buffer costs little; a short one pins many times its size: a 100-byte message 80
+/// times, and the last bytes of a large body, read into a fresh buffer, up to a whole
+/// buffer (64 KiB messages took twice the memory the budget counted). So a small body
+/// is copied whole, and a large body's chunks under half a buffer are copied: its
+/// long chunks, nearly all of its bytes, stay zero-copy.
+fn unpin(chunks: Vec<Bytes>, total: u64) -> Vec<Bytes> {
+    if chunks.is_empty() {
         return chunks;
     }
-    let mut body = Vec::with_capacity(total as usize);
-    for chunk in &chunks {
-        body.extend_from_slice(chunk);
+    if total < COPY_BELOW {
+        let mut body = Vec::with_capacity(total as usize);
+        for chunk in &chunks {
+            body.extend_from_slice(chunk);
+        }
+        return vec![Bytes::from(body)];
     }
-    vec![Bytes::from(body)]
+    let short = super::READ_BUFFER_BYTES / 2;
+    chunks.into_iter().map(|chunk| if chunk.len() < short { Bytes::copy_from_slice(&chunk) } else { chunk }).collect()
 }
 
 fn draining() -> Rejection {
@@ -442,4 +449,36 @@ fn refused(why: Refused) -> Rejection {
         ),
     };
     Rejection { uncounted_reason: None, reply }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::READ_BUFFER_BYTES;
+    use super::*;
+
+    /// Whether `chunk` is a slice of `buffer` (shares its memory) rather than a copy.
+    fn slices(chunk: &Bytes, buffer: &Bytes) -> bool {
+        buffer.as_ptr_range().contains(&chunk.as_ptr())
+    }
+
+    #[test]
+    fn a_small_body_is_copied_whole_into_one_chunk() {
+        let buffer = Bytes::from(vec![b'a'; 8192]);
+        let unpinned = unpin(vec![buffer.slice(0..100), buffer.slice(200..300)], 200);
+        assert_eq!(unpinned.len(), 1);
+        assert_eq!(unpinned[0].len(), 200);
+        assert!(!slices(&unpinned[0], &buffer));
+    }
+
+    #[test]
+    fn a_large_body_keeps_its_long_chunks_and_copies_its_short_ones() {
+        let full = Bytes::from(vec![b'b'; READ_BUFFER_BYTES]);
+        let tail_buffer = Bytes::from(vec![b'c'; READ_BUFFER_BYTES]);
+        let (long, tail) = (full.slice(150..), tail_buffer.slice(0..150));
+        let total = (long.len() + tail.len()) as u64;
+        let unpinned = unpin(vec![long.clone(), tail.clone()], total);
+        assert_eq!(unpinned, vec![long, tail]);
+        assert!(slices(&unpinned[0], &full), "the long chunk stays zero-copy");
+        assert!(!slices(&unpinned[1], &tail_buffer), "the short tail no longer pins its buffer");
+    }
 }
