@@ -13,7 +13,6 @@
 //! layers, `listeners` binds the sockets, and `shutdown` stops them in order.
 
 pub mod ack;
-pub mod allocator;
 pub mod batch;
 pub mod buffer;
 pub mod cancel;

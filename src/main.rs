@@ -56,7 +56,6 @@ fn main() -> ExitCode {
     }
     let options = Options::parse();
     init_logging(&options.log);
-    spout_sidecar::allocator::start_trimming();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fatal(Fatal::Runtime(error)),
