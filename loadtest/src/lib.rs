@@ -23,5 +23,6 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod suite;
+pub mod tar_stream;
 pub mod verify;
 pub mod wrk;

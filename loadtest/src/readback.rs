@@ -16,9 +16,8 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fs::{mkfifoat, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
+use crate::tar_stream::{self, BLOCK};
 use crate::verify::{Separator, Tally};
-
-const BLOCK: usize = 512;
 
 /// Reads a `dir:` sink's tree, `<root>/<commit-id>/<files...>`, into `tally`.
 pub fn read_dir_tree(root: &Path, separator: Separator, tally: &mut Tally) -> anyhow::Result<()> {
@@ -215,48 +214,30 @@ pub fn drain_reader(path: &Path) -> PipeReader<u32> {
 /// an archive (two, or more up to a 10 KiB record as Python's `tarfile` pads) are
 /// skipped; the next non-zero block starts the next archive.
 fn read_archives(reader: &mut dyn BufRead, tally: &mut Tally, separator: Separator) -> io::Result<()> {
+    let mut scratch = Vec::new();
     loop {
         let Some(first) = next_header_block(reader)? else { return Ok(()) };
-        let mut archive = tar::Archive::new(io::Cursor::new(first).chain(&mut *reader));
-        let mut files = 0;
-        let entries = archive.entries()?;
-        for entry in entries {
-            let mut entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    tally.corrupt += 1;
-                    tally.note(format!("commit {} is not a whole tar archive: {e}", tally.commits + 1));
-                    return Ok(());
-                }
-            };
-            if !entry.header().entry_type().is_file() {
-                continue;
+        match tar_stream::read_archive(reader, first, &mut scratch, |name, data| tally.scan(name, data, separator)) {
+            Ok(0) => {}
+            Ok(_) => tally.commits += 1,
+            Err(e) => {
+                tally.corrupt += 1;
+                tally.note(format!("commit {} is not a whole tar archive: {e}", tally.commits + 1));
+                return Ok(());
             }
-            let name = entry.path().map(|p| p.display().to_string()).unwrap_or_default();
-            let mut data = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut data)?;
-            tally.scan(&name, &data, separator);
-            files += 1;
-        }
-        if files > 0 {
-            tally.commits += 1;
         }
     }
 }
 
 fn next_header_block(reader: &mut dyn BufRead) -> io::Result<Option<[u8; BLOCK]>> {
-    let mut block = [0u8; BLOCK];
     loop {
-        let mut filled = 0;
-        while filled < BLOCK {
-            match reader.read(&mut block[filled..])? {
-                0 if filled == 0 => return Ok(None),
-                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "pipe closed mid-block")),
-                n => filled += n,
+        match tar_stream::read_block(reader) {
+            Ok(Some(block)) if block.iter().all(|&b| b == 0) => {}
+            Ok(block) => return Ok(block),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "pipe closed mid-block"))
             }
-        }
-        if block.iter().any(|&b| b != 0) {
-            return Ok(Some(block));
+            Err(e) => return Err(e),
         }
     }
 }
