@@ -1,8 +1,9 @@
-//! The load itself: workers on keep-alive connections (or raw-socket streams), in a
-//! closed loop (each sends its next request once the last is answered) or an open
-//! loop (requests are due at a fixed rate, and latency counts from when a request
-//! was due, not when a free connection got round to it, so a stalled server cannot
-//! hide its stall by slowing the generator down: no coordinated omission).
+//! The load itself: workers on keep-alive connections (or raw-socket streams), on one
+//! thread per client core, in a closed loop (each sends its next request once the last
+//! is answered) or an open loop (requests are due at a fixed rate, and latency counts
+//! from when a request was due, not when a free connection got round to it, so a
+//! stalled server cannot hide its stall by slowing the generator down: no coordinated
+//! omission).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -261,23 +262,13 @@ fn drive_core(
     shared: Arc<Shared>,
     generator: Generator,
 ) -> anyhow::Result<Measured> {
-    let local = tokio::task::LocalSet::new();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from);
-    let opened = runtime.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|runtime| {
-        local.block_on(runtime, async {
-            let mut conns = Vec::new();
-            for n in (core..load.connections).step_by(cores) {
-                conns.push((n, Connection::open(&load.target).await?));
-            }
-            anyhow::Ok(conns)
-        })
-    });
+    let opened = open_share(core, cores, &load);
     // Connect everyone before the clock starts.
     if opened.is_err() {
         shared.failed.store(true, Ordering::Relaxed);
     }
     shared.connected.wait();
-    let (runtime, conns) = (runtime?, opened?);
+    let (runtime, conns) = opened?;
     if shared.failed.load(Ordering::Relaxed) {
         // Another core's error is the one reported.
         return Ok(Measured::empty());
@@ -286,7 +277,7 @@ fn drive_core(
     let schedule = Rc::new(Schedule { start, end: start + load.duration, rate: load.rate, shared });
     let state = Rc::new(RefCell::new(CoreState { measured: Measured::empty(), generator }));
     let load = Rc::new(load);
-    local.block_on(&runtime, async {
+    tokio::task::LocalSet::new().block_on(&runtime, async {
         let workers: Vec<_> = conns
             .into_iter()
             .map(|(n, conn)| {
@@ -306,6 +297,24 @@ fn drive_core(
     })?;
     let state = Rc::try_unwrap(state).ok().context("a load worker outlived the load")?;
     Ok(state.into_inner().measured)
+}
+
+/// This core's runtime, and its connections opened on it: a tokio socket stays with
+/// the runtime it was opened on.
+fn open_share(
+    core: usize,
+    cores: usize,
+    load: &Load,
+) -> anyhow::Result<(tokio::runtime::Runtime, Vec<(usize, Connection)>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let connections = runtime.block_on(async {
+        let mut connections = Vec::new();
+        for n in (core..load.connections).step_by(cores) {
+            connections.push((n, Connection::open(&load.target).await?));
+        }
+        anyhow::Ok(connections)
+    })?;
+    Ok((runtime, connections))
 }
 
 enum Connection {
