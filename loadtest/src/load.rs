@@ -468,6 +468,26 @@ async fn reconnect(endpoint: &Endpoint) -> Option<Conn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::Scenario;
+    use crate::verify::tests::tallying_server;
+    use crate::verify::{verdict, Separator};
+
+    /// Batches over more connections than cores, so each core drives several and ids
+    /// come from every core: each message answered arrives once, none is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_from_every_core_are_accounted_for() {
+        let run = 0x10ad;
+        let (addr, tally) = tallying_server(run, Separator::Newline).await;
+        let mut scenario = Scenario::named("cores");
+        (scenario.duration, scenario.connections, scenario.batch) = (Duration::from_millis(300), 5, 10);
+        (scenario.framing, scenario.size) = (Framing::Ndjson, "43..300".parse().unwrap());
+        let load = scenario.load(Target::Http(Endpoint::Tcp(addr)), run, false);
+        let measured = drive(&load).await.unwrap();
+        let v = verdict(&measured.sent, &tally.lock().unwrap());
+        assert!(v.ok && v.found == v.accepted && v.unknown == 0, "{v:#?}\n{:?}", measured.errors);
+        assert_eq!(measured.messages, v.accepted);
+        assert_eq!(measured.latency.len(), measured.accepted_requests);
+    }
 
     #[test]
     fn size_distributions_parse() {
