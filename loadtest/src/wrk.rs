@@ -1,6 +1,6 @@
-//! `wrk` as the client, for the ceilings and the single-request scenarios: it reaches
-//! about twice the request rate of the harness's own client on one core, so against
-//! it a server's ceiling is the server's, not the client's.
+//! `wrk` as the client, for the ceilings and the single-request scenarios: a client
+//! apart from the harness's own, so that a server's ceiling is not that of the code
+//! measuring it (the suite measures the two clients side by side).
 //!
 //! Each request still carries a message the read-back can check (`msg`'s format: id
 //! and checksum). wrk's LuaJIT builds them in `request()`: thread `t` of `T` sends ids
