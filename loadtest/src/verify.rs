@@ -207,9 +207,43 @@ pub fn verdict(sent: &Sent, tally: &Tally) -> Verdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+
     use super::*;
     use crate::msg::Generator;
+
+    /// An HTTP server, on the caller's runtime, that checks every body it is sent as
+    /// the read-back checks a commit, for tests of the clients: their address, and
+    /// what it has seen.
+    pub(crate) async fn tallying_server(run: u32, separator: Separator) -> (std::net::SocketAddr, Arc<Mutex<Tally>>) {
+        let tally = Arc::new(Mutex::new(Tally::new(run)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = tally.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let body = request.into_body().collect().await?.to_bytes();
+                        seen.lock().unwrap().scan("request", &body, separator);
+                        Ok::<_, hyper::Error>(Response::new(Full::new(bytes::Bytes::from_static(b"{}"))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (addr, tally)
+    }
 
     fn file(generator: &mut Generator, ids: &[u64], separator: Separator) -> Vec<u8> {
         let mut out = Vec::new();

@@ -1,6 +1,6 @@
-//! `wrk` as the client, for the ceilings and the single-request scenarios: it reaches
-//! about twice the request rate of the harness's own client on one core, so against
-//! it a server's ceiling is the server's, not the client's.
+//! `wrk` as the client, for the ceilings and the single-request scenarios: a client
+//! apart from the harness's own, so that a server's ceiling is not that of the code
+//! measuring it (the suite measures the two clients side by side).
 //!
 //! Each request still carries a message the read-back can check (`msg`'s format: id
 //! and checksum). wrk's LuaJIT builds them in `request()`: thread `t` of `T` sends ids
@@ -241,42 +241,17 @@ end
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use http_body_util::{BodyExt, Full};
-    use hyper::{Request, Response};
-    use hyper_util::rt::TokioIo;
-
     use super::*;
     use crate::scenario::Scenario;
-    use crate::verify::{verdict, Separator, Tally};
+    use crate::verify::tests::tallying_server;
+    use crate::verify::{verdict, Separator};
 
     /// A short wrk run (two threads, so interleaved ids) against a server that
     /// checks every body as the read-back does: each answered message arrives once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_message_wrk_sends_is_well_formed_and_accounted_for() {
         let run = 0xabcd;
-        let tally = Arc::new(Mutex::new(Tally::new(run)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = tally.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let seen = seen.clone();
-                let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let body = request.into_body().collect().await?.to_bytes();
-                        seen.lock().unwrap().scan("request", &body, Separator::None);
-                        Ok::<_, hyper::Error>(Response::new(Full::new(bytes::Bytes::from_static(b"{}"))))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
-                );
-            }
-        });
+        let (addr, tally) = tallying_server(run, Separator::None).await;
         let mut scenario = Scenario::named("wrk");
         (scenario.duration, scenario.connections) = (Duration::from_millis(500), 4);
         let load = scenario.load(Target::Http(Endpoint::Tcp(addr)), run, false);
