@@ -16,7 +16,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fs::{mkfifoat, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
-use crate::tar_stream::{self, BLOCK};
+use crate::tar_stream;
 use crate::verify::{Separator, Tally};
 
 /// Reads a `dir:` sink's tree, `<root>/<commit-id>/<files...>`, into `tally`.
@@ -210,13 +210,10 @@ pub fn drain_reader(path: &Path) -> PipeReader<u32> {
     )
 }
 
-/// Archives back to back until the writer closes the pipe. The zero blocks that end
-/// an archive (two, or more up to a 10 KiB record as Python's `tarfile` pads) are
-/// skipped; the next non-zero block starts the next archive.
+/// Archives back to back until the writer closes the pipe.
 fn read_archives(reader: &mut dyn BufRead, tally: &mut Tally, separator: Separator) -> io::Result<()> {
     let mut scratch = Vec::new();
-    loop {
-        let Some(first) = next_header_block(reader)? else { return Ok(()) };
+    while let Some(first) = tar_stream::next_archive(reader)? {
         match tar_stream::read_archive(reader, first, &mut scratch, |name, data| tally.scan(name, data, separator)) {
             Ok(0) => {}
             Ok(_) => tally.commits += 1,
@@ -227,19 +224,7 @@ fn read_archives(reader: &mut dyn BufRead, tally: &mut Tally, separator: Separat
             }
         }
     }
-}
-
-fn next_header_block(reader: &mut dyn BufRead) -> io::Result<Option<[u8; BLOCK]>> {
-    loop {
-        match tar_stream::read_block(reader) {
-            Ok(Some(block)) if block.iter().all(|&b| b == 0) => {}
-            Ok(block) => return Ok(block),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "pipe closed mid-block"))
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    Ok(())
 }
 
 /// Creates a named pipe at `path`.

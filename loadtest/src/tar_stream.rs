@@ -15,10 +15,10 @@
 use std::borrow::Cow;
 use std::io::{self, BufRead, ErrorKind};
 
-pub const BLOCK: usize = 512;
+const BLOCK: usize = 512;
 
-/// Reads the entries of the archive whose first header block is `first`, up to its
-/// end, handing each regular file's name and bytes to `file`; returns how many there
+/// Reads the entries of the archive whose first header block is `first` (from
+/// [`next_archive`]), up to its end, handing each regular file's name and bytes to `file`; returns how many there
 /// were. `scratch` holds an entry that is not wholly buffered.
 pub fn read_archive(
     reader: &mut dyn BufRead,
@@ -31,7 +31,7 @@ pub fn read_archive(
     // A long name (GNU `L` entry, or PAX `path`) for the entry after it.
     let mut long_name: Option<String> = None;
     loop {
-        if header.iter().all(|&b| b == 0) {
+        if is_zero(&header) {
             return Ok(files);
         }
         check_sum(&header)?;
@@ -55,8 +55,24 @@ pub fn read_archive(
     }
 }
 
+/// The first header block of the next archive: the zero blocks that end an archive
+/// (two, or more up to a 10 KiB record as Python's `tarfile` pads) are skipped. None
+/// if the stream ends first.
+pub fn next_archive(reader: &mut dyn BufRead) -> io::Result<Option<[u8; BLOCK]>> {
+    while let Some(block) = read_block(reader)? {
+        if !is_zero(&block) {
+            return Ok(Some(block));
+        }
+    }
+    Ok(None)
+}
+
+fn is_zero(block: &[u8; BLOCK]) -> bool {
+    block.iter().all(|&b| b == 0)
+}
+
 /// The next block, or None if the stream ends before it starts.
-pub fn read_block(reader: &mut dyn BufRead) -> io::Result<Option<[u8; BLOCK]>> {
+fn read_block(reader: &mut dyn BufRead) -> io::Result<Option<[u8; BLOCK]>> {
     let mut block = [0u8; BLOCK];
     let mut filled = 0;
     while filled < BLOCK {
@@ -189,7 +205,7 @@ mod tests {
 
     fn read_all(bytes: &[u8], buffer: usize) -> io::Result<Vec<(String, Vec<u8>)>> {
         let mut reader = io::BufReader::with_capacity(buffer, bytes);
-        let first = read_block(&mut reader)?.expect("a first block");
+        let first = next_archive(&mut reader)?.expect("a first block");
         let mut found = Vec::new();
         let mut scratch = Vec::new();
         let files =
