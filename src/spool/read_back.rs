@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes};
 
-use super::record::{parse, Kind, Parsed, HEADER_LEN};
+use super::record::{claimed_len, parse, Kind, Parsed};
 use super::replay::message;
 use crate::message::Message;
 
@@ -72,7 +72,7 @@ fn read_back_by(extents: &[Extent], first: u64, last: u64, read_bytes: u64) -> i
                 break;
             }
             // At least the whole of the record `rest` begins, however large.
-            let size = unread.min(read_bytes.max(record_len(&rest).saturating_sub(rest.len() as u64)));
+            let size = unread.min(read_bytes.max(claimed_len(&rest).saturating_sub(rest.len() as u64)));
             let mut buf = Vec::with_capacity(rest.len() + size as usize);
             buf.extend_from_slice(&rest);
             let got = (&mut file).take(size).read_to_end(&mut buf)?;
@@ -89,14 +89,6 @@ fn read_back_by(extents: &[Extent], first: u64, last: u64, read_bytes: u64) -> i
     ))
 }
 
-/// The length of the record whose header `bytes` begin with, once the header is whole.
-fn record_len(bytes: &[u8]) -> u64 {
-    match bytes.get(8..12) {
-        Some(body_len) => HEADER_LEN as u64 + u64::from(u32::from_le_bytes(body_len.try_into().expect("4 bytes"))),
-        None => 0,
-    }
-}
-
 fn damaged(path: &Path, what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -107,6 +99,7 @@ fn damaged(path: &Path, what: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::record::HEADER_LEN;
     use crate::spool::salvage::tests::message_record;
 
     #[test]

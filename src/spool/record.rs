@@ -163,6 +163,15 @@ pub enum Parsed {
     Corrupt,
 }
 
+/// The length of the record whose header `bytes` begin with, once the header is
+/// whole (0 before): what a reader must have to parse it.
+pub fn claimed_len(bytes: &[u8]) -> u64 {
+    match bytes.get(8..12) {
+        Some(body_len) => HEADER_LEN as u64 + u64::from(u32::from_le_bytes(body_len.try_into().expect("4 bytes"))),
+        None => 0,
+    }
+}
+
 /// Parses the record at the start of `buf`, a slice of the segment's bytes (the body
 /// is returned as a slice of it, not a copy).
 pub fn parse(buf: &Bytes) -> Parsed {
