@@ -1,11 +1,11 @@
 //! The HTTP API, served the same on TCP and on a Unix socket.
 //!
 //! This module owns connections (HTTP/1.1 and HTTP/2 on one port, TLS in `tls`,
-//! `--header-timeout` in `idle`) and routing; `messages` is the ingest endpoint (`encoding` undoes its bodies'
-//! `Content-Encoding`, `query` reads its options), `admin` the flush, health,
-//! status and metrics endpoints, `commits` reads commits back through the sink's
-//! reader, `reply` the JSON answers. Every answer is counted in
-//! `spout_requests_total{code}` and timed in
+//! `--header-timeout` in `idle`) and routing; `messages` is the ingest endpoint
+//! (`encoding` undoes its bodies' `Content-Encoding`, `query` reads its options),
+//! `admin` the flush, health, status and metrics endpoints, `commits` reads commits
+//! back through the sink's reader, `reply` the JSON answers. Every answer is counted
+//! in `spout_requests_total{code}` and timed in
 //! `spout_request_duration_seconds{route,code}` (by `answered`).
 
 mod admin;
