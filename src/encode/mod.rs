@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::ack::{BatchAck, Receipt};
 use crate::batch::Batch;
 use crate::message::file_name;
-use crate::message::{Message, Payload};
+use crate::message::{same_bytes, Message, Payload};
 
 /// One file of a commit: the unit every sink writes.
 #[derive(Clone, Debug)]
@@ -148,10 +148,6 @@ impl BatchFile {
         self.end_run();
         self.data
     }
-}
-
-fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
-    a.as_ptr() == b.as_ptr() && a.len() == b.len()
 }
 
 #[cfg(test)]

@@ -57,6 +57,15 @@ impl Payload {
         }
     }
 
+    /// Where a [`Payload::line_in`] line lies: the buffer it was cut from and its start
+    /// there; `None` if it was not cut so or has grown since.
+    pub fn line_place(&self) -> Option<(&Bytes, usize)> {
+        match &self.line_in {
+            Some(LineIn { buffer, start }) if self.chunks.len() == 1 => Some((buffer, *start)),
+            _ => None,
+        }
+    }
+
     pub fn push(&mut self, chunk: Bytes) {
         if !chunk.is_empty() {
             self.len += chunk.len() as u64;
@@ -118,6 +127,12 @@ impl From<Vec<Bytes>> for Payload {
         }
         payload
     }
+}
+
+/// Whether two slices, both alive, are the same bytes of the same buffer: what lets
+/// lines cut from one buffer be taken together as the stretch they lie in.
+pub fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
 }
 
 /// One message as ingest decoded it, before the batcher numbers it.

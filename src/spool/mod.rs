@@ -1,11 +1,11 @@
 //! The disk spool (`--spool-dir`): what makes a 202 survive a crash.
 //!
 //! It sits between ingest's admission and the batcher. The batcher numbers a
-//! request's messages and, under the same lock, appends them here ([`Journal`]) as
-//! [`record`]s (length and CRC32C each) with one vectored write: payloads past 1 KiB as
-//! the slices they arrived in, smaller ones copied next to their headers (see
-//! [`record::INLINE_PAYLOAD`]); it appends a `sealed` record when it seals a batch, so that a
-//! restart rebuilds batches exactly as they were. Ingest answers 202 once the records
+//! request's messages and, under the same lock, appends them here ([`Journal`]) as one
+//! [`record`] (a length and a CRC32C) with one vectored write: the lines of an NDJSON
+//! body as the stretch of it they arrived in, other payloads past 1 KiB as the slices
+//! they arrived in, smaller ones copied (see [`request`]); it appends a `sealed` record
+//! when it seals a batch, so that a restart rebuilds batches exactly as they were. Ingest answers 202 once the records
 //! are as durable as `--spool-sync` asks: with `always`, the [`syncer`] thread runs one
 //! `fdatasync` for every request written while the previous one ran (group commit).
 //!
@@ -28,6 +28,7 @@ pub mod lock;
 mod read_back;
 pub mod record;
 pub mod replay;
+mod request;
 pub mod salvage;
 mod syncer;
 mod writer_id;
@@ -47,7 +48,7 @@ use tokio::sync::watch;
 
 use self::lock::SpoolLock;
 use self::read_back::Extent;
-use self::record::{Header, Kind, HEADER_LEN};
+use self::record::{Header, Kind};
 pub use self::replay::Recovered;
 pub use self::writer_id::writer_id;
 use crate::batch::{Journal, JournalError};
@@ -248,8 +249,8 @@ impl Spool {
             }
             let mut segment = Segment { path: path.clone(), len: scanned.keep_len, charged: 0, max_seq: 0 };
             for record in &scanned.records {
-                segment.max_seq = segment.max_seq.max(record.sealed_last().unwrap_or(record.header.seq));
-                if record.header.kind == Kind::Message {
+                segment.max_seq = segment.max_seq.max(record.last_seq());
+                if record.header.kind == Kind::Messages {
                     segment.charged += record.header.record_len();
                 }
             }
@@ -316,7 +317,7 @@ impl Spool {
 
     /// What `messages` take in the spool: the bytes to reserve before admitting them.
     pub fn record_bytes(messages: &[Incoming]) -> u64 {
-        messages.iter().map(|m| (HEADER_LEN + m.name.as_ref().map_or(0, String::len)) as u64 + m.payload.len()).sum()
+        request::spooled_len(messages)
     }
 
     /// Waits until messages up to `seq` are as durable as `--spool-sync` promises.
@@ -376,7 +377,7 @@ impl Spool {
             return;
         }
         state.committed = seq;
-        let mark = Header { kind: Kind::Committed, line: false, body_len: 0, name_len: 0, seq };
+        let mark = Header { kind: Kind::Committed, body_len: 0, count: 0, seq };
         let header = Bytes::copy_from_slice(&mark.encode([]));
         // A mark lost to a failing disk means a restart replays batches already
         // committed (dir: and pfs:// recognise them); the failure is logged and
@@ -519,7 +520,7 @@ impl Drop for Spool {
 
 impl Journal for Spool {
     fn append(&self, messages: &[Message]) -> Result<(), JournalError> {
-        let chunks = record::encode_messages(messages);
+        let chunks = request::encode(messages).map_err(|e| JournalError(e.to_string()))?;
         // Nothing but message records: all of it is charged.
         let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let max_seq = messages.last().map_or(0, |m| m.seq);
@@ -543,7 +544,7 @@ impl Journal for Spool {
 
     fn sealed(&self, first: u64, last: u64) {
         let body = last.to_le_bytes();
-        let header = Header { kind: Kind::Sealed, line: false, body_len: 8, name_len: 0, seq: first };
+        let header = Header { kind: Kind::Sealed, body_len: 8, count: 0, seq: first };
         let chunks = [Bytes::copy_from_slice(&header.encode([&body[..]])), Bytes::copy_from_slice(&body)];
         let mut state = self.shared.state.lock().unwrap();
         // Lost, the seal only means a restart batches these messages afresh; the

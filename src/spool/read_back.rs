@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use bytes::{Buf, Bytes};
 
 use super::record::{claimed_len, parse, Kind, Parsed};
-use super::replay::message;
+use super::request;
 use crate::message::Message;
 
 /// Bytes read at once: large enough that a read costs little per record, small enough
@@ -53,15 +53,14 @@ fn read_back_by(extents: &[Extent], first: u64, last: u64, read_bytes: u64) -> i
                     Parsed::Corrupt => return Err(damaged(&extent.path, "damaged")),
                 };
                 rest.advance(record.header.record_len() as usize);
-                let seq = record.header.seq;
-                if record.header.kind != Kind::Message || seq < first {
+                if record.header.kind != Kind::Messages || record.last_seq() < first {
                     continue;
                 }
-                if seq > last {
+                if record.header.seq > last {
                     return Ok(messages);
                 }
-                messages.push(message(record));
-                if seq == last {
+                messages.extend(request::messages(&record).filter(|m| (first..=last).contains(&m.seq)));
+                if record.last_seq() >= last {
                     return Ok(messages);
                 }
             }
@@ -100,7 +99,7 @@ fn damaged(path: &Path, what: &str) -> io::Error {
 mod tests {
     use super::*;
     use crate::spool::record::HEADER_LEN;
-    use crate::spool::salvage::tests::message_record;
+    use crate::spool::request::tests::message_record;
 
     #[test]
     fn records_straddling_reads_and_extents_come_back_whole() {
@@ -113,7 +112,7 @@ mod tests {
         for seq in 1..=14u64 {
             let segment = &mut segments[usize::from(seq > 7)];
             starts.push(segment.len() as u64);
-            segment.extend(message_record(seq, &vec![seq as u8; (seq as usize * 37) % 150 + 1]));
+            segment.extend(message_record(seq, "", &vec![seq as u8; (seq as usize * 37) % 150 + 1]));
         }
         let paths: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("{i}.seg"))).collect();
         for (path, bytes) in paths.iter().zip(&segments) {
@@ -132,7 +131,7 @@ mod tests {
         }
         // A byte flipped in a payload the batch needs is caught, wherever the reads fall.
         let mut flipped = segments[1].clone();
-        flipped[starts[9] as usize + HEADER_LEN] ^= 1;
+        flipped[starts[9] as usize + HEADER_LEN + 20] ^= 1;
         std::fs::write(&paths[1], &flipped).unwrap();
         for read_bytes in [7, 1 << 20] {
             assert_eq!(read_back_by(&extents, 3, 12, read_bytes).unwrap_err().kind(), io::ErrorKind::InvalidData);

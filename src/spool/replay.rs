@@ -8,10 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
-
 use super::record::{Kind, Record};
-use crate::message::{Message, Payload};
+use super::request;
+use crate::message::Message;
 
 /// What start-up hands the batcher.
 #[derive(Debug, Default)]
@@ -33,25 +32,25 @@ impl Recovered {
 }
 
 /// Groups `records` (from every segment, any order). A seq seen twice keeps its first
-/// record: the spool never writes one twice, so a second is a stale copy.
+/// message: the spool never writes one twice, so a second is a stale copy.
 pub fn recover(records: impl IntoIterator<Item = Record>) -> Recovered {
     let mut messages = BTreeMap::new();
     let mut seals = BTreeMap::new();
     let mut out = Recovered::default();
     for record in records {
-        let seq = record.header.seq;
-        out.max_seq = out.max_seq.max(seq);
+        out.max_seq = out.max_seq.max(record.last_seq());
         match record.header.kind {
-            Kind::Message => {
-                messages.entry(seq).or_insert(record);
+            Kind::Messages => {
+                for message in request::messages(&record) {
+                    messages.entry(message.seq).or_insert(message);
+                }
             }
             Kind::Sealed => {
                 if let Some(last) = record.sealed_last() {
-                    out.max_seq = out.max_seq.max(last);
-                    seals.insert(seq, last);
+                    seals.insert(record.header.seq, last);
                 }
             }
-            Kind::Committed => out.committed = out.committed.max(seq),
+            Kind::Committed => out.committed = out.committed.max(record.header.seq),
         }
     }
     let mut messages = messages.split_off(&(out.committed + 1));
@@ -61,35 +60,42 @@ pub fn recover(records: impl IntoIterator<Item = Record>) -> Recovered {
         let sealed = batch.split_off(&first);
         for group in [batch, sealed] {
             if !group.is_empty() {
-                out.sealed.push(group.into_values().map(message).collect());
+                out.sealed.push(group.into_values().collect());
             }
         }
     }
-    out.open = messages.into_values().map(message).collect();
+    out.open = messages.into_values().collect();
     out
-}
-
-/// The message a message record holds.
-pub(super) fn message(record: Record) -> Message {
-    let name_len = record.header.name_len as usize;
-    let name = (name_len > 0).then(|| String::from_utf8_lossy(&record.body[..name_len]).into_owned());
-    let payload: Bytes = record.body.slice(name_len..);
-    Message { seq: record.header.seq, name, payload: Payload::from(payload), line: record.header.line, origin: None }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use crate::spool::record::{parse, Header, Parsed};
+    use crate::spool::request::tests::message_record;
 
-    fn record(kind: Kind, seq: u64, body: &[u8]) -> Record {
-        let header = Header { kind, line: false, body_len: body.len() as u32, name_len: 0, seq };
-        let mut bytes = header.encode([body]).to_vec();
-        bytes.extend_from_slice(body);
+    fn parsed(bytes: Vec<u8>) -> Record {
         match parse(&Bytes::from(bytes)) {
             Parsed::Record(record) => record,
             other => panic!("{other:?}"),
         }
+    }
+
+    fn message(seq: u64, payload: &[u8]) -> Record {
+        parsed(message_record(seq, "", payload))
+    }
+
+    fn mark(kind: Kind, seq: u64, body: &[u8]) -> Record {
+        let header = Header { kind, body_len: body.len() as u32, count: 0, seq };
+        let mut bytes = header.encode([body]).to_vec();
+        bytes.extend_from_slice(body);
+        parsed(bytes)
+    }
+
+    fn sealed(first: u64, last: u64) -> Record {
+        mark(Kind::Sealed, first, &last.to_le_bytes())
     }
 
     fn seqs(batch: &[Message]) -> Vec<u64> {
@@ -98,12 +104,12 @@ mod tests {
 
     #[test]
     fn batches_come_back_as_sealed_past_the_committed_mark() {
-        let mut records: Vec<Record> = (10..=20).map(|s| record(Kind::Message, s, b"x")).collect();
-        records.push(record(Kind::Sealed, 10, &12u64.to_le_bytes()));
-        records.push(record(Kind::Sealed, 13, &16u64.to_le_bytes()));
-        records.push(record(Kind::Sealed, 17, &18u64.to_le_bytes()));
-        records.push(record(Kind::Committed, 12, b""));
-        records.push(record(Kind::Message, 14, b"a stale copy"));
+        let mut records: Vec<Record> = (10..=20).map(|s| message(s, b"x")).collect();
+        records.push(sealed(10, 12));
+        records.push(sealed(13, 16));
+        records.push(sealed(17, 18));
+        records.push(mark(Kind::Committed, 12, b""));
+        records.push(message(14, b"a stale copy"));
         let recovered = recover(records);
         assert_eq!(recovered.sealed.iter().map(|b| seqs(b)).collect::<Vec<_>>(), [vec![13, 14, 15, 16], vec![17, 18]]);
         assert_eq!(seqs(&recovered.open), [19, 20]);
@@ -112,10 +118,28 @@ mod tests {
     }
 
     #[test]
+    fn a_request_s_record_is_split_where_its_batches_were() {
+        let request: Vec<Message> = (1..=6)
+            .map(|seq| Message {
+                seq,
+                name: None,
+                payload: Bytes::from(vec![b'a'; seq as usize]).into(),
+                line: false,
+                origin: None,
+            })
+            .collect();
+        let records = vec![parsed(super::request::encode(&request).unwrap().concat()), sealed(1, 4)];
+        let recovered = recover(records);
+        assert_eq!(recovered.sealed.iter().map(|b| seqs(b)).collect::<Vec<_>>(), [vec![1, 2, 3, 4]]);
+        assert_eq!((seqs(&recovered.open), recovered.max_seq), (vec![5, 6], 6));
+        assert_eq!(recovered.open[1].payload.to_vec(), b"aaaaaa");
+    }
+
+    #[test]
     fn messages_whose_seal_was_lost_are_kept_as_a_batch_in_their_place() {
-        let mut records: Vec<Record> = (1..=9).map(|s| record(Kind::Message, s, b"x")).collect();
+        let mut records: Vec<Record> = (1..=9).map(|s| message(s, b"x")).collect();
         // The seal of 1..=3 was quarantined.
-        records.push(record(Kind::Sealed, 4, &6u64.to_le_bytes()));
+        records.push(sealed(4, 6));
         let recovered = recover(records);
         assert_eq!(recovered.sealed.iter().map(|b| seqs(b)).collect::<Vec<_>>(), [vec![1, 2, 3], vec![4, 5, 6]]);
         assert_eq!(seqs(&recovered.open), [7, 8, 9]);
@@ -123,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_seal_whose_messages_were_deleted_is_ignored() {
-        let records = vec![record(Kind::Sealed, 1, &5u64.to_le_bytes()), record(Kind::Message, 6, b"y")];
+        let records = vec![sealed(1, 5), message(6, b"y")];
         let recovered = recover(records);
         assert!(recovered.sealed.is_empty());
         assert_eq!((seqs(&recovered.open), recovered.max_seq), (vec![6], 6));

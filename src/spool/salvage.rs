@@ -96,21 +96,14 @@ fn next_record(rest: &Bytes) -> Option<usize> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::spool::record::{Header, Kind};
-
-    pub fn message_record(seq: u64, payload: &[u8]) -> Vec<u8> {
-        let header = Header { kind: Kind::Message, line: false, body_len: payload.len() as u32, name_len: 0, seq };
-        let mut out = header.encode([payload]).to_vec();
-        out.extend_from_slice(payload);
-        out
-    }
+    use crate::spool::request::tests::message_record;
 
     fn segment(n: u64) -> (Vec<u8>, Vec<usize>) {
         let mut bytes = Vec::new();
         let mut starts = Vec::new();
         for seq in 1..=n {
             starts.push(bytes.len());
-            bytes.extend(message_record(seq, format!("payload number {seq}").as_bytes()));
+            bytes.extend(message_record(seq, "", format!("payload number {seq}").as_bytes()));
         }
         (bytes, starts)
     }
@@ -142,7 +135,7 @@ pub(crate) mod tests {
     #[test]
     fn a_flipped_payload_byte_quarantines_that_record_only() {
         let (mut bytes, starts) = segment(5);
-        bytes[starts[2] + HEADER_LEN + 3] ^= 1;
+        bytes[starts[2] + HEADER_LEN + 12 + 3] ^= 1; // past the one-entry index
         let scanned = scan(&Bytes::from(bytes.clone()));
         assert_eq!(seqs(&scanned), [1, 2, 4, 5]);
         assert_eq!(scanned.damage.len(), 1);

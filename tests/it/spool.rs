@@ -233,7 +233,8 @@ fn a_damaged_spool_is_salvaged_record_by_record_and_never_stops_start_up() {
     type Damage = fn(&mut Vec<u8>, &[usize]);
     let cases: [(&str, Damage, Option<u64>, &str); 5] = [
         ("truncated mid-record", |seg, at| seg.truncate(at[7] + 30), None, "torn"),
-        ("a flipped byte in a payload", |seg, at| seg[at[3] + 24 + 5] ^= 0x01, Some(3), "corrupt"),
+        // Past the header and the one message's 12-byte index entry.
+        ("a flipped byte in a payload", |seg, at| seg[at[3] + 24 + 12 + 5] ^= 0x01, Some(3), "corrupt"),
         ("a flipped byte in a length", |seg, at| seg[at[5] + 9] ^= 0x10, Some(5), "corrupt"),
         ("a zero-filled tail", |seg, _| seg.resize(seg.len() + 8192, 0), None, ""),
         ("an empty segment", |_, _| {}, None, ""),
