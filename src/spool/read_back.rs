@@ -59,7 +59,11 @@ fn read_back_by(extents: &[Extent], first: u64, last: u64, read_bytes: u64) -> i
                 if record.header.seq > last {
                     return Ok(messages);
                 }
-                messages.extend(request::messages(&record).filter(|m| (first..=last).contains(&m.seq)));
+                let whole = (first..=last).contains(&record.header.seq) && record.last_seq() <= last;
+                match whole {
+                    true => messages.extend(request::messages(&record)),
+                    false => messages.extend(request::messages(&record).filter(|m| (first..=last).contains(&m.seq))),
+                }
                 if record.last_seq() >= last {
                     return Ok(messages);
                 }

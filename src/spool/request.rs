@@ -127,10 +127,13 @@ pub fn messages(record: &Record) -> impl Iterator<Item = Message> + '_ {
     let body = &record.body;
     let index_len = record.header.count as usize * ENTRY_LEN;
     let index = &body[..index_len];
-    let entries = move || index.chunks_exact(ENTRY_LEN).filter_map(Entry::parse);
+    // Checked by `is_whole`; an exact-size iterator lets a vector take each message
+    // where it will stay, rather than moving it through the adapters.
+    let entries = move || index.chunks_exact(ENTRY_LEN).map(|e| Entry::parse(e).expect("a checked index"));
     let names_len: usize = entries().map(|e| e.name_len).sum();
     let (mut name_at, mut data_at) = (index_len, index_len + names_len);
-    entries().zip(record.header.seq..).map(move |(entry, seq)| {
+    let seqs = record.header.seq..record.header.seq + u64::from(record.header.count);
+    entries().zip(seqs).map(move |(entry, seq)| {
         let name = (entry.name_len > 0)
             .then(|| String::from_utf8_lossy(&body[name_at..name_at + entry.name_len]).into_owned());
         name_at += entry.name_len;
