@@ -11,7 +11,9 @@
 //!
 //! Records go into append-only segment files `DIR/<n>.seg`, a new one past a size.
 //! Each committed batch appends a `committed` mark, and a segment whose every message
-//! and seal is at or below the mark is deleted. `--max-spool-bytes` bounds the message
+//! and seal is at or below the mark is deleted, or kept as a spare (`DIR/<n>.spare`,
+//! [`SPARES`]) that a later segment writes over; each record names its segment, so
+//! what a spare held before is not read as the new segment's. `--max-spool-bytes` bounds the message
 //! records held: admission waits or answers 503 past it, as for the memory budget.
 //!
 //! A sealed batch waiting for a lagging sink need not stay in memory: the spool notes
@@ -36,7 +38,7 @@ mod writer_id;
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -48,7 +50,7 @@ use tokio::sync::watch;
 
 use self::lock::SpoolLock;
 use self::read_back::Extent;
-use self::record::{Header, Kind};
+use self::record::{Kind, Unplaced};
 pub use self::replay::Recovered;
 pub use self::writer_id::writer_id;
 use crate::batch::{Journal, JournalError};
@@ -135,6 +137,7 @@ struct Synced {
 
 #[derive(Debug)]
 struct Segment {
+    number: u64,
     path: PathBuf,
     len: u64,
     /// Bytes of its message records: what it holds of `--max-spool-bytes`.
@@ -152,6 +155,8 @@ struct State {
     /// Dropped with their segment when it is deleted: an open descriptor would keep a
     /// deleted file's space taken, and a full disk full.
     to_sync: Vec<(PathBuf, Arc<File>)>,
+    /// Emptied segment files kept to be written over by new segments (see [`SPARES`]).
+    spares: Vec<PathBuf>,
     /// A segment was created since the last sync: its directory entry needs one too.
     dir_dirty: bool,
     written_seq: u64,
@@ -211,6 +216,14 @@ pub struct SpoolStatus {
 }
 
 const SEGMENT_SUFFIX: &str = ".seg";
+const SPARE_SUFFIX: &str = ".spare";
+
+/// Emptied segment files kept for new segments to write over. Writing over a file's
+/// cached, allocated pages costs the page cache and the file system about half of
+/// filling a new file, and an `fdatasync` that need not change the file's size or
+/// extents about half as much too; deleting a file has a cost of its own. The spares
+/// take disk room besides `--max-spool-bytes`: at most this many segments.
+const SPARES: usize = 2;
 
 impl Spool {
     /// Locks and reads the spool, salvaging what a crash left, and starts the syncer.
@@ -220,34 +233,38 @@ impl Spool {
         fs::create_dir_all(&dir).map_err(io_error("creating", &dir))?;
         let lock = SpoolLock::acquire(&dir)?;
         let mut numbered = Vec::new();
+        let mut spares = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_error("listing", &dir))? {
             let entry = entry.map_err(io_error("listing", &dir))?;
             let name = entry.file_name();
-            let number = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)).and_then(|n| n.parse::<u64>().ok());
-            if let Some(number) = number {
+            let numbered_as = |suffix| name.to_str()?.strip_suffix(suffix)?.parse::<u64>().ok();
+            if let Some(number) = numbered_as(SEGMENT_SUFFIX) {
                 numbered.push((number, entry.path()));
+            } else if numbered_as(SPARE_SUFFIX).is_some() {
+                spares.push(entry.path());
             }
         }
         numbered.sort();
         let mut segments = VecDeque::new();
         let mut records = Vec::new();
-        for (_, path) in &numbered {
+        for (number, path) in &numbered {
             let bytes = Bytes::from(fs::read(path).map_err(io_error("reading", path))?);
-            let scanned = salvage::scan(&bytes);
+            let scanned = salvage::scan(&bytes, *number);
             for damage in &scanned.damage {
                 quarantine(&dir, path, damage)?;
             }
             if scanned.keep_len < bytes.len() as u64 {
                 let file = fs::OpenOptions::new().write(true).open(path).map_err(io_error("opening", path))?;
                 file.set_len(scanned.keep_len).map_err(io_error("truncating", path))?;
-                tracing::warn!(
-                    "spool segment {}: cut {} bytes of an unfinished write at offset {}",
+                tracing::info!(
+                    "spool segment {}: cut {} bytes past its last record (an unfinished write, or the file's earlier use) at offset {}",
                     path.display(),
                     bytes.len() as u64 - scanned.keep_len,
                     scanned.keep_len
                 );
             }
-            let mut segment = Segment { path: path.clone(), len: scanned.keep_len, charged: 0, max_seq: 0 };
+            let mut segment =
+                Segment { number: *number, path: path.clone(), len: scanned.keep_len, charged: 0, max_seq: 0 };
             for record in &scanned.records {
                 segment.max_seq = segment.max_seq.max(record.last_seq());
                 if record.header.kind == Kind::Messages {
@@ -266,6 +283,7 @@ impl Spool {
                 segments: VecDeque::new(),
                 active: None,
                 to_sync: Vec::new(),
+                spares,
                 dir_dirty: false,
                 written_seq: recovered.max_seq,
                 appended: 0,
@@ -377,12 +395,11 @@ impl Spool {
             return;
         }
         state.committed = seq;
-        let mark = Header { kind: Kind::Committed, body_len: 0, count: 0, seq };
-        let header = Bytes::copy_from_slice(&mark.encode([]));
+        let mark = Unplaced::mark(Kind::Committed, seq, &[]);
         // A mark lost to a failing disk means a restart replays batches already
         // committed (dir: and pfs:// recognise them); the failure is logged and
         // shows in /status.
-        let _ = self.write(&mut state, &[header], 0, 0);
+        let _ = self.write(&mut state, vec![mark], 0, 0);
         if state.active.is_some() && state.segments.back().is_some_and(|s| s.max_seq <= seq && s.charged > 0) {
             // Everything in it is committed: close it so it can go now, not when full.
             self.close_active(&mut state);
@@ -407,6 +424,24 @@ impl Spool {
         });
         METRICS.spool_segments.set(state.segments.len() as i64);
         state.to_sync.retain(|(path, _)| !gone.iter().any(|(deleted, _)| deleted == path));
+        // Kept under the lock: the next segment may take a spare at once.
+        gone.retain(|(path, charged)| {
+            if state.spares.len() >= SPARES {
+                return true;
+            }
+            let spare = path.with_extension(&SPARE_SUFFIX[1..]);
+            match fs::rename(path, &spare) {
+                Ok(()) => {
+                    state.spares.push(spare);
+                    self.budget.release(*charged);
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!("cannot keep the committed spool segment {} for reuse: {error}", path.display());
+                    true
+                }
+            }
+        });
         drop(state);
         for (path, charged) in gone {
             if let Err(error) = fs::remove_file(&path) {
@@ -416,21 +451,27 @@ impl Spool {
         }
     }
 
-    /// Appends `chunks` (`len` bytes, `charged` of them message records up to
-    /// `max_seq`) to the active segment, opening one if needed. On failure the
-    /// segment is cut back, so a half-written record never precedes the next one.
-    fn write(&self, state: &mut State, chunks: &[Bytes], charged: u64, max_seq: u64) -> Result<(), SpoolError> {
-        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    /// Appends `records` (`charged` of their bytes message records up to `max_seq`) to
+    /// the active segment, opening one if needed. On failure the segment is cut back,
+    /// so a half-written record never precedes the next one.
+    fn write(&self, state: &mut State, records: Vec<Unplaced>, charged: u64, max_seq: u64) -> Result<(), SpoolError> {
         let file = match self.active(state) {
             Ok(file) => file,
             Err(error) => return Err(self.failing(state, error)),
         };
         let segment = state.segments.back_mut().expect("the active segment is listed");
-        if let Err(source) = vectored::write_from(&mut &*file, chunks, &mut Cursor::default()) {
+        let mut chunks = Vec::with_capacity(records.len() * 2);
+        for record in records {
+            record.place(segment.number, &mut chunks);
+        }
+        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        if let Err(source) = vectored::write_from(&mut &*file, &chunks, &mut Cursor::default()) {
             let error = SpoolError::Io { doing: "writing", path: segment.path.clone(), source };
-            if file.set_len(segment.len).is_err() {
+            if file.set_len(segment.len).and_then(|()| (&*file).seek(SeekFrom::Start(segment.len))).is_err() {
                 self.close_active(state);
             }
+            // A full disk is not kept full by files kept only to be written over.
+            state.spares.retain(|spare| fs::remove_file(spare).is_err());
             return Err(self.failing(state, error));
         }
         segment.len += len;
@@ -483,15 +524,25 @@ impl Spool {
         if let Some(file) = &state.active {
             return Ok(file.clone());
         }
-        let path = self.dir.join(format!("{:020}{SEGMENT_SUFFIX}", state.next_number));
-        let file = fs::OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|source| SpoolError::Io { doing: "creating", path: path.clone(), source })?;
+        let number = state.next_number;
+        let path = self.dir.join(format!("{number:020}{SEGMENT_SUFFIX}"));
+        // A spare is written over from its start: its records name their segment, so
+        // what it held before is not taken for this one's (see `salvage`).
+        let file = match state.spares.pop() {
+            Some(spare) => fs::rename(&spare, &path)
+                .and_then(|()| fs::OpenOptions::new().write(true).open(&path))
+                .inspect_err(|_| {
+                    // Kept for the next try (a read-only file system comes back), unless gone.
+                    if spare.exists() {
+                        state.spares.push(spare);
+                    }
+                }),
+            None => fs::OpenOptions::new().write(true).create_new(true).open(&path),
+        }
+        .map_err(|source| SpoolError::Io { doing: "creating", path: path.clone(), source })?;
         state.next_number += 1;
         let file = Arc::new(file);
-        state.segments.push_back(Segment { path, len: 0, charged: 0, max_seq: 0 });
+        state.segments.push_back(Segment { number, path, len: 0, charged: 0, max_seq: 0 });
         METRICS.spool_segments.set(state.segments.len() as i64);
         state.active = Some(file.clone());
         state.dir_dirty = true;
@@ -520,12 +571,12 @@ impl Drop for Spool {
 
 impl Journal for Spool {
     fn append(&self, messages: &[Message]) -> Result<(), JournalError> {
-        let chunks = request::encode(messages).map_err(|e| JournalError(e.to_string()))?;
+        let records = request::encode(messages).map_err(|e| JournalError(e.to_string()))?;
         // Nothing but message records: all of it is charged.
-        let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let len: u64 = records.iter().map(Unplaced::record_len).sum();
         let max_seq = messages.last().map_or(0, |m| m.seq);
         let mut state = self.shared.state.lock().unwrap();
-        self.write(&mut state, &chunks, len, max_seq).map_err(|e| JournalError(e.to_string()))?;
+        self.write(&mut state, records, len, max_seq).map_err(|e| JournalError(e.to_string()))?;
         if let (Some(first), Some(segment)) = (messages.first(), state.segments.back()) {
             let start = (segment.path.clone(), segment.len - len);
             state.starts.insert(first.seq, start);
@@ -543,13 +594,11 @@ impl Journal for Spool {
     }
 
     fn sealed(&self, first: u64, last: u64) {
-        let body = last.to_le_bytes();
-        let header = Header { kind: Kind::Sealed, body_len: 8, count: 0, seq: first };
-        let chunks = [Bytes::copy_from_slice(&header.encode([&body[..]])), Bytes::copy_from_slice(&body)];
+        let seal = Unplaced::mark(Kind::Sealed, first, &last.to_le_bytes());
         let mut state = self.shared.state.lock().unwrap();
         // Lost, the seal only means a restart batches these messages afresh; the
         // failure is logged and shows in /status.
-        let _ = self.write(&mut state, &chunks, 0, last);
+        let _ = self.write(&mut state, vec![seal], 0, last);
     }
 }
 
@@ -680,10 +729,25 @@ mod tests {
         spool.committed(400);
         let status = spool.status();
         assert_eq!((status.segments, status.used_bytes), (0, 0));
-        let files: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(files, ["lock"]);
+        let files = || {
+            let mut names: Vec<String> =
+                fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            names.sort();
+            names
+        };
+        let spares = files();
+        assert_eq!(spares.len(), 1 + SPARES, "the lock and the spares kept for reuse: {spares:?}");
+        assert!(spares.iter().filter(|n| *n != "lock").all(|n| n.ends_with(SPARE_SUFFIX)), "{spares:?}");
+        drop(spool);
+        let (spool, recovered) = Spool::open(&config(dir.path(), 512 << 10)).unwrap();
+        assert_eq!(recovered.messages(), 0);
+        // A new segment writes over a spare, and only its own records come back.
+        spool.append(&messages(401..=403, 10)).unwrap();
+        let now = files();
+        assert_eq!(now.iter().filter(|n| n.ends_with(SPARE_SUFFIX)).count(), SPARES - 1, "{now:?}");
         drop(spool);
         let (_, recovered) = Spool::open(&config(dir.path(), 512 << 10)).unwrap();
-        assert_eq!(recovered.messages(), 0);
+        assert_eq!(seqs(&recovered.open), [401, 402, 403]);
+        assert!(recovered.sealed.is_empty());
     }
 }

@@ -7,22 +7,27 @@
 //!      2     1  kind: 4 messages (a request's), 2 sealed (a batch's seq range),
 //!               3 committed (seqs up to here)
 //!      3     1  flags: zero
-//!      4     4  CRC32C over bytes 0..4, 8..24 and the body
+//!      4     4  CRC32C over the body, then bytes 0..4 and 8..32
 //!      8     4  body length
 //!     12     4  messages: how many; other kinds: zero
 //!     16     8  seq (messages: the first one's; sealed: the batch's first; committed: the last)
-//!     24     …  body (messages: see `request`; sealed: the batch's last seq, 8 bytes)
+//!     24     8  the number of the segment it was written to
+//!     32     …  body (messages: see `request`; sealed: the batch's last seq, 8 bytes)
 //! ```
 //!
 //! All integers little-endian. The magic and the checks on kind, flags and lengths let
-//! salvage find the next record after damage without trusting a corrupt length. Kind 1,
-//! a record per message, was the format before `messages`; it is read as damage.
+//! salvage find the next record after damage without trusting a corrupt length. The
+//! segment's number tells a record from what a reused segment file held before
+//! (`salvage`). The body is checksummed first so that a request's record can be laid
+//! out and checksummed before the spool's lock, which decides its segment, is taken
+//! ([`Unplaced`]). Kind 1, a record per message, was the format before `messages`; it
+//! is read as damage.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::request;
 
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = 32;
 const MAGIC: [u8; 2] = *b"SP";
 /// Larger bodies are never written (a message is at most `--max-message-bytes`,
 /// which parsing cannot know, so this only rules out lengths no writer produces).
@@ -54,26 +59,27 @@ pub struct Header {
     /// How many messages a `messages` record holds.
     pub count: u32,
     pub seq: u64,
+    pub segment: u64,
 }
 
 impl Header {
     /// The header bytes for a record whose body is `body` (the slices in order), CRC
-    /// included. The body is checksummed where it lies: it is never copied.
+    /// included.
     pub fn encode<'a>(&self, body: impl IntoIterator<Item = &'a [u8]>) -> [u8; HEADER_LEN] {
-        let mut out = self.fields();
-        let crc = body.into_iter().fold(header_crc(&out), crc32c::crc32c_append);
-        out[4..8].copy_from_slice(&crc.to_le_bytes());
-        out
+        self.encode_after(body_crc(body))
     }
 
-    /// The header bytes with the CRC left zero.
-    fn fields(&self) -> [u8; HEADER_LEN] {
+    /// The header bytes for a record whose body's CRC32C is `body_crc`.
+    fn encode_after(&self, body_crc: u32) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0..2].copy_from_slice(&MAGIC);
         out[2] = self.kind as u8;
         out[8..12].copy_from_slice(&self.body_len.to_le_bytes());
         out[12..16].copy_from_slice(&self.count.to_le_bytes());
         out[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        out[24..32].copy_from_slice(&self.segment.to_le_bytes());
+        let crc = header_crc(body_crc, &out);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
         out
     }
 
@@ -83,8 +89,61 @@ impl Header {
     }
 }
 
-fn header_crc(header: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&header[0..4]), &header[8..HEADER_LEN])
+/// The body's slices checksummed where they lie: never copied.
+fn body_crc<'a>(body: impl IntoIterator<Item = &'a [u8]>) -> u32 {
+    body.into_iter().fold(0, crc32c::crc32c_append)
+}
+
+fn header_crc(body_crc: u32, header: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(body_crc, &header[0..4]), &header[8..HEADER_LEN])
+}
+
+/// A record laid out and its body checksummed, waiting for the number of the segment
+/// it is written to.
+#[derive(Debug)]
+pub struct Unplaced {
+    header: Header,
+    body_crc: u32,
+    /// The body's first slice, behind `HEADER_LEN` bytes of room for the header.
+    head: BytesMut,
+    rest: Vec<Bytes>,
+}
+
+impl Unplaced {
+    /// A record of `kind` whose body is `head` past its first `HEADER_LEN` bytes, then
+    /// `rest`.
+    pub fn new(kind: Kind, count: u32, seq: u64, head: BytesMut, rest: Vec<Bytes>) -> Self {
+        let body = || std::iter::once(&head[HEADER_LEN..]).chain(rest.iter().map(|c| &c[..]));
+        let body_len = body().map(<[u8]>::len).sum::<usize>() as u32;
+        let body_crc = body_crc(body());
+        Self { header: Header { kind, body_len, count, seq, segment: 0 }, body_crc, head, rest }
+    }
+
+    /// A sealed or committed mark, whose body is `body`.
+    pub fn mark(kind: Kind, seq: u64, body: &[u8]) -> Self {
+        let mut head = BytesMut::with_capacity(HEADER_LEN + body.len());
+        head.resize(HEADER_LEN, 0);
+        head.extend_from_slice(body);
+        Self::new(kind, 0, seq, head, Vec::new())
+    }
+
+    pub fn record_len(&self) -> u64 {
+        self.header.record_len()
+    }
+
+    /// The record as written into segment number `segment`, in slices.
+    pub fn place(mut self, segment: u64, out: &mut Vec<Bytes>) {
+        let header = Header { segment, ..self.header };
+        self.head[..HEADER_LEN].copy_from_slice(&header.encode_after(self.body_crc));
+        out.push(self.head.freeze());
+        out.extend(self.rest);
+    }
+}
+
+/// Whether `bytes` begin with a header written into segment number `segment`, whatever
+/// its CRC: a record of the segment's own, whole or not.
+pub fn begins_record_of(bytes: &[u8], segment: u64) -> bool {
+    bytes.len() >= HEADER_LEN && bytes[0..2] == MAGIC && bytes[24..32] == segment.to_le_bytes()
 }
 
 /// A whole, checked record found at the start of a buffer.
@@ -141,12 +200,8 @@ pub fn parse(buf: &Bytes) -> Parsed {
     let (Some(kind), true) = (Kind::from_byte(h[2]), h[0..2] == MAGIC && h[3] == 0) else {
         return Parsed::Corrupt;
     };
-    let header = Header {
-        kind,
-        body_len: u32_at(8),
-        count: u32_at(12),
-        seq: u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
-    };
+    let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+    let header = Header { kind, body_len: u32_at(8), count: u32_at(12), seq: u64_at(16), segment: u64_at(24) };
     let shape_ok = match kind {
         Kind::Messages => header.count > 0,
         Kind::Sealed => header.count == 0 && header.body_len == 8,
@@ -161,7 +216,7 @@ pub fn parse(buf: &Bytes) -> Parsed {
         // and there is nothing to check it against. Salvage decides by what follows.
         return Parsed::Torn;
     }
-    let crc = crc32c::crc32c_append(header_crc(h), &buf[HEADER_LEN..end]);
+    let crc = header_crc(crc32c::crc32c(&buf[HEADER_LEN..end]), h);
     if crc != u32_at(4) || (kind == Kind::Messages && !request::is_whole(&buf[HEADER_LEN..end], header.count)) {
         return Parsed::Corrupt;
     }
@@ -200,7 +255,7 @@ mod tests {
     fn a_checked_record_whose_index_does_not_add_up_is_corrupt() {
         // Written with a CRC, as no spool writes it: two messages said, one there.
         let body = message_record(1, "", b"hello")[HEADER_LEN..].to_vec();
-        let header = Header { kind: Kind::Messages, body_len: body.len() as u32, count: 2, seq: 1 };
+        let header = Header { kind: Kind::Messages, body_len: body.len() as u32, count: 2, seq: 1, segment: 1 };
         let mut bytes = header.encode([&body[..]]).to_vec();
         bytes.extend_from_slice(&body);
         assert_eq!(parse(&Bytes::from(bytes)), Parsed::Corrupt);
@@ -209,7 +264,7 @@ mod tests {
     #[test]
     fn sealed_records_carry_their_range() {
         let last = 99u64.to_le_bytes();
-        let header = Header { kind: Kind::Sealed, body_len: 8, count: 0, seq: 90 };
+        let header = Header { kind: Kind::Sealed, body_len: 8, count: 0, seq: 90, segment: 1 };
         let mut out = header.encode([&last[..]]).to_vec();
         out.extend_from_slice(&last);
         let Parsed::Record(record) = parse(&Bytes::from(out)) else { panic!("parses") };

@@ -74,7 +74,7 @@ mod tests {
 
     use super::*;
     use crate::spool::record::{parse, Header, Parsed};
-    use crate::spool::request::tests::message_record;
+    use crate::spool::request::tests::{message_record, placed};
 
     fn parsed(bytes: Vec<u8>) -> Record {
         match parse(&Bytes::from(bytes)) {
@@ -88,7 +88,7 @@ mod tests {
     }
 
     fn mark(kind: Kind, seq: u64, body: &[u8]) -> Record {
-        let header = Header { kind, body_len: body.len() as u32, count: 0, seq };
+        let header = Header { kind, body_len: body.len() as u32, count: 0, seq, segment: 1 };
         let mut bytes = header.encode([body]).to_vec();
         bytes.extend_from_slice(body);
         parsed(bytes)
@@ -128,7 +128,7 @@ mod tests {
                 origin: None,
             })
             .collect();
-        let records = vec![parsed(super::request::encode(&request).unwrap().concat()), sealed(1, 4)];
+        let records = vec![parsed(placed(super::request::encode(&request).unwrap()).concat()), sealed(1, 4)];
         let recovered = recover(records);
         assert_eq!(recovered.sealed.iter().map(|b| seqs(b)).collect::<Vec<_>>(), [vec![1, 2, 3, 4]]);
         assert_eq!((seqs(&recovered.open), recovered.max_seq), (vec![5, 6], 6));

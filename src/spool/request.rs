@@ -26,7 +26,7 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-use super::record::{Header, Kind, Record, HEADER_LEN};
+use super::record::{Kind, Record, Unplaced, HEADER_LEN};
 use crate::message::{same_bytes, Incoming, Message, Payload};
 
 const ENTRY_LEN: usize = 12;
@@ -91,18 +91,14 @@ fn spooled_len_by<M: Spooled>(messages: &[M], record_bytes: u64) -> u64 {
     groups(messages, record_bytes).map(|group| HEADER_LEN as u64 + body_len(group)).sum()
 }
 
-/// `messages` (numbered one after the other) as `messages` records, in the slices one
-/// vectored write takes.
-pub fn encode(messages: &[Message]) -> Result<Vec<Bytes>, TooLarge> {
+/// `messages` (numbered one after the other) as `messages` records, laid out in the
+/// slices one vectored write takes.
+pub fn encode(messages: &[Message]) -> Result<Vec<Unplaced>, TooLarge> {
     encode_by(messages, RECORD_BYTES)
 }
 
-fn encode_by(messages: &[Message], record_bytes: u64) -> Result<Vec<Bytes>, TooLarge> {
-    let mut chunks = Vec::new();
-    for group in groups(messages, record_bytes) {
-        encode_record(group, &mut chunks)?;
-    }
-    Ok(chunks)
+fn encode_by(messages: &[Message], record_bytes: u64) -> Result<Vec<Unplaced>, TooLarge> {
+    groups(messages, record_bytes).map(encode_record).collect()
 }
 
 /// Whether the body of a `messages` record has `count` entries whose names and data
@@ -180,7 +176,7 @@ fn body_len<M: Spooled>(messages: &[M]) -> u64 {
     index + data
 }
 
-fn encode_record(messages: &[Message], chunks: &mut Vec<Bytes>) -> Result<(), TooLarge> {
+fn encode_record(messages: &[Message]) -> Result<Unplaced, TooLarge> {
     let index_end = HEADER_LEN + messages.len() * ENTRY_LEN;
     let names: usize = messages.iter().map(|m| m.name().len()).sum();
     // The header (once the CRC is known), the index and the names.
@@ -217,15 +213,7 @@ fn encode_record(messages: &[Message], chunks: &mut Vec<Bytes>) -> Result<(), To
     if !copies.is_empty() {
         data.push(copies.freeze());
     }
-    let body = std::iter::once(&head[HEADER_LEN..]).chain(data.iter().map(|c| &c[..]));
-    let body_len: usize = body.clone().map(<[u8]>::len).sum();
-    let header =
-        Header { kind: Kind::Messages, body_len: body_len as u32, count: messages.len() as u32, seq: messages[0].seq };
-    let header = header.encode(body);
-    head[..HEADER_LEN].copy_from_slice(&header);
-    chunks.push(head.freeze());
-    chunks.extend(data);
-    Ok(())
+    Ok(Unplaced::new(Kind::Messages, messages.len() as u32, messages[0].seq, head, data))
 }
 
 /// One message's line of the index.
@@ -326,8 +314,26 @@ pub(crate) mod tests {
     use super::*;
     use crate::spool::record::{parse, Parsed};
 
-    /// One message's record, as the spool writes it.
+    /// Records as written into segment 1.
+    pub fn placed(records: Vec<Unplaced>) -> Vec<Bytes> {
+        placed_in(1, records)
+    }
+
+    fn placed_in(segment: u64, records: Vec<Unplaced>) -> Vec<Bytes> {
+        let mut chunks = Vec::new();
+        for record in records {
+            record.place(segment, &mut chunks);
+        }
+        chunks
+    }
+
+    /// One message's record, as the spool writes it into segment 1.
     pub fn message_record(seq: u64, name: &str, payload: &[u8]) -> Vec<u8> {
+        message_record_in(1, seq, name, payload)
+    }
+
+    /// One message's record, as the spool writes it into segment number `segment`.
+    pub fn message_record_in(segment: u64, seq: u64, name: &str, payload: &[u8]) -> Vec<u8> {
         let message = Message {
             seq,
             name: (!name.is_empty()).then(|| name.to_owned()),
@@ -335,7 +341,7 @@ pub(crate) mod tests {
             line: false,
             origin: None,
         };
-        encode(&[message]).unwrap().concat()
+        placed_in(segment, encode(&[message]).unwrap()).concat()
     }
 
     fn numbered(payloads: Vec<(Option<&str>, Payload, bool)>) -> Vec<Message> {
@@ -388,7 +394,7 @@ pub(crate) mod tests {
             (None, Payload::line_in(other.clone(), 0..1), true),
             (None, Payload::line_in(other.clone(), 2..3), true),
         ]);
-        let chunks = encode(&written).unwrap();
+        let chunks = placed(encode(&written).unwrap());
         let slices: Vec<&[u8]> = chunks[1..].iter().map(|c| &c[..]).collect();
         assert_eq!(slices, [&b"a\nbb\n\nccc"[..], b"d", b"e\nf"], "after the header, index and names");
         assert_eq!(chunks[1].as_ptr(), body.as_ptr(), "a slice of the body, not a copy");
@@ -414,7 +420,7 @@ pub(crate) mod tests {
             (None, Payload::line_in(body, 2..3), true),
             (None, Payload::from(Bytes::from_static(b"last")), true),
         ]);
-        let chunks = encode(&written).unwrap();
+        let chunks = placed(encode(&written).unwrap());
         assert!(chunks.iter().any(|c| c.as_ptr() == large.as_ptr()), "a large payload is written from where it lies");
         let bytes = chunks.concat();
         assert_eq!(spooled_len(&written), bytes.len() as u64);
@@ -424,7 +430,7 @@ pub(crate) mod tests {
     #[test]
     fn a_request_larger_than_a_record_takes_several() {
         let written = numbered((0..50).map(|i| (None, Payload::from(Bytes::from(vec![i as u8; 40])), false)).collect());
-        let chunks = encode_by(&written, 600).unwrap();
+        let chunks = placed(encode_by(&written, 600).unwrap());
         let bytes = chunks.concat();
         assert_eq!(spooled_len_by(&written, 600), bytes.len() as u64);
         let mut records = 0;

@@ -216,13 +216,16 @@ fn segments(spool: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Bytes of a record's header.
+const HEADER: usize = 32;
+
 /// Where each record of a segment starts, from the lengths in their headers.
 fn record_offsets(segment: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     let mut at = 0;
-    while at + 24 <= segment.len() {
+    while at + HEADER <= segment.len() {
         offsets.push(at);
-        at += 24 + u32::from_le_bytes(segment[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += HEADER + u32::from_le_bytes(segment[at + 8..at + 12].try_into().unwrap()) as usize;
     }
     assert_eq!(at, segment.len(), "whole records");
     offsets
@@ -232,9 +235,9 @@ fn record_offsets(segment: &[u8]) -> Vec<usize> {
 fn a_damaged_spool_is_salvaged_record_by_record_and_never_stops_start_up() {
     type Damage = fn(&mut Vec<u8>, &[usize]);
     let cases: [(&str, Damage, Option<u64>, &str); 5] = [
-        ("truncated mid-record", |seg, at| seg.truncate(at[7] + 30), None, "torn"),
+        ("truncated mid-record", |seg, at| seg.truncate(at[7] + HEADER + 8), None, "torn"),
         // Past the header and the one message's 12-byte index entry.
-        ("a flipped byte in a payload", |seg, at| seg[at[3] + 24 + 12 + 5] ^= 0x01, Some(3), "corrupt"),
+        ("a flipped byte in a payload", |seg, at| seg[at[3] + HEADER + 12 + 5] ^= 0x01, Some(3), "corrupt"),
         ("a flipped byte in a length", |seg, at| seg[at[5] + 9] ^= 0x10, Some(5), "corrupt"),
         ("a zero-filled tail", |seg, _| seg.resize(seg.len() + 8192, 0), None, ""),
         ("an empty segment", |_, _| {}, None, ""),
