@@ -106,6 +106,10 @@ pub struct Measured {
     pub sent: Sent,
     /// Microseconds from when a request was due to its answer, accepted requests only.
     pub latency: Histogram<u64>,
+    /// Microseconds from when a request was due to when it went out, accepted requests
+    /// only: in an open loop, the harness's own lateness (no connection free, a busy
+    /// client core), which `latency` counts but the server never sees.
+    pub lag: Histogram<u64>,
     pub accepted_requests: u64,
     pub refused_requests: u64,
     pub failed_requests: u64,
@@ -121,6 +125,7 @@ impl Measured {
         Self {
             sent: Sent::default(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"),
+            lag: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"),
             accepted_requests: 0,
             refused_requests: 0,
             failed_requests: 0,
@@ -135,6 +140,7 @@ impl Measured {
     fn merge(&mut self, other: Measured) {
         self.sent.merge(other.sent);
         self.latency.add(&other.latency).expect("same bounds");
+        self.lag.add(&other.lag).expect("same bounds");
         self.accepted_requests += other.accepted_requests;
         self.refused_requests += other.refused_requests;
         self.failed_requests += other.failed_requests;
@@ -155,12 +161,13 @@ impl Measured {
         }
     }
 
-    fn accepted(&mut self, first: u64, count: usize, bytes: usize, due: Instant) {
+    fn accepted(&mut self, first: u64, count: usize, bytes: usize, (due, sent): (Instant, Instant)) {
         self.sent.record(first, count as u64, Outcome::Accepted);
         self.accepted_requests += 1;
         self.messages += count as u64;
         self.bytes += bytes as u64;
         self.latency.saturating_record(due.elapsed().as_micros().max(1) as u64);
+        self.lag.saturating_record(sent.saturating_duration_since(due).as_micros().max(1) as u64);
     }
 }
 
@@ -376,8 +383,9 @@ impl Worker {
         let content_type = load.framing.content_type();
         while let Some(due) = self.schedule.next().await {
             let (first, body, bytes) = self.body();
+            let sent = Instant::now();
             let answer = conn.send(Method::POST, path, &content_type, body).await;
-            if !self.answered(answer, first, bytes, due) {
+            if !self.answered(answer, first, bytes, (due, sent)) {
                 match reconnect(endpoint).await {
                     Some(fresh) => conn = fresh,
                     None => return,
@@ -386,9 +394,9 @@ impl Worker {
         }
     }
 
-    /// Records what became of the request carrying messages `first…`; `false` when
-    /// its connection failed.
-    fn answered(&self, answer: anyhow::Result<Answer>, first: u64, bytes: usize, due: Instant) -> bool {
+    /// Records what became of the request carrying messages `first…`, due and sent at
+    /// `times`; `false` when its connection failed.
+    fn answered(&self, answer: anyhow::Result<Answer>, first: u64, bytes: usize, times: (Instant, Instant)) -> bool {
         let count = self.load.batch;
         let measured = &mut self.state.borrow_mut().measured;
         let answer = match answer {
@@ -411,7 +419,7 @@ impl Worker {
                     String::from_utf8_lossy(&answer.body)
                 )),
             }
-            measured.accepted(first, count, bytes, due);
+            measured.accepted(first, count, bytes, times);
         } else {
             // A 5xx other than 503 is a failed commit a waiter was told of: whether
             // its messages made it is not known.
@@ -431,6 +439,7 @@ impl Worker {
     async fn raw(&mut self, mut stream: tokio::net::UnixStream) {
         while let Some(due) = self.schedule.next().await {
             let (first, body, bytes) = self.body();
+            let sent = Instant::now();
             let mut written = Ok(());
             for chunk in body.into_chunks() {
                 written = stream.write_all(&chunk).await;
@@ -442,7 +451,7 @@ impl Worker {
             match written {
                 // The raw socket answers nothing: written is as accepted as it gets,
                 // and the latency is that of the write.
-                Ok(()) => measured.accepted(first, self.load.batch, bytes, due),
+                Ok(()) => measured.accepted(first, self.load.batch, bytes, (due, sent)),
                 Err(e) => {
                     measured.sent.record(first, self.load.batch as u64, Outcome::Unknown);
                     measured.failed_requests += 1;

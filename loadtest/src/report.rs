@@ -47,6 +47,10 @@ pub struct Report {
     pub mb_per_sec: f64,
     pub committed_mb_per_sec: f64,
     pub latency: Option<Latency>,
+    /// How late the harness's client sent requests after they were due: the part of
+    /// `latency` that is its own queueing, which the server never sees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag: Option<Latency>,
     pub peak_rss_bytes: Option<u64>,
     /// Which cores the server and the harness ran on.
     pub pinning: Option<Pinning>,
@@ -75,6 +79,7 @@ impl Report {
             mb_per_sec: measured.bytes as f64 / 1e6 / secs,
             committed_mb_per_sec: measured.bytes as f64 / 1e6 / committed_secs,
             latency: Latency::of(&measured.latency),
+            send_lag: Latency::of(&measured.lag),
             peak_rss_bytes: None,
             pinning: None,
             accepted_requests: measured.accepted_requests,
