@@ -51,6 +51,9 @@ pub struct Report {
     /// `latency` that is its own queueing, which the server never sees.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_lag: Option<Latency>,
+    /// Connections an open loop opened during the run to send its requests on time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added_connections: Option<u64>,
     pub peak_rss_bytes: Option<u64>,
     /// Which cores the server and the harness ran on.
     pub pinning: Option<Pinning>,
@@ -80,6 +83,7 @@ impl Report {
             committed_mb_per_sec: measured.bytes as f64 / 1e6 / committed_secs,
             latency: Latency::of(&measured.latency),
             send_lag: Latency::of(&measured.lag),
+            added_connections: (measured.added_connections > 0).then_some(measured.added_connections),
             peak_rss_bytes: None,
             pinning: None,
             accepted_requests: measured.accepted_requests,
