@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::Duration;
 
@@ -92,6 +92,9 @@ pub struct Load {
     pub connections: usize,
     /// Requests per second for an open loop; `None` for a closed loop.
     pub rate: Option<f64>,
+    /// The most connections an open loop over HTTP grows to when a request falls due
+    /// and every connection is still waiting for an answer.
+    pub max_connections: usize,
     pub duration: Duration,
     pub wait_commit: bool,
     pub run: u32,
@@ -106,6 +109,10 @@ pub struct Measured {
     pub sent: Sent,
     /// Microseconds from when a request was due to its answer, accepted requests only.
     pub latency: Histogram<u64>,
+    /// Microseconds from when a request was due to when it went out, accepted requests
+    /// only: in an open loop, the harness's own lateness (no connection free, a busy
+    /// client core), which `latency` counts but the server never sees.
+    pub lag: Histogram<u64>,
     pub accepted_requests: u64,
     pub refused_requests: u64,
     pub failed_requests: u64,
@@ -113,6 +120,8 @@ pub struct Measured {
     pub messages: u64,
     pub bytes: u64,
     pub elapsed: Duration,
+    /// Connections an open loop opened during the run to send on time.
+    pub added_connections: u64,
     pub errors: Vec<String>,
 }
 
@@ -121,6 +130,7 @@ impl Measured {
         Self {
             sent: Sent::default(),
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"),
+            lag: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"),
             accepted_requests: 0,
             refused_requests: 0,
             failed_requests: 0,
@@ -128,6 +138,7 @@ impl Measured {
             messages: 0,
             bytes: 0,
             elapsed: Duration::ZERO,
+            added_connections: 0,
             errors: Vec::new(),
         }
     }
@@ -135,6 +146,7 @@ impl Measured {
     fn merge(&mut self, other: Measured) {
         self.sent.merge(other.sent);
         self.latency.add(&other.latency).expect("same bounds");
+        self.lag.add(&other.lag).expect("same bounds");
         self.accepted_requests += other.accepted_requests;
         self.refused_requests += other.refused_requests;
         self.failed_requests += other.failed_requests;
@@ -143,6 +155,7 @@ impl Measured {
         }
         self.messages += other.messages;
         self.bytes += other.bytes;
+        self.added_connections += other.added_connections;
         for e in other.errors {
             self.error(e);
         }
@@ -155,12 +168,13 @@ impl Measured {
         }
     }
 
-    fn accepted(&mut self, first: u64, count: usize, bytes: usize, due: Instant) {
+    fn accepted(&mut self, first: u64, count: usize, bytes: usize, (due, sent): (Instant, Instant)) {
         self.sent.record(first, count as u64, Outcome::Accepted);
         self.accepted_requests += 1;
         self.messages += count as u64;
         self.bytes += bytes as u64;
         self.latency.saturating_record(due.elapsed().as_micros().max(1) as u64);
+        self.lag.saturating_record(sent.saturating_duration_since(due).as_micros().max(1) as u64);
     }
 }
 
@@ -169,6 +183,8 @@ impl Measured {
 struct Shared {
     ids: AtomicU64,
     tickets: AtomicU64,
+    /// Connections open or being opened, on every core.
+    connections: AtomicUsize,
     /// Every core waits here with its connections open, so that the clock starts once
     /// all are connected.
     connected: Barrier,
@@ -223,6 +239,7 @@ pub async fn drive(load: &Load) -> anyhow::Result<Measured> {
     let shared = Arc::new(Shared {
         ids: AtomicU64::new(0),
         tickets: AtomicU64::new(0),
+        connections: AtomicUsize::new(load.connections),
         connected: Barrier::new(cores),
         failed: AtomicBool::new(false),
         start: OnceLock::new(),
@@ -277,19 +294,18 @@ fn drive_core(
     let schedule = Rc::new(Schedule { start, end: start + load.duration, rate: load.rate, shared });
     let state = Rc::new(RefCell::new(CoreState { measured: Measured::empty(), generator }));
     let load = Rc::new(load);
+    let worker = |n: usize, conn: Connection| {
+        let worker = Worker {
+            load: load.clone(),
+            schedule: schedule.clone(),
+            state: state.clone(),
+            rng: fastrand::Rng::with_seed(u64::from(load.run) << 16 | n as u64),
+        };
+        tokio::task::spawn_local(worker.run(conn))
+    };
     tokio::task::LocalSet::new().block_on(&runtime, async {
-        let workers: Vec<_> = conns
-            .into_iter()
-            .map(|(n, conn)| {
-                let worker = Worker {
-                    load: load.clone(),
-                    schedule: schedule.clone(),
-                    state: state.clone(),
-                    rng: fastrand::Rng::with_seed(u64::from(load.run) << 16 | n as u64),
-                };
-                tokio::task::spawn_local(worker.run(conn))
-            })
-            .collect();
+        let mut workers: Vec<_> = conns.into_iter().map(|(n, conn)| worker(n, conn)).collect();
+        workers.extend(keep_on_time(&load, &schedule, &state, &worker).await);
         for worker in workers {
             worker.await.context("a load worker panicked")?;
         }
@@ -297,6 +313,63 @@ fn drive_core(
     })?;
     let state = Rc::try_unwrap(state).ok().context("a load worker outlived the load")?;
     Ok(state.into_inner().measured)
+}
+
+/// How late past its due time a request may still be unclaimed before another
+/// connection is opened for it: tokio's timers tick in milliseconds.
+const GRACE: Duration = Duration::from_millis(1);
+
+/// Keeps an open loop over HTTP on time: whenever a request is still unclaimed
+/// [`GRACE`] after it fell due (every connection waiting for an answer), opens another
+/// connection to send it, up to `load.max_connections` over all cores; returns the
+/// workers started so.
+///
+/// With a fixed set of connections, a request due while all wait went out only once
+/// some answer freed one, and its latency, counted from when it was due, took in
+/// that wait, which is the harness's and not the server's. With `?wait=commit` it
+/// feeds on itself: a batch's waiters are answered at once, the requests sent on the
+/// freed connections land together in the next batch, and the connections move in
+/// lockstep, one round trip per batch, falling further behind with each (a p99 of
+/// 1.85 s where the sidecar answered every request within 153 ms).
+async fn keep_on_time(
+    load: &Load,
+    schedule: &Schedule,
+    state: &RefCell<CoreState>,
+    worker: &impl Fn(usize, Connection) -> tokio::task::JoinHandle<()>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut added = Vec::new();
+    // A raw-socket stream has no answer to wait for: it is late only when the server
+    // does not read, and more streams would hide that.
+    let (Some(rate), Target::Http(_)) = (schedule.rate, &load.target) else { return added };
+    let shared = &schedule.shared;
+    loop {
+        let next = shared.tickets.load(Ordering::Relaxed);
+        let due = schedule.start + Duration::from_secs_f64(next as f64 / rate);
+        if due >= schedule.end {
+            return added;
+        }
+        tokio::time::sleep_until(due + GRACE).await;
+        if shared.tickets.load(Ordering::Relaxed) != next {
+            continue;
+        }
+        let n = shared.connections.fetch_add(1, Ordering::Relaxed);
+        if n >= load.max_connections {
+            // Past the cap, requests wait for a free connection: `lag` shows it.
+            return added;
+        }
+        match Connection::open(&load.target).await {
+            Ok(conn) => {
+                added.push(worker(n, conn));
+                state.borrow_mut().measured.added_connections += 1;
+                // Let the new worker claim the request before looking again.
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                state.borrow_mut().measured.error(format!("opening another connection: {e:#}"));
+                return added;
+            }
+        }
+    }
 }
 
 /// This core's runtime, and its connections opened on it: a tokio socket stays with
@@ -376,8 +449,9 @@ impl Worker {
         let content_type = load.framing.content_type();
         while let Some(due) = self.schedule.next().await {
             let (first, body, bytes) = self.body();
+            let sent = Instant::now();
             let answer = conn.send(Method::POST, path, &content_type, body).await;
-            if !self.answered(answer, first, bytes, due) {
+            if !self.answered(answer, first, bytes, (due, sent)) {
                 match reconnect(endpoint).await {
                     Some(fresh) => conn = fresh,
                     None => return,
@@ -386,9 +460,9 @@ impl Worker {
         }
     }
 
-    /// Records what became of the request carrying messages `first…`; `false` when
-    /// its connection failed.
-    fn answered(&self, answer: anyhow::Result<Answer>, first: u64, bytes: usize, due: Instant) -> bool {
+    /// Records what became of the request carrying messages `first…`, due and sent at
+    /// `times`; `false` when its connection failed.
+    fn answered(&self, answer: anyhow::Result<Answer>, first: u64, bytes: usize, times: (Instant, Instant)) -> bool {
         let count = self.load.batch;
         let measured = &mut self.state.borrow_mut().measured;
         let answer = match answer {
@@ -411,7 +485,7 @@ impl Worker {
                     String::from_utf8_lossy(&answer.body)
                 )),
             }
-            measured.accepted(first, count, bytes, due);
+            measured.accepted(first, count, bytes, times);
         } else {
             // A 5xx other than 503 is a failed commit a waiter was told of: whether
             // its messages made it is not known.
@@ -431,6 +505,7 @@ impl Worker {
     async fn raw(&mut self, mut stream: tokio::net::UnixStream) {
         while let Some(due) = self.schedule.next().await {
             let (first, body, bytes) = self.body();
+            let sent = Instant::now();
             let mut written = Ok(());
             for chunk in body.into_chunks() {
                 written = stream.write_all(&chunk).await;
@@ -442,7 +517,7 @@ impl Worker {
             match written {
                 // The raw socket answers nothing: written is as accepted as it gets,
                 // and the latency is that of the write.
-                Ok(()) => measured.accepted(first, self.load.batch, bytes, due),
+                Ok(()) => measured.accepted(first, self.load.batch, bytes, (due, sent)),
                 Err(e) => {
                     measured.sent.record(first, self.load.batch as u64, Outcome::Unknown);
                     measured.failed_requests += 1;
@@ -487,6 +562,56 @@ mod tests {
         assert!(v.ok && v.found == v.accepted && v.unknown == 0, "{v:#?}\n{:?}", measured.errors);
         assert_eq!(measured.messages, v.accepted);
         assert_eq!(measured.latency.len(), measured.accepted_requests);
+    }
+
+    /// An HTTP server that answers every request `delay` after it came, as
+    /// `?wait=commit` does: the address.
+    async fn slow_server(delay: Duration) -> std::net::SocketAddr {
+        use http_body_util::{BodyExt, Full};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service =
+                    hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| async move {
+                        request.into_body().collect().await?;
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, hyper::Error>(hyper::Response::new(Full::new(bytes::Bytes::from_static(b"{}"))))
+                    });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+            }
+        });
+        addr
+    }
+
+    /// An open loop at 400 requests/s into a server that takes 50 ms to answer needs
+    /// some 20 connections: from 4, the load opens more so that requests go out when
+    /// they are due, and their latency is the server's 50 ms, not a queue in the
+    /// harness. Held to 8, requests go out ever later, and `lag` says by how much.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_loop_opens_connections_to_send_on_time() {
+        let addr = slow_server(Duration::from_millis(50)).await;
+        let mut scenario = Scenario::named("on-time");
+        (scenario.duration, scenario.connections, scenario.rate) = (Duration::from_secs(1), 4, Some(400.0));
+        scenario.max_connections = Some(64);
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+
+        let grown = drive(&scenario.load(Target::Http(Endpoint::Tcp(addr)), 1, false)).await.unwrap();
+        assert_eq!(grown.accepted_requests, 400, "{:?}", grown.errors);
+        assert!(grown.added_connections > 0);
+        // Generous bounds for a busy test machine: held to 4 connections, the lag
+        // would reach most of a second.
+        assert!(ms(&grown.lag, 0.99) < 100.0, "lag p99 {} ms", ms(&grown.lag, 0.99));
+        assert!(ms(&grown.latency, 0.99) < 200.0, "latency p99 {} ms", ms(&grown.latency, 0.99));
+
+        // 200 requests over 8 connections that each carry 20 a second: 1.25 s.
+        (scenario.duration, scenario.connections, scenario.max_connections) = (Duration::from_millis(500), 8, Some(8));
+        let held = drive(&scenario.load(Target::Http(Endpoint::Tcp(addr)), 2, false)).await.unwrap();
+        assert_eq!(held.added_connections, 0);
+        assert!(ms(&held.lag, 0.99) > 300.0, "lag p99 {} ms", ms(&held.lag, 0.99));
+        assert!(held.latency.value_at_quantile(0.99) >= held.lag.value_at_quantile(0.99));
     }
 
     #[test]

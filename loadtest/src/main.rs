@@ -132,6 +132,16 @@ fn print_reports(harness: &Harness, mut reports: Vec<Report>) -> anyhow::Result<
         r.pinning = Some(pinning.clone());
     }
     println!("{}pinning: {pinning}", report::table(&reports));
+    // An open loop that could not keep its schedule counts its own queueing in the
+    // latency above: say how much, so it is not read as the server's.
+    for r in &reports {
+        if let Some(lag) = r.send_lag.filter(|l| l.p99_ms >= 1.0) {
+            println!(
+                "{}: requests went out late by p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                r.name, lag.p50_ms, lag.p99_ms, lag.max_ms
+            );
+        }
+    }
     for r in reports.iter().filter(|r| !r.ok) {
         for e in r.errors.iter().chain(r.verify.iter().flat_map(|v| &v.errors)) {
             eprintln!("{}: {e}", r.name);

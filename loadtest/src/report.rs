@@ -47,6 +47,13 @@ pub struct Report {
     pub mb_per_sec: f64,
     pub committed_mb_per_sec: f64,
     pub latency: Option<Latency>,
+    /// How late the harness's client sent requests after they were due: the part of
+    /// `latency` that is its own queueing, which the server never sees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag: Option<Latency>,
+    /// Connections an open loop opened during the run to send its requests on time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added_connections: Option<u64>,
     pub peak_rss_bytes: Option<u64>,
     /// Which cores the server and the harness ran on.
     pub pinning: Option<Pinning>,
@@ -75,6 +82,8 @@ impl Report {
             mb_per_sec: measured.bytes as f64 / 1e6 / secs,
             committed_mb_per_sec: measured.bytes as f64 / 1e6 / committed_secs,
             latency: Latency::of(&measured.latency),
+            send_lag: Latency::of(&measured.lag),
+            added_connections: (measured.added_connections > 0).then_some(measured.added_connections),
             peak_rss_bytes: None,
             pinning: None,
             accepted_requests: measured.accepted_requests,

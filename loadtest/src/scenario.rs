@@ -136,6 +136,12 @@ pub struct Scenario {
     #[arg(long, value_name = "REQ_PER_SEC")]
     pub rate: Option<f64>,
 
+    /// With --rate over HTTP: the most connections the load grows to when a request
+    /// falls due and every connection is still waiting for an answer, so that requests
+    /// go out on time rather than queue in the harness (default: 4 x --connections).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
     /// How long the load lasts.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "secs")]
@@ -266,6 +272,7 @@ impl Scenario {
             sizes: self.size,
             connections: self.connections,
             rate: self.rate,
+            max_connections: self.max_connections.unwrap_or(4 * self.connections).max(self.connections),
             duration: self.duration,
             wait_commit: self.wait_commit,
             run,

@@ -328,9 +328,12 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
         s.rate = Some(rate);
         s.max_batch_age = Some(options.commit_age);
         // Enough connections for every request to wait its batch's age and 20 ms
-        // more, twice over; the sidecar's connection cap (1024 by default) to match.
+        // more, twice over, to start with; the harness opens more when a request falls
+        // due with every one waiting (up to 4x), and the sidecar's connection cap
+        // (1024 by default) is raised to match.
         s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.02) * 2.0) as usize).clamp(16, 8000);
-        s.sidecar_args = vec![format!("--max-connections={}", s.connections + 16)];
+        s.max_connections = Some(4 * s.connections);
+        s.sidecar_args = vec![format!("--max-connections={}", 4 * s.connections + 16)];
         runs.extend(r.sidecar(s).await);
     }
     let age_ms = options.commit_age.as_secs_f64() * 1000.0;
