@@ -302,6 +302,9 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
         for k in 0..repeat {
             let mut s = base(&label(name, k), options.overload_duration);
             (s.size, s.connections, s.sink) = (Sizes::fixed(message), 128, Sink::Fifo(None));
+            // An overload is meant to queue: more connections would only hold more
+            // bodies in flight, what the sidecar reads before its budget can refuse them.
+            s.max_connections = Some(s.connections);
             s.reader_rate = Some(drain);
             s.rate = Some(2.0 * drain * 1e6 / tar_bytes);
             s.max_buffer_bytes = Some(buffer);
