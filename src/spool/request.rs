@@ -35,7 +35,7 @@ const LINE: u8 = 1;
 /// Payloads up to this size are copied into the record rather than written from where
 /// they arrived: for a 100-byte frame a slice of its own in the `writev` (and the
 /// reference count that keeps it alive) costs more than the copy.
-pub const INLINE_PAYLOAD: usize = 1024;
+const INLINE_PAYLOAD: usize = 1024;
 
 /// A run of lines goes on across separators up to this long; past it (a stretch of
 /// blank lines, say) the next line starts a run of its own, so that no more than

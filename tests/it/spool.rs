@@ -256,7 +256,7 @@ fn a_damaged_spool_is_salvaged_record_by_record_and_never_stops_start_up() {
         let [segment] = &segments(&spool)[..] else { panic!("one segment") };
         let mut bytes = std::fs::read(segment).unwrap();
         let offsets = record_offsets(&bytes);
-        assert_eq!(offsets.len(), 8, "one record per message, nothing sealed yet");
+        assert_eq!(offsets.len(), 8, "a record per request of one message, nothing sealed yet");
         damage(&mut bytes, &offsets);
         std::fs::write(segment, &bytes).unwrap();
         if case == "an empty segment" {
