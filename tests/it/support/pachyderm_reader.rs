@@ -211,12 +211,17 @@ pub fn unread_bytes(fifo: &Path) -> usize {
 }
 
 /// Whether the named pipe at `fifo` is full: a writer could put nothing more in it
-/// until a reader reads. Needs a reader to have the pipe open.
+/// until a reader reads. False while no reader has the pipe open (a reader's thread
+/// not yet in its open(2)): nothing can fill it then.
 pub fn is_full(fifo: &Path) -> bool {
     // A second write end, to ask poll(2) whether a write would block; it writes
     // nothing, and closing it ends no reader's stream while another writer is open.
     let nonblocking = OFlags::NONBLOCK.bits() as i32;
-    let pipe = OpenOptions::new().write(true).custom_flags(nonblocking).open(fifo).expect("open the FIFO");
+    let pipe = match OpenOptions::new().write(true).custom_flags(nonblocking).open(fifo) {
+        Ok(pipe) => pipe,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => return false,
+        Err(e) => panic!("open the FIFO {}: {e}", fifo.display()),
+    };
     let mut fds = [PollFd::new(&pipe, PollFlags::OUT)];
     let no_wait = Timespec { tv_sec: 0, tv_nsec: 0 };
     rustix::event::poll(&mut fds, Some(&no_wait)).unwrap_or_else(|e| panic!("poll on {}: {e}", fifo.display()));
