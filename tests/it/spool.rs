@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
+use spout_sidecar::spool::record::{claimed_len, HEADER_LEN};
 
 use crate::object::servers::{read_commits, s3_env, Moto};
 use crate::pfs::fake::FakePachd;
@@ -216,16 +217,13 @@ fn segments(spool: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Bytes of a record's header.
-const HEADER: usize = 32;
-
 /// Where each record of a segment starts, from the lengths in their headers.
 fn record_offsets(segment: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     let mut at = 0;
-    while at + HEADER <= segment.len() {
+    while at + HEADER_LEN <= segment.len() {
         offsets.push(at);
-        at += HEADER + u32::from_le_bytes(segment[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += claimed_len(&segment[at..]) as usize;
     }
     assert_eq!(at, segment.len(), "whole records");
     offsets
@@ -235,9 +233,9 @@ fn record_offsets(segment: &[u8]) -> Vec<usize> {
 fn a_damaged_spool_is_salvaged_record_by_record_and_never_stops_start_up() {
     type Damage = fn(&mut Vec<u8>, &[usize]);
     let cases: [(&str, Damage, Option<u64>, &str); 5] = [
-        ("truncated mid-record", |seg, at| seg.truncate(at[7] + HEADER + 8), None, "torn"),
+        ("truncated mid-record", |seg, at| seg.truncate(at[7] + HEADER_LEN + 8), None, "torn"),
         // Past the header and the one message's 12-byte index entry.
-        ("a flipped byte in a payload", |seg, at| seg[at[3] + HEADER + 12 + 5] ^= 0x01, Some(3), "corrupt"),
+        ("a flipped byte in a payload", |seg, at| seg[at[3] + HEADER_LEN + 12 + 5] ^= 0x01, Some(3), "corrupt"),
         ("a flipped byte in a length", |seg, at| seg[at[5] + 9] ^= 0x10, Some(5), "corrupt"),
         ("a zero-filled tail", |seg, _| seg.resize(seg.len() + 8192, 0), None, ""),
         ("an empty segment", |_, _| {}, None, ""),
