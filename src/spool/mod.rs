@@ -5,16 +5,18 @@
 //! [`record`] (a length and a CRC32C) with one vectored write: the lines of an NDJSON
 //! body as the stretch of it they arrived in, other payloads past 1 KiB as the slices
 //! they arrived in, smaller ones copied (see [`request`]); it appends a `sealed` record
-//! when it seals a batch, so that a restart rebuilds batches exactly as they were. Ingest answers 202 once the records
-//! are as durable as `--spool-sync` asks: with `always`, the [`syncer`] thread runs one
-//! `fdatasync` for every request written while the previous one ran (group commit).
+//! when it seals a batch, so that a restart rebuilds batches exactly as they were.
+//! Ingest answers 202 once the records are as durable as `--spool-sync` asks: with
+//! `always`, the [`syncer`] thread runs one `fdatasync` for every request written
+//! while the previous one ran (group commit).
 //!
 //! Records go into append-only segment files `DIR/<n>.seg`, a new one past a size.
 //! Each committed batch appends a `committed` mark, and a segment whose every message
 //! and seal is at or below the mark is deleted, or kept as a spare (`DIR/<n>.spare`,
 //! [`SPARES`]) that a later segment writes over; each record names its segment, so
-//! what a spare held before is not read as the new segment's. `--max-spool-bytes` bounds the message
-//! records held: admission waits or answers 503 past it, as for the memory budget.
+//! what a spare held before is not read as the new segment's. `--max-spool-bytes`
+//! bounds the message records held: admission waits or answers 503 past it, as for
+//! the memory budget.
 //!
 //! A sealed batch waiting for a lagging sink need not stay in memory: the spool notes
 //! where each request's records start, and [`Journal::read_back`] reads a batch from

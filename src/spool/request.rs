@@ -75,7 +75,7 @@ spooled!(Incoming, Message);
 
 /// A message the spool cannot record.
 #[derive(Debug, thiserror::Error)]
-#[error("a message of {payload} bytes named {name} bytes long is larger than a spool record can hold")]
+#[error("a message of {payload} bytes with a name of {name} bytes is larger than a spool record can hold")]
 pub struct TooLarge {
     payload: u64,
     name: usize,
