@@ -44,38 +44,76 @@ static ZEROS: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 pub struct Archive {
     pub chunks: Vec<Bytes>,
     pub len: u64,
+    /// See [`Shape::longest_entry`].
+    pub longest_entry: u64,
+}
+
+/// Encodes one commit's files as one archive stamped with the current time.
+pub fn encode_now(files: &[CommitFile]) -> Archive {
+    encode(files, mtime_now())
+}
+
+/// The current time as an archive's files carry it: seconds since the epoch.
+pub fn mtime_now() -> u64 {
+    crate::message::unix_nanos() / 1_000_000_000
+}
+
+/// Encodes one commit's files as one archive; `mtime` in seconds since the epoch.
+pub fn encode(files: &[CommitFile], mtime: u64) -> Archive {
+    let Shape { len, longest_entry } = shape(files);
+    let metadata: usize = files.iter().map(metadata_len).sum();
+    let mut out = BytesMut::with_capacity(metadata + ZEROS.len());
+    let part = encode_part(files, 0, mtime, &mut out, usize::MAX);
+    Archive { chunks: part.chunks, len, longest_entry }
+}
+
+/// What a writer needs to know of an archive before any of it is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub len: u64,
     /// The most bytes one file takes: its headers, payload and padding. From any
     /// byte of the archive, the next header (or end marker) is at most this far.
     pub longest_entry: u64,
 }
 
-impl Archive {
-    fn push(&mut self, chunk: Bytes) {
-        self.len += chunk.len() as u64;
-        self.chunks.push(chunk);
-    }
+pub fn shape(files: &[CommitFile]) -> Shape {
+    let entries = files.iter().map(|f| header_len(&f.name) as u64 + padded(f.data.len() as usize) as u64);
+    let (len, longest_entry) = entries.fold((0, 0), |(len, longest), entry| (len + entry, longest.max(entry)));
+    Shape { len: len + ZEROS.len() as u64, longest_entry }
 }
 
-/// Encodes one commit's files as one archive stamped with the current time.
-pub fn encode_now(files: &[CommitFile]) -> Archive {
-    encode(files, crate::message::unix_nanos() / 1_000_000_000)
+/// A stretch of an archive: its slices in order, and the index of the first file
+/// after it (`files.len()` once the archive is ended).
+#[derive(Debug, Default)]
+pub struct Part {
+    pub chunks: Vec<Bytes>,
+    pub next: usize,
 }
 
-/// Encodes one commit's files as one archive; `mtime` in seconds since the epoch.
-pub fn encode(files: &[CommitFile], mtime: u64) -> Archive {
-    let metadata: usize =
-        files.iter().map(|f| header_len(&f.name) + if copied(f) { padded(f.data.len() as usize) } else { 0 }).sum();
-    let mut out = BytesMut::with_capacity(metadata + ZEROS.len());
+/// Encodes `files[from..]` into `out` until their metadata passes `budget` bytes
+/// (at least one file), and the end-of-archive marker after the last file. The parts
+/// of an archive, in order, are byte for byte the archive `encode` makes.
+///
+/// A writer that streams an archive part by part can encode each into the room the
+/// previous part's metadata left once it was written: an archive of small files holds
+/// about 1 KiB of metadata per file (100 MB for 100,000 messages), and a fresh buffer
+/// that size per batch cost a page fault and a zeroed page per 4 KiB, a fifth of the
+/// sink's time with `--layout message`.
+pub fn encode_part(files: &[CommitFile], from: usize, mtime: u64, out: &mut BytesMut, budget: usize) -> Part {
     let templates = Templates {
         regular: Template::new(EntryType::Regular, mtime),
         long_name: Template::new(EntryType::GNULongName, 0),
     };
-    let shared: usize = files.iter().filter(|f| !copied(f)).map(|f| f.data.chunks().len() + 2).sum();
-    let mut archive = Archive { chunks: Vec::with_capacity(shared + 1), len: 0, longest_entry: 0 };
-    for file in files {
-        let entry = header_len(&file.name) as u64 + padded(file.data.len() as usize) as u64;
-        archive.longest_entry = archive.longest_entry.max(entry);
-        write_headers(&mut out, &templates, file);
+    let mut part = Part { chunks: Vec::new(), next: from };
+    let mut metadata = 0;
+    for file in &files[from..] {
+        let len = metadata_len(file);
+        if metadata > 0 && metadata + len > budget {
+            break;
+        }
+        metadata += len;
+        out.reserve(len);
+        write_headers(out, &templates, file);
         if copied(file) {
             for chunk in file.data.chunks() {
                 out.extend_from_slice(chunk);
@@ -83,19 +121,26 @@ pub fn encode(files: &[CommitFile], mtime: u64) -> Archive {
             out.extend_from_slice(&ZEROS[..padding(file.data.len() as usize)]);
         } else {
             // Same allocation: what is written so far goes first, the rest stays to fill.
-            archive.push(out.split().freeze());
-            for chunk in file.data.chunks() {
-                archive.push(chunk.clone());
-            }
+            part.chunks.push(out.split().freeze());
+            part.chunks.extend(file.data.chunks().iter().cloned());
             let pad = padding(file.data.len() as usize);
             if pad > 0 {
-                archive.push(Bytes::from_static(&ZEROS[..pad]));
+                part.chunks.push(Bytes::from_static(&ZEROS[..pad]));
             }
         }
+        part.next += 1;
     }
-    out.extend_from_slice(&ZEROS);
-    archive.push(out.freeze());
-    archive
+    if part.next == files.len() {
+        out.extend_from_slice(&ZEROS);
+    }
+    part.chunks.push(out.split().freeze());
+    part
+}
+
+/// The bytes of a file's entry written into the metadata buffer: its headers, and
+/// its payload with padding if that is copied there.
+fn metadata_len(file: &CommitFile) -> usize {
+    header_len(&file.name) + if copied(file) { padded(file.data.len() as usize) } else { 0 }
 }
 
 /// Whether a file's payload is copied into the metadata: one under a block.
@@ -287,6 +332,21 @@ mod tests {
     }
 
     #[test]
+    fn parts_reuse_the_room_of_the_part_before_once_it_is_dropped() {
+        let files: Vec<CommitFile> = (0..10).map(|i| file(&format!("f{i}"), &[b"small"])).collect();
+        let mut out = BytesMut::new();
+        out.reserve(4096);
+        let first = encode_part(&files, 0, 0, &mut out, 2048);
+        assert_eq!((first.chunks.len(), first.next), (1, 2), "two files of 1 KiB each");
+        let room = first.chunks[0].as_ptr();
+        drop(first);
+        out.reserve(4096);
+        let second = encode_part(&files, 2, 0, &mut out, 2048);
+        assert_eq!(second.chunks[0].as_ptr(), room, "written where the first part was");
+        assert_eq!(second.next, 4);
+    }
+
+    #[test]
     fn exactly_block_sized_payload_needs_no_padding() {
         let archive = encode(&[file("a", &[&[7; 512]])], 0);
         assert_eq!(archive.chunks.len(), 3);
@@ -316,6 +376,29 @@ mod tests {
 
     proptest! {
         #[test]
+        fn parts_make_the_same_archive_whatever_the_budget(
+            files in prop::collection::vec((name(), chunks()), 0..8),
+            budget in 0usize..4096,
+        ) {
+            let files: Vec<CommitFile> = files
+                .iter()
+                .map(|(n, cs)| file(n, &cs.iter().map(Vec::as_slice).collect::<Vec<_>>()))
+                .collect();
+            let whole = flatten(&encode(&files, 9));
+            let (mut parts, mut out, mut from) = (Vec::new(), BytesMut::new(), 0);
+            loop {
+                let part = encode_part(&files, from, 9, &mut out, budget);
+                prop_assert!(part.next > from || files.is_empty(), "a part takes a file at least");
+                parts.extend(part.chunks.iter().flat_map(|c| c.iter().copied()));
+                from = part.next;
+                if from == files.len() {
+                    break;
+                }
+            }
+            prop_assert_eq!(parts, whole);
+        }
+
+        #[test]
         fn headers_are_byte_for_byte_the_tar_crates(
             name in prop::collection::vec(1u8..=255, 1..255),
             size in prop_oneof![0u64..4096, 0u64..(1 << 40), Just((1 << 33) - 1), Just(1 << 33), Just(u64::MAX)],
@@ -340,6 +423,7 @@ mod tests {
             let archive = encode(&files, mtime);
             let bytes = flatten(&archive);
             prop_assert_eq!(bytes.len() % 512, 0);
+            prop_assert_eq!(shape(&files), Shape { len: archive.len, longest_entry: archive.longest_entry });
             let expected: Vec<_> = files.iter().map(|f| (f.name.clone(), f.data.to_vec(), 0o644, mtime)).collect();
             prop_assert_eq!(read_back(&bytes), expected);
         }

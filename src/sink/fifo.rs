@@ -41,7 +41,9 @@
 //!
 //! Memory: an archive's bytes are released from the budget only when it is
 //! committed, so a stalled reader stops ingest by itself; the queue holds nothing
-//! the budget does not count but headers. Everything here runs on the sink thread.
+//! the budget does not count but the headers of the part being written: an archive
+//! is encoded a part at a time as it is written, each part in the room the one
+//! before it left (`tar::encode_part`). Everything here runs on the sink thread.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -51,6 +53,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use rustix::fs::{FlockOperation, OFlags};
 use rustix::io::Errno;
 
@@ -61,7 +64,8 @@ use super::spec::{BadSinkUri, PathKind, PathSink, Scheme, SinkSettings, SinkSpec
 use super::vectored::{self, Cursor};
 use super::{Commit, Sink, SinkContext, SinkState};
 use crate::ack::{BatchAck, Receipt};
-use crate::encode::tar::{self, Archive};
+use crate::encode::tar::{self, Part, Shape};
+use crate::encode::CommitFile;
 use crate::metrics::METRICS;
 
 pub const SCHEME: Scheme = Scheme { prefix: "fifo:", form: "fifo:PATH", parse };
@@ -84,6 +88,9 @@ fn open(path: PathBuf, settings: &SinkSettings) -> io::Result<Box<dyn Sink>> {
 
 /// The longest the sink sleeps between looks at the pipe while waiting.
 const STEP: Duration = Duration::from_millis(5);
+/// The metadata (headers, small payloads) encoded per part of an archive: small
+/// enough to stay in cache from its encoding to its write.
+const PART_METADATA: usize = 256 << 10;
 /// How long a reader may be away between archives before the sink reports it.
 const ABSENCE_GRACE: Duration = Duration::from_secs(1);
 
@@ -109,8 +116,12 @@ struct Holding {
     unsure: u64,
 }
 
+/// A batch's archive, encoded a part at a time as it is written (and again from its
+/// start should it be written to another pipe).
 struct InFlight {
-    archive: Archive,
+    files: Vec<CommitFile>,
+    mtime: u64,
+    shape: Shape,
     receipt: Receipt,
     ack: BatchAck,
     /// Where the archive ends in the bytes written since the pipe was opened; set
@@ -120,7 +131,7 @@ struct InFlight {
 
 impl InFlight {
     fn start(&self) -> Option<u64> {
-        self.end.map(|end| end - self.archive.len)
+        self.end.map(|end| end - self.shape.len)
     }
 }
 
@@ -128,9 +139,14 @@ struct Pipe {
     file: File,
     /// Bytes written since this open.
     written: u64,
-    /// The first archive in the queue not yet wholly written, and how far it got.
+    /// The first archive in the queue not yet wholly written, and how far it got: the
+    /// part being written and the cursor in it.
     next: usize,
+    part: Option<Part>,
     cursor: Cursor,
+    /// Where parts' metadata is encoded: each part reuses the room of the one before
+    /// once that is written, so it stays small and in cache.
+    metadata: BytesMut,
     /// The reader left between two archives; the pipe waits for the next one.
     absent: Option<Absence>,
     holder: Option<Holder>,
@@ -142,6 +158,18 @@ struct Absence {
 }
 
 impl Pipe {
+    fn new(file: File, holder: Option<Holder>) -> Self {
+        let (part, cursor, metadata) = (None, Cursor::default(), BytesMut::new());
+        Self { file, written: 0, next: 0, part, cursor, metadata, absent: None, holder }
+    }
+
+    /// Encodes the part of `archive` that starts at file `from`.
+    fn encode(&mut self, archive: &InFlight, from: usize) -> Part {
+        // A part may pass the budget by its end-of-archive marker.
+        self.metadata.reserve(PART_METADATA + 2 * tar::BLOCK);
+        tar::encode_part(&archive.files, from, archive.mtime, &mut self.metadata, PART_METADATA)
+    }
+
     fn note(&mut self, note: Note) {
         if let Some(holder) = &mut self.holder {
             holder.note(note);
@@ -233,8 +261,7 @@ impl FifoSink {
                         ctx.health.up();
                         self.backoff.reset();
                         let holder = self.take_over(&file, handoff_lock);
-                        self.pipe =
-                            Some(Pipe { file, written: 0, next: 0, cursor: Cursor::default(), absent: None, holder });
+                        self.pipe = Some(Pipe::new(file, holder));
                         self.skip_handed_over();
                         return;
                     }
@@ -327,24 +354,40 @@ impl FifoSink {
         let pipe = self.pipe.as_mut().expect("called with the pipe open");
         while let Some(next) = self.queue.get_mut(pipe.next) {
             if next.end.is_none() {
-                let (start, end) = (pipe.written, pipe.written + next.archive.len);
+                let (start, end) = (pipe.written, pipe.written + next.shape.len);
                 next.end = Some(end);
                 // Enough to reach a header from any byte, and to spoil it.
-                let poison = next.archive.longest_entry + tar::BLOCK as u64;
+                let poison = next.shape.longest_entry + tar::BLOCK as u64;
                 pipe.note(Note::Archive { start, end, poison, last_seq: next.ack.last_seq });
             }
+            let part = match pipe.part.take() {
+                Some(part) => part,
+                None => pipe.encode(next, 0),
+            };
             pipe.note(Note::Writing { from: pipe.written });
             let before = pipe.cursor.done();
-            let result = vectored::write_from(&mut pipe.file, &next.archive.chunks, &mut pipe.cursor);
+            let result = vectored::write_from(&mut pipe.file, &part.chunks, &mut pipe.cursor);
             pipe.written += pipe.cursor.done() - before;
             pipe.note(Note::Wrote { total: pipe.written });
             match result {
                 Ok(()) => {
-                    pipe.next += 1;
                     pipe.cursor = Cursor::default();
+                    let after = part.next;
+                    // Dropped first: its metadata's room is the next part's.
+                    drop(part);
+                    if after < next.files.len() {
+                        pipe.part = Some(pipe.encode(next, after));
+                    } else {
+                        pipe.next += 1;
+                    }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(err) => return Err(err),
+                Err(err) => {
+                    pipe.part = Some(part);
+                    if err.kind() == io::ErrorKind::WouldBlock {
+                        return Ok(());
+                    }
+                    return Err(err);
+                }
             }
         }
         Ok(())
@@ -430,9 +473,9 @@ impl Sink for FifoSink {
     }
 
     fn submit(&mut self, commit: Commit, ctx: &SinkContext) {
-        let archive = tar::encode_now(&commit.files);
         let receipt = ctx.receipt(self.ids.next_id(), &commit.files);
-        self.queue.push_back(InFlight { archive, receipt, ack: commit.ack, end: None });
+        let (shape, mtime) = (tar::shape(&commit.files), tar::mtime_now());
+        self.queue.push_back(InFlight { files: commit.files, mtime, shape, receipt, ack: commit.ack, end: None });
         self.skip_handed_over();
         self.progress(Duration::ZERO, ctx);
     }
