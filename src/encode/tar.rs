@@ -137,6 +137,18 @@ pub fn encode_part(files: &[CommitFile], from: usize, mtime: u64, out: &mut Byte
     part
 }
 
+/// The metadata (headers, small payloads) of one part of a streamed archive: small
+/// enough to stay in cache from its encoding to its write.
+pub const PART_METADATA: usize = 256 << 10;
+
+/// The part of a streamed archive that starts at file `from`, encoded in `room`: once
+/// the previous part's slices are dropped, that is where it was.
+pub fn next_part(files: &[CommitFile], from: usize, mtime: u64, room: &mut BytesMut) -> Part {
+    // A part may pass the budget by its end-of-archive marker.
+    room.reserve(PART_METADATA + ZEROS.len());
+    encode_part(files, from, mtime, room, PART_METADATA)
+}
+
 /// The bytes of a file's entry written into the metadata buffer: its headers, and
 /// its payload with padding if that is copied there.
 fn metadata_len(file: &CommitFile) -> usize {

@@ -88,9 +88,6 @@ fn open(path: PathBuf, settings: &SinkSettings) -> io::Result<Box<dyn Sink>> {
 
 /// The longest the sink sleeps between looks at the pipe while waiting.
 const STEP: Duration = Duration::from_millis(5);
-/// The metadata (headers, small payloads) encoded per part of an archive: small
-/// enough to stay in cache from its encoding to its write.
-const PART_METADATA: usize = 256 << 10;
 /// How long a reader may be away between archives before the sink reports it.
 const ABSENCE_GRACE: Duration = Duration::from_secs(1);
 
@@ -161,13 +158,6 @@ impl Pipe {
     fn new(file: File, holder: Option<Holder>) -> Self {
         let (part, cursor, metadata) = (None, Cursor::default(), BytesMut::new());
         Self { file, written: 0, next: 0, part, cursor, metadata, absent: None, holder }
-    }
-
-    /// Encodes the part of `archive` that starts at file `from`.
-    fn encode(&mut self, archive: &InFlight, from: usize) -> Part {
-        // A part may pass the budget by its end-of-archive marker.
-        self.metadata.reserve(PART_METADATA + 2 * tar::BLOCK);
-        tar::encode_part(&archive.files, from, archive.mtime, &mut self.metadata, PART_METADATA)
     }
 
     fn note(&mut self, note: Note) {
@@ -362,7 +352,7 @@ impl FifoSink {
             }
             let part = match pipe.part.take() {
                 Some(part) => part,
-                None => pipe.encode(next, 0),
+                None => tar::next_part(&next.files, 0, next.mtime, &mut pipe.metadata),
             };
             pipe.note(Note::Writing { from: pipe.written });
             let before = pipe.cursor.done();
@@ -376,7 +366,7 @@ impl FifoSink {
                     // Dropped first: its metadata's room is the next part's.
                     drop(part);
                     if after < next.files.len() {
-                        pipe.part = Some(pipe.encode(next, after));
+                        pipe.part = Some(tar::next_part(&next.files, after, next.mtime, &mut pipe.metadata));
                     } else {
                         pipe.next += 1;
                     }

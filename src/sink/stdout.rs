@@ -11,10 +11,12 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 
+use bytes::BytesMut;
+
 use super::commit_id::CommitIds;
 use super::spec::{BadSinkUri, OpenSink, Scheme, SinkSettings, SinkSpec};
 use super::{vectored, Commit, Sink, SinkContext, SinkState};
-use crate::encode::tar;
+use crate::encode::{tar, CommitFile};
 
 pub const SCHEME: Scheme = Scheme { prefix: "stdout", form: "stdout:", parse };
 
@@ -50,6 +52,8 @@ pub struct StdoutSink {
     ids: CommitIds,
     /// Why the stream is unusable, once a write has failed.
     broken: Option<String>,
+    /// Where archives' parts are encoded.
+    metadata: BytesMut,
 }
 
 impl StdoutSink {
@@ -60,7 +64,23 @@ impl StdoutSink {
 
     /// A sink writing its tar stream to `out` instead of standard output.
     pub fn writing_to(out: File) -> Self {
-        Self { out, ids: CommitIds::starting_now(), broken: None }
+        Self { out, ids: CommitIds::starting_now(), broken: None, metadata: BytesMut::new() }
+    }
+}
+
+impl StdoutSink {
+    /// Writes the files' archive a part at a time, each part in the room of the one
+    /// before (see `tar::encode_part`).
+    fn write_archive(&mut self, files: &[CommitFile], ctx: &SinkContext) -> io::Result<()> {
+        let (mtime, mut from) = (tar::mtime_now(), 0);
+        loop {
+            let part = tar::next_part(files, from, mtime, &mut self.metadata);
+            vectored::write_all(&mut self.out, &part.chunks, || !ctx.giving_up())?;
+            if part.next == files.len() {
+                return Ok(());
+            }
+            from = part.next;
+        }
     }
 }
 
@@ -75,8 +95,7 @@ impl Sink for StdoutSink {
             return;
         }
         vectored::block_sigpipe_on_this_thread();
-        let archive = tar::encode_now(&commit.files);
-        match vectored::write_all(&mut self.out, &archive.chunks, || !ctx.giving_up()) {
+        match self.write_archive(&commit.files, ctx) {
             Ok(()) => {
                 ctx.health.up();
                 let receipt = ctx.receipt(self.ids.next_id(), &commit.files);
