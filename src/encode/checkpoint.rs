@@ -183,7 +183,7 @@ mod tests {
     use crate::message::Origin;
 
     fn message(seq: u64, origin: Option<Origin>) -> Message {
-        Message { seq, name: None, payload: Bytes::from_static(b"m").into(), line: false, origin }
+        Message { seq, name: None, payload: Bytes::from_static(b"m").into(), line: false, origin: origin.map(Box::new) }
     }
 
     fn offset(source: u16, partition: i32, offset: i64) -> Option<Origin> {

@@ -143,8 +143,9 @@ pub struct Incoming {
     pub payload: Payload,
     /// Came from a line-oriented framing: `--layout batch` ends it with `\n`.
     pub line: bool,
-    /// Where a `--source` read it; `None` for what producers send.
-    pub origin: Option<Origin>,
+    /// Where a `--source` read it; `None` for what producers send. Boxed: a message
+    /// is moved twice on its way into a batch, and most have none.
+    pub origin: Option<Box<Origin>>,
 }
 
 /// A numbered message inside a batch.
@@ -155,7 +156,7 @@ pub struct Message {
     pub name: Option<String>,
     pub payload: Payload,
     pub line: bool,
-    pub origin: Option<Origin>,
+    pub origin: Option<Box<Origin>>,
 }
 
 /// Where a source (`--source`) read a message: which source, by its index among the

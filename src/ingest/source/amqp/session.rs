@@ -280,7 +280,7 @@ async fn take(
                 name: None,
                 payload: bytes::Bytes::from(delivery.data).into(),
                 line: false,
-                origin: Some(Origin { source: ctx.index, at: Position::Id(id.clone()) }),
+                origin: Some(Box::new(Origin { source: ctx.index, at: Position::Id(id.clone()) })),
             };
             (incoming, (delivery.acker, id))
         })

@@ -143,10 +143,10 @@ impl Reader<'_> {
             name: None,
             payload: Payload::from(Bytes::from(value)),
             line: false,
-            origin: Some(Origin {
+            origin: Some(Box::new(Origin {
                 source: self.ctx.index,
                 at: Position::Offset { partition: self.number, offset: record.offset },
-            }),
+            })),
         }
     }
 

@@ -107,7 +107,8 @@ impl Consumer {
                 Ok(read) if read.is_empty() => skipped.push(message.message_id),
                 Ok(mut read) => {
                     let last = read.last_mut().expect("not empty");
-                    last.origin = Some(Origin { source: self.ctx.index, at: Position::Id(message.message_id.clone()) });
+                    last.origin =
+                        Some(Box::new(Origin { source: self.ctx.index, at: Position::Id(message.message_id.clone()) }));
                     messages.append(&mut read);
                     ids.push(message.message_id);
                 }
