@@ -1,25 +1,28 @@
 //! Tar encoding: one commit's files become one archive, as a list of slices for
-//! vectored writes, large payloads shared rather than copied.
+//! vectored writes, large payloads shared rather than copied; whole ([`encode`]), or a
+//! part at a time for a sink that streams it ([`next_part`]).
 //!
 //! Each file is a 512-byte header, its payload, and zero padding up to the next
-//! 512-byte boundary; the archive ends with two zero
-//! blocks. Names over 100 bytes (up to the 255 a file name may have) get a GNU long-name
-//! entry (`././@LongLink`, type `L`) before their header, which Go's `archive/tar`
-//! (Pachyderm), GNU tar, bsdtar and the `tar` crate all read.
+//! 512-byte boundary; the archive ends with two zero blocks. Names over 100 bytes (up
+//! to the 255 a file name may have) get a GNU long-name entry (`././@LongLink`, type
+//! `L`) before their header, which Go's `archive/tar` (Pachyderm), GNU tar, bsdtar and
+//! the `tar` crate all read.
 //!
 //! Where bytes are copied, and why: a header has to exist somewhere as bytes, so the
-//! headers (and long names) are written into one buffer per archive, about 512 bytes
-//! per file and one allocation per archive. A payload under one block is copied there
-//! too, right after its header, with its padding: a slice of its own would cost more
-//! than its bytes (a reference count, and an `iovec` in every write, for a few dozen
-//! bytes), and an archive of small files becomes one contiguous buffer. Larger
-//! payloads are never copied here: they are written as the slices they arrived in,
-//! padded from a static zero block; the only copy left of them is the kernel's.
+//! headers (and long names) are written into one buffer, about 512 bytes per file: one
+//! allocation per archive, or one per streaming sink, reused part after part. A payload
+//! under one block is copied there too, right after its header, with its padding: a
+//! slice of its own would cost more than its bytes (a reference count, and an `iovec`
+//! in every write, for a few dozen bytes), and an archive of small files becomes one
+//! contiguous buffer. Larger payloads are never copied here: they are written as the
+//! slices they arrived in, padded from a static zero block; the only copy left of them
+//! is the kernel's.
 //!
-//! Every header starts as a copy of a template made per archive, with the fields all
-//! files share (type, mode, owner, mtime) and the sum of its bytes: only the name and
-//! size are written per file, and the checksum is that sum plus theirs, rather than a
-//! pass over 512 bytes (and two formatting allocations) per file in the `tar` crate.
+//! Every header starts as a copy of a template made per archive (per part when
+//! streamed), with the fields all files share (type, mode, owner, mtime) and the sum of
+//! its bytes: only the name and size are written per file, and the checksum is that sum
+//! plus theirs, rather than a pass over 512 bytes (and two formatting allocations) per
+//! file in the `tar` crate.
 
 use bytes::{Bytes, BytesMut};
 use tar::{EntryType, Header};
