@@ -90,7 +90,19 @@ pub fn shape(files: &[CommitFile]) -> Shape {
 #[derive(Debug, Default)]
 pub struct Part {
     pub chunks: Vec<Bytes>,
+    /// Per chunk, whether its bytes are the files' own (payload slices, static
+    /// padding) rather than the part's metadata: those live as long as the files do,
+    /// so a writer that keeps the files until its reader has read them may lend them
+    /// to the kernel instead of copying them (`vmsplice`).
+    pub shared: Vec<bool>,
     pub next: usize,
+}
+
+impl Part {
+    fn push(&mut self, chunk: Bytes, shared: bool) {
+        self.chunks.push(chunk);
+        self.shared.push(shared);
+    }
 }
 
 /// Encodes `files[from..]` into `out` until their metadata passes `budget` bytes
@@ -107,7 +119,7 @@ pub fn encode_part(files: &[CommitFile], from: usize, mtime: u64, out: &mut Byte
         regular: Template::new(EntryType::Regular, mtime),
         long_name: Template::new(EntryType::GNULongName, 0),
     };
-    let mut part = Part { chunks: Vec::new(), next: from };
+    let mut part = Part { next: from, ..Part::default() };
     let mut metadata = 0;
     for file in &files[from..] {
         let len = metadata_len(file);
@@ -124,11 +136,13 @@ pub fn encode_part(files: &[CommitFile], from: usize, mtime: u64, out: &mut Byte
             out.extend_from_slice(&ZEROS[..padding(file.data.len() as usize)]);
         } else {
             // Same allocation: what is written so far goes first, the rest stays to fill.
-            part.chunks.push(out.split().freeze());
-            part.chunks.extend(file.data.chunks().iter().cloned());
+            part.push(out.split().freeze(), false);
+            for chunk in file.data.chunks() {
+                part.push(chunk.clone(), true);
+            }
             let pad = padding(file.data.len() as usize);
             if pad > 0 {
-                part.chunks.push(Bytes::from_static(&ZEROS[..pad]));
+                part.push(Bytes::from_static(&ZEROS[..pad]), true);
             }
         }
         part.next += 1;
@@ -136,7 +150,7 @@ pub fn encode_part(files: &[CommitFile], from: usize, mtime: u64, out: &mut Byte
     if part.next == files.len() {
         out.extend_from_slice(&ZEROS);
     }
-    part.chunks.push(out.split().freeze());
+    part.push(out.split().freeze(), false);
     part
 }
 
@@ -389,6 +403,15 @@ mod tests {
         *header.as_bytes()
     }
 
+    /// Whether `chunk` lies in one of the files' payload slices or the static zeros.
+    fn owned_by_the_files(chunk: &Bytes, files: &[CommitFile]) -> bool {
+        let inside = |outer: &[u8]| {
+            outer.as_ptr_range().start <= chunk.as_ptr_range().start
+                && chunk.as_ptr_range().end <= outer.as_ptr_range().end
+        };
+        inside(&ZEROS) || files.iter().flat_map(|f| f.data.chunks()).any(|c| inside(c))
+    }
+
     proptest! {
         #[test]
         fn parts_make_the_same_archive_whatever_the_budget(
@@ -404,6 +427,10 @@ mod tests {
             loop {
                 let part = encode_part(&files, from, 9, &mut out, budget);
                 prop_assert!(part.next > from || files.is_empty(), "a part takes a file at least");
+                prop_assert_eq!(part.shared.len(), part.chunks.len());
+                for (chunk, &shared) in part.chunks.iter().zip(&part.shared) {
+                    prop_assert_eq!(shared, owned_by_the_files(chunk, &files), "shared: the files' own bytes");
+                }
                 parts.extend(part.chunks.iter().flat_map(|c| c.iter().copied()));
                 from = part.next;
                 if from == files.len() {

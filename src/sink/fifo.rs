@@ -39,6 +39,11 @@
 //! restarted sidecar that finds it taken waits (`previous_writer`) until the old
 //! holder has ended the broken archive, so its own archives never follow one.
 //!
+//! Payloads of 64 KiB or more are lent to the pipe (`vmsplice`) rather than copied
+//! into it: they stay in the queue until the reader has read them anyway. (A reader
+//! that spliced the pipe into another pipe would carry the lent pages on past that
+//! point; Pachyderm's reader copies with `read`, as every `tar` reader does.)
+//!
 //! Memory: an archive's bytes are released from the budget only when it is
 //! committed, so a stalled reader stops ingest by itself; the queue holds nothing
 //! the budget does not count but the headers of the part being written: an archive
@@ -356,7 +361,8 @@ impl FifoSink {
             };
             pipe.note(Note::Writing { from: pipe.written });
             let before = pipe.cursor.done();
-            let result = vectored::write_from(&mut pipe.file, &part.chunks, &mut pipe.cursor);
+            // The files stay in the queue until the reader has read them: lending is safe.
+            let result = vectored::write_lending(&mut pipe.file, &part.chunks, &part.shared, &mut pipe.cursor);
             pipe.written += pipe.cursor.done() - before;
             pipe.note(Note::Wrote { total: pipe.written });
             match result {
@@ -452,6 +458,13 @@ impl FifoSink {
         }
         self.pipe = None;
         for archive in self.queue.drain(..) {
+            if archive.end.is_some() {
+                // Written at least in part: the pipe may still hold pages of its
+                // payloads, lent rather than copied. Their memory must not return to
+                // the allocator, to be written over before the reader gets to them;
+                // the process is shutting down anyway.
+                std::mem::forget(archive.files);
+            }
             archive.ack.failed("gave up: the pipe's reader had not consumed the archive by the shutdown deadline");
         }
     }

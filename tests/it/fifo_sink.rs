@@ -120,7 +120,9 @@ fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
 /// some empty, some in two slices as a body split across reads would be.
 fn message(i: usize) -> (String, Vec<u8>) {
     let name = if i.is_multiple_of(97) { format!("long/{}/{i:07}", "n".repeat(120)) } else { format!("m/{i:07}") };
-    let data = if i.is_multiple_of(50) { Vec::new() } else { format!("message {i};").repeat(1 + i % 40).into_bytes() };
+    // One in 500 is 64-200 KiB, large enough to be lent to the pipe rather than copied.
+    let repeats = if i % 500 == 499 { 5_000 + i % 10_000 } else { 1 + i % 40 };
+    let data = if i.is_multiple_of(50) { Vec::new() } else { format!("message {i};").repeat(repeats).into_bytes() };
     (name, data)
 }
 

@@ -8,9 +8,11 @@ use std::time::Duration;
 use super::client::Connection;
 use super::pachyderm_reader::Commit;
 
-/// Line `i` of the NDJSON stream: unique, and long enough to need padding.
+/// Line `i` of the NDJSON stream: unique, and long enough to need padding; one in a
+/// thousand is 70-130 KB, a payload the `fifo:` sink lends to the pipe, not copies.
 pub fn line(i: usize) -> String {
-    format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 61))
+    let pad = if i % 1000 == 999 { 70_000 + i % 60_000 } else { i % 61 };
+    format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(pad))
 }
 
 /// POSTs lines `range` as one NDJSON request, retrying while the buffer is full.
