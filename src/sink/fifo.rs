@@ -39,7 +39,7 @@
 //! restarted sidecar that finds it taken waits (`previous_writer`) until the old
 //! holder has ended the broken archive, so its own archives never follow one.
 //!
-//! Payloads of 64 KiB or more are lent to the pipe (`vmsplice`) rather than copied
+//! Payloads of 16 KiB or more are lent to the pipe (`vmsplice`) rather than copied
 //! into it: they stay in the queue until the reader has read them anyway. (A reader
 //! that spliced the pipe into another pipe would carry the lent pages on past that
 //! point; Pachyderm's reader copies with `read`, as every `tar` reader does.)

@@ -67,9 +67,10 @@ pub fn write_from(out: &mut impl Write, chunks: &[Bytes], at: &mut Cursor) -> io
     drive(chunks, at, |at| out.write_vectored(&slices(chunks, at, chunks.len())))
 }
 
-/// Chunks at least this long are lent to the pipe by [`write_lending`]; shorter
-/// ones cost less to copy than a call of their own.
-pub const LEND_MIN: usize = 64 << 10;
+/// Chunks at least this long are lent to the pipe by [`write_lending`], a run of
+/// them per call; shorter ones cost less to copy than the pipe's slots they would
+/// take (a slot per page touched, and a pipe has a slot per 4 KiB of its size).
+pub const LEND_MIN: usize = 16 << 10;
 
 /// Whether `vmsplice` works here (a seccomp profile may refuse it).
 static LENDING_WORKS: AtomicBool = AtomicBool::new(true);
@@ -91,10 +92,13 @@ pub fn write_lending(pipe: &mut File, chunks: &[Bytes], shared: &[bool], at: &mu
             let end = (at.chunk + 1..chunks.len()).find(|&i| lent(i)).unwrap_or(chunks.len());
             return pipe.write_vectored(&slices(chunks, at, end));
         }
-        let rest = [IoSliceRaw::from_slice(&chunks[at.chunk][at.offset..])];
-        // SAFETY: `pipe` is a pipe's write end, so the kernel only reads `rest`; that
+        let run = (at.chunk + 1..chunks.len()).take(IOV_MAX - 1).take_while(|&i| lent(i));
+        let mut lend = Vec::with_capacity(run.size_hint().1.unwrap_or(0) + 1);
+        lend.push(IoSliceRaw::from_slice(&chunks[at.chunk][at.offset..]));
+        lend.extend(run.map(|i| IoSliceRaw::from_slice(&chunks[i])));
+        // SAFETY: `pipe` is a pipe's write end, so the kernel only reads `lend`; that
         // its bytes stay unchanged until the reader has them is the caller's part.
-        match unsafe { rustix::pipe::vmsplice(&*pipe, &rest, SpliceFlags::NONBLOCK) } {
+        match unsafe { rustix::pipe::vmsplice(&*pipe, &lend, SpliceFlags::NONBLOCK) } {
             Err(err @ (Errno::NOSYS | Errno::PERM | Errno::INVAL)) => {
                 tracing::info!("vmsplice is refused here ({err}): payloads are copied into the pipe");
                 LENDING_WORKS.store(false, Ordering::Relaxed);
