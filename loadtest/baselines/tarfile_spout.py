@@ -5,13 +5,18 @@ For each message: open the spout's named pipe, write a tar stream holding the
 message as one file with `tarfile`, close the stream and the pipe (closing is what
 makes the commit). With --per-commit N, N messages share one archive instead.
 
+A write can fail with "broken pipe": Pachyderm's reader closes the pipe after each
+archive and opens it again, and an open that lands just before that close leaves
+the writer with no reader. Nothing of that archive was read (the reader had seen
+the end of the last one), so the spout writes it again, as its users must.
+
 The messages are the load generator's own (loadtest/src/msg.rs), so the harness
 checks this baseline's output exactly as it checks the sidecar's:
 
     LT <run:8 hex> <id:16 hex> <len:8 hex> <crc:8 hex> : <filler>
 
 crc is zlib.crc32 of the first 34 bytes followed by the filler. Prints
-{"messages": N, "seconds": S} when done.
+{"messages": N, "seconds": S, "broken_pipe_retries": R} when done.
 """
 
 import argparse
@@ -57,14 +62,19 @@ def main():
     pool = bytes(rng.choice(ALPHABET) for _ in range(args.size + 4096))
     started = time.monotonic()
     deadline = started + args.seconds
-    sent = 0
+    sent = retries = 0
     while time.monotonic() < deadline:
         batch = []
         for _ in range(args.per_commit):
             batch.append(("msg-%020d" % sent, make_message(args.run, sent, args.size, pool)))
             sent += 1
-        write_commit(args.fifo, batch)
-    print(json.dumps({"messages": sent, "seconds": time.monotonic() - started}))
+        while True:
+            try:
+                write_commit(args.fifo, batch)
+                break
+            except BrokenPipeError:
+                retries += 1
+    print(json.dumps({"messages": sent, "seconds": time.monotonic() - started, "broken_pipe_retries": retries}))
 
 
 if __name__ == "__main__":
