@@ -89,7 +89,9 @@ pub fn write_lending(pipe: &mut File, chunks: &[Bytes], shared: &[bool], at: &mu
     let lent = |i: usize| shared[i] && chunks[i].len() >= LEND_MIN && LENDING_WORKS.load(Ordering::Relaxed);
     drive(chunks, at, |at| {
         if !lent(at.chunk) {
-            let end = (at.chunk + 1..chunks.len()).find(|&i| lent(i)).unwrap_or(chunks.len());
+            // No further than one `writev` reaches: a partial write looks again.
+            let reach = chunks.len().min(at.chunk + IOV_MAX);
+            let end = (at.chunk + 1..reach).find(|&i| lent(i)).unwrap_or(reach);
             return pipe.write_vectored(&slices(chunks, at, end));
         }
         let run = (at.chunk + 1..chunks.len()).take(IOV_MAX - 1).take_while(|&i| lent(i));
@@ -310,7 +312,10 @@ mod tests {
     #[test]
     fn lent_and_copied_chunks_arrive_in_order_across_a_full_pipe() {
         // Around the lending threshold, shared or not, at odd offsets in their pages.
-        let sizes = [LEND_MIN + 1, 700, LEND_MIN - 1, 3 * LEND_MIN + 4097, 5, LEND_MIN, 200_000];
+        let mut sizes = vec![LEND_MIN + 1, 700, LEND_MIN - 1, 3 * LEND_MIN + 4097, 5, LEND_MIN, 200_000];
+        // More small ones than a `writev` takes, then one more to lend.
+        sizes.extend((0..2500).map(|i| 100 + i % 300));
+        sizes.push(2 * LEND_MIN);
         let backing: Vec<Bytes> = sizes
             .iter()
             .enumerate()
