@@ -46,9 +46,6 @@ static ZEROS: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 #[derive(Debug, Clone, Default)]
 pub struct Archive {
     pub chunks: Vec<Bytes>,
-    pub len: u64,
-    /// See [`Shape::longest_entry`].
-    pub longest_entry: u64,
 }
 
 /// Encodes one commit's files as one archive stamped with the current time.
@@ -63,11 +60,9 @@ pub fn mtime_now() -> u64 {
 
 /// Encodes one commit's files as one archive; `mtime` in seconds since the epoch.
 pub fn encode(files: &[CommitFile], mtime: u64) -> Archive {
-    let Shape { len, longest_entry } = shape(files);
     let metadata: usize = files.iter().map(metadata_len).sum();
     let mut out = BytesMut::with_capacity(metadata + ZEROS.len());
-    let part = encode_part(files, 0, mtime, &mut out, usize::MAX);
-    Archive { chunks: part.chunks, len, longest_entry }
+    Archive { chunks: encode_part(files, 0, mtime, &mut out, usize::MAX).chunks }
 }
 
 /// What a writer needs to know of an archive before any of it is encoded.
@@ -297,9 +292,7 @@ mod tests {
     }
 
     fn flatten(archive: &Archive) -> Vec<u8> {
-        let bytes: Vec<u8> = archive.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        assert_eq!(bytes.len() as u64, archive.len);
-        bytes
+        archive.chunks.iter().flat_map(|c| c.iter().copied()).collect()
     }
 
     /// Reads an archive back with the `tar` crate: (name, bytes, mode, mtime) per entry.
@@ -326,7 +319,8 @@ mod tests {
         let files = [CommitFile { name: "a".into(), data: Payload::from(payload.clone()) }];
         let archive = encode(&files, 0);
         assert!(archive.chunks.iter().any(|c| c.as_ptr() == payload.as_ptr()));
-        assert_eq!(archive.len, 512 + 1024 + 1024);
+        assert_eq!(flatten(&archive).len(), 512 + 1024 + 1024);
+        assert_eq!(shape(&files).len, 512 + 1024 + 1024);
     }
 
     #[test]
@@ -334,7 +328,7 @@ mod tests {
         let files = [file("a", &[b"hello, ", b"pipe"]), file(&"n".repeat(200), &[&[1; 511]]), file("c", &[])];
         let archive = encode(&files, 7);
         assert_eq!(archive.chunks.len(), 1, "headers, payloads, padding and the end: one slice");
-        assert_eq!(archive.len, (2 + 4 + 1 + 2) * 512);
+        assert_eq!(flatten(&archive).len(), (2 + 4 + 1 + 2) * 512);
         let expected: Vec<_> = files.iter().map(|f| (f.name.clone(), f.data.to_vec(), 0o644, 7)).collect();
         assert_eq!(read_back(&flatten(&archive)), expected);
     }
@@ -379,7 +373,7 @@ mod tests {
     fn exactly_block_sized_payload_needs_no_padding() {
         let archive = encode(&[file("a", &[&[7; 512]])], 0);
         assert_eq!(archive.chunks.len(), 3);
-        assert_eq!(archive.len, 512 + 512 + 1024);
+        assert_eq!(flatten(&archive).len(), 512 + 512 + 1024);
     }
 
     fn name() -> impl Strategy<Value = String> {
@@ -465,7 +459,10 @@ mod tests {
             let archive = encode(&files, mtime);
             let bytes = flatten(&archive);
             prop_assert_eq!(bytes.len() % 512, 0);
-            prop_assert_eq!(shape(&files), Shape { len: archive.len, longest_entry: archive.longest_entry });
+            // The shape is known before encoding; these are what encoding made.
+            let entry_len = |f: &CommitFile| flatten(&encode(std::slice::from_ref(f), mtime)).len() - ZEROS.len();
+            let longest_entry = files.iter().map(entry_len).max().unwrap_or(0) as u64;
+            prop_assert_eq!(shape(&files), Shape { len: bytes.len() as u64, longest_entry });
             let expected: Vec<_> = files.iter().map(|f| (f.name.clone(), f.data.to_vec(), 0o644, mtime)).collect();
             prop_assert_eq!(read_back(&bytes), expected);
         }
