@@ -2,7 +2,8 @@
 //! reader on a real named pipe, and `stdout:` read back as a tar stream. Messages go
 //! in over HTTP; what the reader commits must hold each of them exactly once.
 
-use std::process::Stdio;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::client::{self, Connection};
@@ -40,6 +41,50 @@ fn wait_commit_answers_once_the_reader_has_consumed_the_archive() {
     assert_eq!(answer.json()["files"], serde_json::json!(["greeting.txt"]));
     assert!(sidecar.stop().success());
     assert_eq!(reader.stop(), vec![vec![("greeting.txt".to_owned(), b"hello".to_vec())]]);
+}
+
+/// Runs the sidecar under a seccomp filter that fails `vmsplice` with `EPERM`, as a
+/// container runtime's profile may: the `fifo:` sink then copies what it would lend.
+fn refuse_vmsplice(command: &mut Command) {
+    use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter { code: code as u16, jt, jf, k };
+    // `seccomp_data.nr` is at offset 0; the syscall numbers are this target's, which
+    // the sidecar is built for.
+    let filter = Box::new([
+        op(BPF_LD | BPF_W | BPF_ABS, 0, 0, 0),
+        op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, libc::SYS_vmsplice as u32),
+        op(BPF_RET | BPF_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        op(BPF_RET | BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]);
+    // SAFETY: between fork and exec the closure makes two system calls and allocates
+    // nothing; the filter it points to lives in the closure.
+    unsafe {
+        command.pre_exec(move || {
+            let program = sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program as *const sock_fprog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn where_vmsplice_is_refused_payloads_are_copied_and_every_message_arrives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = fifo_in(tmp.path());
+    let reader = PachydermReader::start(&fifo, Mode::KeepOpen);
+    let sink = format!("fifo:{}", fifo.display());
+    let sidecar = Sidecar::start_with(&["--sink", &sink, "--max-batch-age", "5ms"], refuse_vmsplice);
+    let mut conn = Connection::tcp(&sidecar.addr);
+    // Lines 999, 1999, ... are 70-130 KB: payloads the sink would lend.
+    (0..4).for_each(|i| post_lines(&mut conn, i * 1_000..(i + 1) * 1_000));
+    let (status, log) = sidecar.stop_with_log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("vmsplice is refused here"), "the sink never tried to lend: {log}");
+    assert_lines_exactly_once(&reader.stop(), 4_000);
 }
 
 #[test]
