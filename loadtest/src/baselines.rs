@@ -95,25 +95,51 @@ pub async fn http_ceiling(scenario: &Scenario, harness: &Harness) -> anyhow::Res
     Ok(report)
 }
 
+/// Which core writes the pipe ceiling's pipe; its reader always runs on the harness's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PipeWriter {
+    /// The server's core, as the sidecar writes its pipe: the CPU split of the runs
+    /// divided by this ceiling, each byte crossing from one core's cache to the other's.
+    Server,
+    /// The harness's core, beside the reader: the cheapest pipe this machine has.
+    Harness,
+}
+
 /// The pipe ceiling: `chunk`-byte writes into a named pipe for `duration`, drained
 /// by a reader that checksums every byte as the sidecar runs' reader does.
-pub fn pipe_ceiling(name: &str, chunk: usize, duration: Duration, harness: &Harness) -> anyhow::Result<Report> {
+pub fn pipe_ceiling(
+    name: &str,
+    chunk: usize,
+    duration: Duration,
+    writer: PipeWriter,
+    harness: &Harness,
+) -> anyhow::Result<Report> {
     let work = WorkDir::new(harness, name)?;
     let path = work.join("pipe.fifo");
     readback::make_fifo(&path)?;
     let reader = readback::drain_reader(&path);
     let data: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
     let mut pipe = std::fs::OpenOptions::new().write(true).open(&path).context("opening the pipe to write")?;
+    // The 1 MiB pipe the sidecar asks for: a pipe of the default 64 KiB takes a wake-up
+    // of each side per 64 KiB, which would make this ceiling a low one.
+    rustix::pipe::fcntl_setpipe_size(&pipe, 1 << 20).context("growing the pipe to 1 MiB")?;
     let started = Instant::now();
-    let mut writes = 0u64;
-    while started.elapsed() < duration {
-        pipe.write_all(&data)?;
-        writes += 1;
-    }
-    drop(pipe);
+    let write = move || -> anyhow::Result<u64> {
+        if writer == PipeWriter::Server {
+            harness.pinning().pin_thread_to_server()?;
+        }
+        let mut writes = 0u64;
+        while started.elapsed() < duration {
+            pipe.write_all(&data)?;
+            writes += 1;
+        }
+        Ok(writes)
+    };
+    // A thread of its own, so that pinning it leaves the harness's threads alone.
+    let writes = std::thread::scope(|scope| scope.spawn(write).join())
+        .map_err(|_| anyhow::anyhow!("the pipe ceiling's writer panicked"))??;
     reader.finish()?;
-    let elapsed = started.elapsed();
-    Ok(Report::from_transfer(name, writes, writes * chunk as u64, elapsed))
+    Ok(Report::from_transfer(name, writes, writes * chunk as u64, started.elapsed()))
 }
 
 /// The docs' pattern: `baselines/tarfile_spout.py` writing each message as a file of

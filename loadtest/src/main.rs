@@ -102,6 +102,9 @@ enum Baseline {
         chunk: u64,
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Which core writes the pipe (the reader runs on the harness's).
+        #[arg(long, value_enum, default_value = "server")]
+        writer: baselines::PipeWriter,
     },
 
     /// The Pachyderm docs' spout: baselines/tarfile_spout.py writing each message
@@ -158,8 +161,9 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
         Command::Baseline(Baseline::Http(scenario)) => {
             print_reports(harness, vec![baselines::http_ceiling(&scenario, harness).await?])
         }
-        Command::Baseline(Baseline::Pipe { chunk, duration }) => {
-            print_reports(harness, vec![baselines::pipe_ceiling("pipe-ceiling", chunk as usize, duration, harness)?])
+        Command::Baseline(Baseline::Pipe { chunk, duration, writer }) => {
+            let report = baselines::pipe_ceiling("pipe-ceiling", chunk as usize, duration, writer, harness)?;
+            print_reports(harness, vec![report])
         }
         Command::Baseline(Baseline::Python { size, duration }) => {
             print_reports(harness, vec![baselines::python_tarfile("python-tarfile", size, duration, harness)?])

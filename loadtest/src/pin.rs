@@ -113,6 +113,16 @@ impl Pinning {
         }
     }
 
+    /// Moves the calling thread, and no other, to the server cores: for a baseline that
+    /// plays the server inside the harness's process.
+    pub fn pin_thread_to_server(&self) -> anyhow::Result<()> {
+        match &self.server {
+            Some(cpus) => sched_setaffinity(None, &cpus.set())
+                .with_context(|| format!("pinning a thread to the server's CPUs {cpus}")),
+            None => Ok(()),
+        }
+    }
+
     /// Makes `command` start on the server cores.
     pub fn pin_server(&self, command: &mut Command) {
         use std::os::unix::process::CommandExt;
