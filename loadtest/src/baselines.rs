@@ -118,7 +118,7 @@ pub fn pipe_ceiling(
     let path = work.join("pipe.fifo");
     readback::make_fifo(&path)?;
     let reader = readback::drain_reader(&path);
-    let data: Vec<u8> = (0..chunk).map(|i| (i % 251) as u8).collect();
+    let data = data_of(chunk);
     let mut pipe = std::fs::OpenOptions::new().write(true).open(&path).context("opening the pipe to write")?;
     // The 1 MiB pipe the sidecar asks for: a pipe of the default 64 KiB takes a wake-up
     // of each side per 64 KiB, which would make this ceiling a low one.
@@ -138,8 +138,36 @@ pub fn pipe_ceiling(
     // A thread of its own, so that pinning it leaves the harness's threads alone.
     let writes = std::thread::scope(|scope| scope.spawn(write).join())
         .map_err(|_| anyhow::anyhow!("the pipe ceiling's writer panicked"))??;
-    reader.finish()?;
-    Ok(Report::from_transfer(name, writes, writes * chunk as u64, started.elapsed()))
+    let read = reader.finish()?;
+    let elapsed = started.elapsed();
+    let mut report = Report::from_transfer(name, writes, writes * chunk as u64, elapsed);
+    if read.finalize() != crc_of_repeats(&data_of(chunk), writes) {
+        report.ok = false;
+        report.errors.push(format!("the reader's checksum is not that of the {writes} writes of {chunk} bytes"));
+    }
+    Ok(report)
+}
+
+/// The bytes the pipe ceiling writes, again and again.
+fn data_of(chunk: usize) -> Vec<u8> {
+    (0..chunk).map(|i| (i % 251) as u8).collect()
+}
+
+/// The CRC-32 of `data` written `times` times over, by doubling: a run's tens of
+/// gigabytes are not checksummed twice.
+fn crc_of_repeats(data: &[u8], mut times: u64) -> u32 {
+    let mut whole = crc32fast::Hasher::new();
+    let mut doubled = crc32fast::Hasher::new();
+    doubled.update(data);
+    while times > 0 {
+        if times & 1 == 1 {
+            whole.combine(&doubled);
+        }
+        let again = doubled.clone();
+        doubled.combine(&again);
+        times >>= 1;
+    }
+    whole.finalize()
 }
 
 /// The docs' pattern: `baselines/tarfile_spout.py` writing each message as a file of
@@ -183,4 +211,37 @@ pub fn python_tarfile(name: &str, size: usize, duration: Duration, harness: &Har
 /// The Python script that follows the Pachyderm docs' spout pattern.
 pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("baselines/tarfile_spout.py")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pin::PinOptions;
+
+    #[test]
+    fn the_checksum_of_repeats_is_that_of_the_bytes_written_out() {
+        let data = data_of(1000);
+        for times in 0..10 {
+            let mut hasher = crc32fast::Hasher::new();
+            (0..times).for_each(|_| hasher.update(&data));
+            assert_eq!(crc_of_repeats(&data, times), hasher.finalize(), "{times} writes");
+        }
+    }
+
+    #[test]
+    fn the_pipe_ceiling_reads_back_what_either_core_wrote() {
+        let harness = Harness {
+            sidecar: None,
+            debug: false,
+            work_dir: None,
+            keep: false,
+            json: None,
+            pin: PinOptions::default(),
+        };
+        for writer in [PipeWriter::Server, PipeWriter::Harness] {
+            let report = pipe_ceiling("pipe", 64 << 10, Duration::from_millis(200), writer, &harness).unwrap();
+            assert!(report.ok && report.errors.is_empty(), "{writer:?}: {:?}", report.errors);
+            assert!(report.committed_mb_per_sec > 0.0, "{writer:?}: nothing went through");
+        }
+    }
 }

@@ -189,23 +189,19 @@ pub fn tar_reader(path: &Path, pace: Pace, tally: Tally, separator: Separator) -
 
 /// Reads the pipe and checksums every byte, as the tar reader does: the consumer
 /// side of the pipe-bandwidth ceiling.
-pub fn drain_reader(path: &Path) -> PipeReader<u32> {
+pub fn drain_reader(path: &Path) -> PipeReader<crc32fast::Hasher> {
     PipeReader::spawn(
         path,
         Pace::default(),
-        0,
-        Box::new(|reader, crc| {
-            let mut hasher = crc32fast::Hasher::new_with_initial(*crc);
-            loop {
-                let chunk = reader.fill_buf()?;
-                if chunk.is_empty() {
-                    *crc = hasher.finalize();
-                    return Ok(());
-                }
-                hasher.update(chunk);
-                let n = chunk.len();
-                reader.consume(n);
+        crc32fast::Hasher::new(),
+        Box::new(|reader, hasher| loop {
+            let chunk = reader.fill_buf()?;
+            if chunk.is_empty() {
+                return Ok(());
             }
+            hasher.update(chunk);
+            let n = chunk.len();
+            reader.consume(n);
         }),
     )
 }
