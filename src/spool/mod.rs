@@ -22,12 +22,14 @@
 //! where each request's records start, and [`Journal::read_back`] reads a batch from
 //! there ([`read_back`]) when the sink takes it.
 //!
-//! At start-up ([`Spool::open`]) every segment is read back ([`salvage`]: a torn tail
-//! is cut, damaged bytes are quarantined to `DIR/quarantine/`), and [`replay`] turns
+//! At start-up ([`Spool::open`]) every segment is read back ([`found`], [`salvage`]: a
+//! torn tail is cut, damaged bytes are quarantined to `DIR/quarantine/`), and [`replay`] turns
 //! what is not committed into the batches to commit first. `DIR/lock` ([`lock`]) keeps a
 //! second sidecar out. `DIR/writer-id` ([`writer_id`]) names the sidecar as a `pfs://`
 //! writer across restarts.
 
+mod config;
+mod found;
 pub mod lock;
 mod read_back;
 pub mod record;
@@ -38,18 +40,16 @@ mod syncer;
 mod writer_id;
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
 
+pub use self::config::{SpoolConfig, SpoolSync};
+use self::found::Found;
 use self::lock::SpoolLock;
 use self::read_back::Extent;
 use self::record::{Kind, Unplaced};
@@ -60,42 +60,6 @@ use crate::buffer::Budget;
 use crate::message::{Incoming, Message};
 use crate::metrics::METRICS;
 use crate::sink::vectored::{self, Cursor};
-
-/// `--spool-sync`: how durable a record is before its request is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpoolSync {
-    /// `fdatasync` before the 202 (shared by concurrent requests): survives a power cut.
-    Always,
-    /// In the page cache before the 202: survives the process dying, not the machine.
-    Never,
-    /// In the page cache before the 202, `fdatasync` this often in the background.
-    Every(Duration),
-}
-
-impl FromStr for SpoolSync {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "always" => Ok(SpoolSync::Always),
-            "never" => Ok(SpoolSync::Never),
-            other => match humantime::parse_duration(other) {
-                Ok(every) if !every.is_zero() => Ok(SpoolSync::Every(every)),
-                _ => Err(format!("`{other}` is not `always`, `never` or a duration such as 100ms")),
-            },
-        }
-    }
-}
-
-impl fmt::Display for SpoolSync {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpoolSync::Always => f.write_str("always"),
-            SpoolSync::Never => f.write_str("never"),
-            SpoolSync::Every(every) => write!(f, "{}", humantime::format_duration(*every)),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -110,22 +74,6 @@ pub enum SpoolError {
     },
     #[error("syncing the spool failed: {0}")]
     Sync(Arc<str>),
-}
-
-/// What `--spool-*` options say.
-#[derive(Debug, Clone)]
-pub struct SpoolConfig {
-    pub dir: PathBuf,
-    pub sync: SpoolSync,
-    pub max_bytes: u64,
-}
-
-impl SpoolConfig {
-    /// Segments are an eighth of the limit (so deleting whole segments frees room
-    /// in steps small enough to matter), between 64 KiB and 64 MiB.
-    fn segment_bytes(&self) -> u64 {
-        (self.max_bytes / 8).clamp(64 << 10, 64 << 20)
-    }
 }
 
 /// How far the syncer has got; what requests waiting for durability watch.
@@ -234,48 +182,7 @@ impl Spool {
         let dir = config.dir.clone();
         fs::create_dir_all(&dir).map_err(io_error("creating", &dir))?;
         let lock = SpoolLock::acquire(&dir)?;
-        let mut numbered = Vec::new();
-        let mut spares = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_error("listing", &dir))? {
-            let entry = entry.map_err(io_error("listing", &dir))?;
-            let name = entry.file_name();
-            let numbered_as = |suffix| name.to_str()?.strip_suffix(suffix)?.parse::<u64>().ok();
-            if let Some(number) = numbered_as(SEGMENT_SUFFIX) {
-                numbered.push((number, entry.path()));
-            } else if numbered_as(SPARE_SUFFIX).is_some() {
-                spares.push(entry.path());
-            }
-        }
-        numbered.sort();
-        let mut segments = VecDeque::new();
-        let mut records = Vec::new();
-        for (number, path) in &numbered {
-            let bytes = Bytes::from(fs::read(path).map_err(io_error("reading", path))?);
-            let scanned = salvage::scan(&bytes, *number);
-            for damage in &scanned.damage {
-                quarantine(&dir, path, damage)?;
-            }
-            if scanned.keep_len < bytes.len() as u64 {
-                let file = fs::OpenOptions::new().write(true).open(path).map_err(io_error("opening", path))?;
-                file.set_len(scanned.keep_len).map_err(io_error("truncating", path))?;
-                tracing::info!(
-                    "spool segment {}: cut {} bytes past its last record (an unfinished write, or the file's earlier use) at offset {}",
-                    path.display(),
-                    bytes.len() as u64 - scanned.keep_len,
-                    scanned.keep_len
-                );
-            }
-            let mut segment =
-                Segment { number: *number, path: path.clone(), len: scanned.keep_len, charged: 0, max_seq: 0 };
-            for record in &scanned.records {
-                segment.max_seq = segment.max_seq.max(record.last_seq());
-                if record.header.kind == Kind::Messages {
-                    segment.charged += record.header.record_len();
-                }
-            }
-            records.extend(scanned.records);
-            segments.push_back(segment);
-        }
+        let Found { segments, records, spares, next_number } = found::read(&dir)?;
         let recovered = replay::recover(records);
         let budget = Budget::with_gauges(config.max_bytes, &METRICS.spool_bytes, &METRICS.spool_limit_bytes);
         let shared = Arc::new(Shared {
@@ -293,7 +200,7 @@ impl Spool {
                 sync_failing: false,
                 committed: recovered.committed,
                 starts: Default::default(),
-                next_number: numbered.last().map_or(1, |(n, _)| n + 1),
+                next_number,
                 closing: false,
                 failure: None,
             }),
@@ -610,30 +517,11 @@ fn io_error(doing: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Spool
     move |source| SpoolError::Io { doing, path, source }
 }
 
-/// Sets damaged bytes aside as `DIR/quarantine/<segment>@<offset>.<kind>`, logging it.
-fn quarantine(dir: &Path, segment: &Path, damage: &salvage::Damage) -> Result<(), SpoolError> {
-    let quarantine = dir.join("quarantine");
-    let name = segment.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let path = quarantine.join(format!("{name}@{}.{}", damage.offset, damage.kind.as_str()));
-    fs::create_dir_all(&quarantine)
-        .and_then(|()| fs::write(&path, &damage.bytes))
-        .map_err(|source| SpoolError::Io { doing: "quarantining damaged records to", path: path.clone(), source })?;
-    METRICS.spool_quarantined.with_label_values(&[damage.kind.as_str()]).inc();
-    tracing::warn!(
-        "spool segment {}: {} bytes at offset {} are not whole records ({}); moved to {}",
-        segment.display(),
-        damage.bytes.len(),
-        damage.offset,
-        damage.kind.as_str(),
-        path.display()
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::message::Payload;
+    use bytes::Bytes;
 
     fn config(dir: &Path, max_bytes: u64) -> SpoolConfig {
         SpoolConfig { dir: dir.to_owned(), sync: SpoolSync::Always, max_bytes }
