@@ -200,7 +200,7 @@ pub struct Options {
     pub body_timeout: Duration,
 
     /// Most HTTP connections served at once (TCP and Unix socket each); further
-    /// clients wait in the listen backlog. Also the most requests served at once,
+    /// clients wait in the listen backlog (1024 of them). Also the most requests served at once,
     /// HTTP/2 streams included: further streams wait their turn.
     #[arg(long, env = "SPOUT_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_connections: u32,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -61,7 +61,7 @@ impl<'a> Listeners<'a> {
                 _ => None,
             };
             let tcp_error = |source| BindError::Tcp { addr: addr.clone(), source };
-            let listener = TcpListener::bind(addr).await.map_err(tcp_error)?;
+            let listener = bind_tcp(addr).await.map_err(tcp_error)?;
             let local = listener.local_addr().map_err(tcp_error)?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             tracing::info!("listening on {scheme}://{local}");
@@ -144,6 +144,28 @@ async fn reload_on_hangup(tls: Arc<Tls>, mut hangups: Signal, stop: Cancel) {
     }
 }
 
+/// Connections the kernel completes and queues for the sidecar to accept: while it
+/// accepts none (every --max-connections slot taken) or falls behind a burst (a
+/// deployment's producers all starting at once). The 128 of tokio's and std's `bind`
+/// drops the SYNs past it, and a client whose SYN is dropped tries again only after
+/// 1 s, then 3, 7, 15... Linux caps it at `net.core.somaxconn` (4096 by default).
+const BACKLOG: u32 = 1024;
+
+/// Listens on the first of `addr`'s addresses that binds, with [`BACKLOG`].
+async fn bind_tcp(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+        // As tokio's `bind`: a restarted sidecar binds its port again at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(BACKLOG),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
+}
+
 /// Binds a Unix socket at `path` with mode 0660, replacing a stale socket file.
 fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -153,7 +175,10 @@ fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
             return Err(BindError::NotASocket(path.to_owned()));
         }
     }
-    let listener = UnixListener::bind(path).map_err(|source| BindError::Unix { path: path.to_owned(), source })?;
+    let listener = tokio::net::UnixSocket::new_stream()
+        .and_then(|socket| socket.bind(path).map(|()| socket))
+        .and_then(|socket| socket.listen(BACKLOG))
+        .map_err(|source| BindError::Unix { path: path.to_owned(), source })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|source| BindError::Chmod { path: path.to_owned(), source })?;
     Ok((listener, SocketFile(path.to_path_buf())))

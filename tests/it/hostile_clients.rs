@@ -209,6 +209,50 @@ fn max_connections_leaves_further_clients_waiting_until_a_slot_frees() {
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
 
+/// More clients than the kernel's default listen backlog (128), all arriving while
+/// the one --max-connections slot is taken: each is queued by the kernel, none has its
+/// SYN (TCP) or its connect (Unix) refused, which would cost a TCP client a second
+/// or more before it tries again.
+#[test]
+fn a_burst_of_clients_past_the_default_backlog_is_queued_not_dropped() {
+    const BURST: usize = 400;
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("http.sock");
+    let sidecar = start(tmp.path(), &["--max-connections", "1", "--socket", socket.to_str().unwrap()]);
+    let mut held = Connection::tcp(&sidecar.addr);
+    assert_eq!(held.request("GET", "/healthz", &[], b"").status, 200);
+    let mut held_unix = Connection::unix(&socket);
+    assert_eq!(held_unix.request("GET", "/healthz", &[], b"").status, 200);
+
+    let addr: std::net::SocketAddr = sidecar.addr.parse().unwrap();
+    let tcp: Vec<socket2::Socket> = (0..BURST)
+        .map(|_| {
+            let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            client.set_nonblocking(true).unwrap();
+            match client.connect(&addr.into()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(e) => panic!("connecting: {e}"),
+            }
+            client
+        })
+        .collect();
+    // On loopback a queued handshake completes at once; a dropped SYN stays unanswered
+    // for as long as the queue stays full.
+    crate::support::sidecar::eventually(Duration::from_secs(10), "every TCP handshake to complete", || {
+        tcp.iter().all(|client| client.peer_addr().is_ok()).then_some(())
+    });
+
+    let refused: Vec<std::io::Error> = (0..BURST)
+        .filter_map(|_| {
+            let client = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+            client.set_nonblocking(true).unwrap();
+            client.connect(&socket2::SockAddr::unix(&socket).unwrap()).err()
+        })
+        .collect();
+    assert!(refused.is_empty(), "{} of {BURST} Unix connects refused, the first: {}", refused.len(), refused[0]);
+}
+
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let tmp = tempfile::tempdir().unwrap();
