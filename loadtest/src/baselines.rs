@@ -124,13 +124,14 @@ pub fn pipe_ceiling(
     // of each side per 64 KiB, which would make this ceiling a low one.
     rustix::pipe::fcntl_setpipe_size(&pipe, 1 << 20).context("growing the pipe to 1 MiB")?;
     let started = Instant::now();
+    let written = &data;
     let write = move || -> anyhow::Result<u64> {
         if writer == PipeWriter::Server {
             harness.pinning().pin_thread_to_server()?;
         }
         let mut writes = 0u64;
         while started.elapsed() < duration {
-            pipe.write_all(&data)?;
+            pipe.write_all(written)?;
             writes += 1;
         }
         Ok(writes)
@@ -141,7 +142,7 @@ pub fn pipe_ceiling(
     let read = reader.finish()?;
     let elapsed = started.elapsed();
     let mut report = Report::from_transfer(name, writes, writes * chunk as u64, elapsed);
-    if read.finalize() != crc_of_repeats(&data_of(chunk), writes) {
+    if read.finalize() != crc_of_repeats(&data, writes) {
         report.ok = false;
         report.errors.push(format!("the reader's checksum is not that of the {writes} writes of {chunk} bytes"));
     }

@@ -105,22 +105,13 @@ impl Pinning {
     /// Pins the calling thread, before it starts any other, to the client cores: every
     /// thread of the harness, and every program it starts, inherits them.
     pub fn pin_harness(&self) -> anyhow::Result<()> {
-        match &self.client {
-            Some(cpus) => {
-                sched_setaffinity(None, &cpus.set()).with_context(|| format!("pinning the harness to CPUs {cpus}"))
-            }
-            None => Ok(()),
-        }
+        pin_calling_thread(self.client.as_ref(), "the harness to")
     }
 
     /// Moves the calling thread, and no other, to the server cores: for a baseline that
     /// plays the server inside the harness's process.
     pub fn pin_thread_to_server(&self) -> anyhow::Result<()> {
-        match &self.server {
-            Some(cpus) => sched_setaffinity(None, &cpus.set())
-                .with_context(|| format!("pinning a thread to the server's CPUs {cpus}")),
-            None => Ok(()),
-        }
+        pin_calling_thread(self.server.as_ref(), "a thread to the server's")
     }
 
     /// Makes `command` start on the server cores.
@@ -134,6 +125,15 @@ impl Pinning {
                 command.pre_exec(move || sched_setaffinity(None, &set).map_err(std::io::Error::from));
             }
         }
+    }
+}
+
+/// Pins the calling thread (threads it starts later inherit it) to `cpus`, if any;
+/// `whose` says in the error what was pinned to them.
+fn pin_calling_thread(cpus: Option<&Cpus>, whose: &str) -> anyhow::Result<()> {
+    match cpus {
+        Some(cpus) => sched_setaffinity(None, &cpus.set()).with_context(|| format!("pinning {whose} CPUs {cpus}")),
+        None => Ok(()),
     }
 }
 
