@@ -2,11 +2,11 @@
 //! JSON text it was sent as (its bytes from its first to its last, without the
 //! whitespace and commas around it), as zero-copy slices of the body's chunks.
 //!
-//! One pass over the bytes finds where each element starts and ends, following
-//! strings and escapes so that a `]` or `,` inside a string cuts nothing, across chunk
-//! boundaries; `serde_json` then checks that each element is valid JSON on its own.
-//! Nesting inside an element is limited to serde_json's 128 levels. A malformed body
-//! fails whole, its error naming the byte offset where it went wrong.
+//! One pass: the brackets and commas between elements are read here, and each
+//! element is parsed by `serde_json`, whose parse both checks it and says where it
+//! ends, so a `]` or `,` inside a string cuts nothing. serde_json skips a value it
+//! need not keep without recursing, so no depth of nesting can exhaust the stack. A
+//! malformed body fails whole, its error naming the byte offset where it went wrong.
 
 use std::borrow::Cow;
 
@@ -16,168 +16,116 @@ use super::split::{Chunks, Source};
 use super::DecodeError;
 use crate::message::Payload;
 
-/// Where the scan is, outside any element.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// The `[` that opens the body.
-    Open,
-    /// The first element, or `]` of an empty array.
-    FirstOrClose,
-    /// An element, after a comma.
-    Element,
-    /// A comma or the closing `]`.
-    CommaOrClose,
-    /// Nothing but whitespace.
-    End,
-}
-
-/// Where the element being scanned is.
-#[derive(Debug, Default)]
-struct Element {
-    start: u64,
-    depth: u32,
-    in_string: bool,
-    escaped: bool,
-}
-
 /// Splits a complete body into its array's elements; see the module comment.
 pub fn split(body: Chunks, max_message_bytes: u64) -> Result<Vec<Payload>, DecodeError> {
-    let spans = scan(&body, max_message_bytes)?;
+    let spans = scan(&contiguous(&body), max_message_bytes)?;
     let mut body = body;
-    let mut at = 0u64;
+    let mut at = 0;
     let mut elements = Vec::with_capacity(spans.len());
-    for (number, (start, end)) in spans.into_iter().enumerate() {
-        body.skip((start - at) as usize);
-        let element = body.take((end - start) as usize);
+    for (start, end) in spans {
+        body.skip(start - at);
+        elements.push(body.take(end - start));
         at = end;
-        validate(&element, number + 1, start)?;
-        elements.push(element);
     }
     Ok(elements)
 }
 
+/// The body as one slice, for the parser: copied only if it came in several chunks.
+/// The elements are still cut from the chunks themselves.
+fn contiguous(body: &Chunks) -> Cow<'_, [u8]> {
+    let mut chunks = body.chunks();
+    match (chunks.next(), chunks.next()) {
+        (None, _) => Cow::Borrowed(&[]),
+        (Some(only), None) => Cow::Borrowed(only),
+        _ => {
+            let mut text = Vec::with_capacity(body.buffered());
+            body.chunks().for_each(|chunk| text.extend_from_slice(chunk));
+            Cow::Owned(text)
+        }
+    }
+}
+
 /// The `[start, end)` byte spans of the array's elements.
-fn scan(body: &Chunks, max: u64) -> Result<Vec<(u64, u64)>, DecodeError> {
+fn scan(text: &[u8], max: u64) -> Result<Vec<(usize, usize)>, DecodeError> {
+    let mut at = skip_whitespace(text, 0);
+    match text.get(at) {
+        Some(b'[') => at += 1,
+        Some(&byte) => return Err(malformed(at, format!("expected `[`, found {}", shown(byte)))),
+        None => return Err(malformed(at, "the body is empty, or whitespace: expected a JSON array".into())),
+    }
+    let ends_inside = || malformed(text.len(), "the body ends inside the array".into());
     let mut spans = Vec::new();
-    let mut expect = Expect::Open;
-    let mut element: Option<Element> = None;
-    let mut offset = 0u64;
-    let bad =
-        |at: u64, what: String| DecodeError::bad_framing(format!("the JSON array is malformed at byte {at}: {what}"));
-    for chunk in body.chunks() {
-        for &byte in chunk.iter() {
-            if let Some(current) = &mut element {
-                if !current.ends_before(byte) {
-                    if offset + 1 - current.start > max {
-                        return Err(DecodeError::too_large(format!(
-                            "element {} (starting at byte {}) is longer than the {max}-byte message limit \
-                             (--max-message-bytes)",
-                            spans.len() + 1,
-                            current.start
-                        )));
-                    }
-                    offset += 1;
-                    continue;
-                }
-                spans.push((current.start, offset));
-                element = None;
-                expect = Expect::CommaOrClose;
+    loop {
+        at = skip_whitespace(text, at);
+        match text.get(at) {
+            Some(b']') if spans.is_empty() => break,
+            Some(b']') => return Err(malformed(at, "a comma before `]` (trailing comma)".into())),
+            Some(b',') => return Err(malformed(at, format!("expected element {}, found `,`", spans.len() + 1))),
+            Some(_) => {}
+            None => return Err(ends_inside()),
+        }
+        let number = spans.len() + 1;
+        let end = element_end(text, at, number)?;
+        if (end - at) as u64 > max {
+            return Err(DecodeError::too_large(format!(
+                "element {number} (starting at byte {at}) is longer than the {max}-byte message limit \
+                 (--max-message-bytes)"
+            )));
+        }
+        spans.push((at, end));
+        at = skip_whitespace(text, end);
+        match text.get(at) {
+            Some(b',') => at += 1,
+            Some(b']') => break,
+            Some(&byte) => {
+                return Err(malformed(at, format!("expected `,` or `]` after element {number}, found {}", shown(byte))))
             }
-            match (expect, byte) {
-                (_, b' ' | b'\t' | b'\n' | b'\r') => {}
-                (Expect::Open, b'[') => expect = Expect::FirstOrClose,
-                (Expect::Open, _) => return Err(bad(offset, format!("expected `[`, found {}", shown(byte)))),
-                (Expect::FirstOrClose | Expect::CommaOrClose, b']') => expect = Expect::End,
-                (Expect::CommaOrClose, b',') => expect = Expect::Element,
-                (Expect::CommaOrClose, _) => {
-                    return Err(bad(
-                        offset,
-                        format!("expected `,` or `]` after element {}, found {}", spans.len(), shown(byte)),
-                    ))
-                }
-                (Expect::Element, b']') => return Err(bad(offset, "a comma before `]` (trailing comma)".into())),
-                (Expect::Element | Expect::FirstOrClose, b',') => {
-                    return Err(bad(offset, format!("expected element {}, found `,`", spans.len() + 1)))
-                }
-                (Expect::Element | Expect::FirstOrClose, _) => {
-                    let mut started = Element { start: offset, ..Element::default() };
-                    started.enter(byte);
-                    element = Some(started);
-                }
-                (Expect::End, _) => return Err(bad(offset, format!("{} after the array's closing `]`", shown(byte)))),
-            }
-            offset += 1;
+            None => return Err(ends_inside()),
         }
     }
-    if let Some(current) = element {
-        spans.push((current.start, offset));
-        expect = Expect::CommaOrClose;
-    }
-    match expect {
-        Expect::End => Ok(spans),
-        Expect::Open => Err(bad(offset, "the body is empty, or whitespace: expected a JSON array".into())),
-        _ => Err(bad(offset, "the body ends inside the array".into())),
+    // Past the closing `]`.
+    at = skip_whitespace(text, at + 1);
+    match text.get(at) {
+        Some(&byte) => Err(malformed(at, format!("{} after the array's closing `]`", shown(byte)))),
+        None => Ok(spans),
     }
 }
 
-impl Element {
-    /// Takes the element's first byte.
-    fn enter(&mut self, byte: u8) {
-        match byte {
-            b'"' => self.in_string = true,
-            b'[' | b'{' => self.depth = 1,
-            _ => {}
-        }
-    }
-
-    /// Whether the element ended before `byte`; if not, `byte` is taken into it.
-    /// Brackets are counted, not matched: a mismatch is left to the JSON check.
-    fn ends_before(&mut self, byte: u8) -> bool {
-        if self.in_string {
-            match (self.escaped, byte) {
-                (true, _) => self.escaped = false,
-                (false, b'\\') => self.escaped = true,
-                (false, b'"') => self.in_string = false,
-                _ => {}
-            }
-            return false;
-        }
-        match byte {
-            b'"' => self.in_string = true,
-            b'[' | b'{' => self.depth += 1,
-            b']' | b'}' if self.depth > 0 => self.depth -= 1,
-            b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r' if self.depth == 0 => return true,
-            _ => {}
-        }
-        false
-    }
-}
-
-/// Checks that an element is one valid JSON value; the error names the byte.
-fn validate(element: &Payload, number: usize, start: u64) -> Result<(), DecodeError> {
-    let text: Cow<[u8]> = match element.chunks() {
-        [one] => Cow::Borrowed(&one[..]),
-        _ => Cow::Owned(element.to_vec()),
+/// Where the element that starts at `start` ends: serde_json parses one value there
+/// and stops at its last byte.
+fn element_end(text: &[u8], start: usize, number: usize) -> Result<usize, DecodeError> {
+    let rest = &text[start..];
+    let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<IgnoredAny>();
+    let error = match values.next() {
+        Some(Ok(_)) => return Ok(start + values.byte_offset()),
+        Some(Err(error)) => error,
+        None => unreachable!("an element starts at a byte that is not whitespace"),
     };
-    serde_json::from_slice::<IgnoredAny>(&text).map(drop).map_err(|e| {
-        let at = start + offset_of(&text, e.line(), e.column());
-        let what = e.to_string();
-        // serde_json's own position is the element's line and column; the byte offset replaces it.
-        let what = what.rsplit_once(" at line ").map_or(what.as_str(), |(what, _)| what);
-        DecodeError::bad_framing(format!(
-            "the JSON array is malformed at byte {at}: element {number} (starting at byte {start}) is not valid JSON: \
-             {what}"
-        ))
-    })
+    if error.is_eof() {
+        return Err(malformed(text.len(), "the body ends inside the array".into()));
+    }
+    let at = start + offset_of(rest, error.line(), error.column());
+    let what = error.to_string();
+    // serde_json's own position is a line and column; the byte offset replaces it.
+    let what = what.rsplit_once(" at line ").map_or(what.as_str(), |(what, _)| what);
+    Err(malformed(at, format!("element {number} (starting at byte {start}) is not valid JSON: {what}")))
+}
+
+fn malformed(at: usize, what: String) -> DecodeError {
+    DecodeError::bad_framing(format!("the JSON array is malformed at byte {at}: {what}"))
+}
+
+fn skip_whitespace(text: &[u8], from: usize) -> usize {
+    from + text[from..].iter().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')).count()
 }
 
 /// The offset of serde_json's 1-based line and column (in bytes) within `text`.
-fn offset_of(text: &[u8], line: usize, column: usize) -> u64 {
+fn offset_of(text: &[u8], line: usize, column: usize) -> usize {
     let line_start = match line {
         0 | 1 => 0,
         _ => memchr::memchr_iter(b'\n', text).nth(line - 2).map_or(text.len(), |at| at + 1),
     };
-    (line_start + column.saturating_sub(1)).min(text.len()) as u64
+    (line_start + column.saturating_sub(1)).min(text.len())
 }
 
 fn shown(byte: u8) -> String {
@@ -248,6 +196,16 @@ mod tests {
         let two_lines = malformed("[1, {\"a\":\n 1 x}]");
         assert!(two_lines.starts_with("the JSON array is malformed at byte 13: element 2"), "{two_lines}");
         assert!(malformed("[\"\u{1}\"]").contains("element 1 (starting at byte 1) is not valid JSON"));
+        assert_eq!(
+            malformed("[1, 2x]"),
+            "the JSON array is malformed at byte 5: element 2 (starting at byte 4) is not valid JSON: trailing characters"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_read_without_recursing() {
+        let deep = format!("[{}1{}, 1]", "[{\"a\":".repeat(50_000), "}]".repeat(50_000));
+        assert_eq!(texts(deep.as_bytes(), &[], 1 << 20).unwrap().len(), 2);
     }
 
     #[test]
