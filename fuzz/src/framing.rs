@@ -87,7 +87,7 @@ fn reference(unit: Unit, body: &[u8], max: usize) -> Outcome<'_> {
 }
 
 /// The knobs every HTTP-path target reads: the message limit and the chunk sizes.
-fn http_body(data: &[u8]) -> (usize, &[u8], Vec<Bytes>) {
+pub(super) fn http_body(data: &[u8]) -> (usize, &[u8], Vec<Bytes>) {
     let mut knobs = Knobs::new(data);
     let max = usize::from(knobs.u16());
     let sizes = knobs.sizes();
@@ -95,12 +95,12 @@ fn http_body(data: &[u8]) -> (usize, &[u8], Vec<Bytes>) {
     (max, body, cut(body, &sizes))
 }
 
-fn decode_http(framing: Framing, chunks: &[Bytes], max: usize) -> Result<Vec<Incoming>, DecodeError> {
+pub(super) fn decode_http(framing: Framing, chunks: &[Bytes], max: usize) -> Result<Vec<Incoming>, DecodeError> {
     block_on(decode(&framing, chunks.to_vec(), None, max as u64))
 }
 
 /// Whether every slice of `payload` lies inside one of the body's chunks: no copy.
-fn is_slice_of(chunks: &[Bytes], payload: &Payload) -> bool {
+pub(super) fn is_slice_of(chunks: &[Bytes], payload: &Payload) -> bool {
     payload.chunks().iter().all(|slice| {
         let slice = slice.as_ptr_range();
         chunks.iter().any(|chunk| {

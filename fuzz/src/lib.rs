@@ -8,12 +8,14 @@
 
 mod file_name;
 mod framing;
+mod json_array;
 mod knobs;
 mod multipart;
 mod tar;
 
 pub use self::file_name::{documented_rule_allows, file_name};
 pub use self::framing::{length_frames, ndjson_lines, raw_splitter, whole_body};
+pub use self::json_array::json_array;
 pub use self::multipart::multipart;
 pub use self::tar::tar_encoder;
 

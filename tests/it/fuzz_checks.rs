@@ -52,6 +52,11 @@ fn raw_splitter_regressions() {
 }
 
 #[test]
+fn json_array_regressions() {
+    replay("json_array", checks::json_array);
+}
+
+#[test]
 fn multipart_regressions() {
     replay("multipart", checks::multipart);
 }
@@ -97,6 +102,27 @@ fn lines_body() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), any::<u8>()], 0..300)
 }
 
+/// A JSON array of strings, numbers and nested values, often with one piece of it
+/// replaced by a token that may break it.
+fn json_array_body() -> impl Strategy<Value = Vec<u8>> {
+    let element = prop_oneof![
+        "[a-z\\]\\[,\"\\\\ é]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        any::<i32>().prop_map(|n| n.to_string()),
+        Just("-1.5e3".to_string()),
+        Just("{\"a\": [true, null, {}]}".to_string()),
+    ];
+    let elements = prop::collection::vec(element, 0..6);
+    let token = prop::sample::select(vec!["", ",", "]", "[", "\"", "\\", " ", "x", "0", "}", "\u{1}", "\\u12"]);
+    (elements, prop::option::of((any::<prop::sample::Index>(), token))).prop_map(|(elements, mutation)| {
+        let mut body = format!("[{}]", elements.join(", ")).into_bytes();
+        if let Some((at, token)) = mutation {
+            let at = at.index(body.len());
+            body.splice(at..at + 1, token.bytes());
+        }
+        body
+    })
+}
+
 fn sizes() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(0u8..64, 0..7)
 }
@@ -114,6 +140,11 @@ proptest! {
         let data = [knobs(max, &sizes), body].concat();
         checks::length_frames(&data);
         checks::raw_splitter(&[[1].as_slice(), &data].concat());
+    }
+
+    #[test]
+    fn json_arrays_agree_with_serde_json(max in 0u16..40, sizes in sizes(), body in json_array_body()) {
+        checks::json_array(&[knobs(max, &sizes), body].concat());
     }
 
     #[test]
