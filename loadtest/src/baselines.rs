@@ -1,12 +1,14 @@
 //! The ceilings the sidecar's figures are divided by, measured by the same harness in
 //! the same run: a bare hyper server that reads each body and answers 202 (the HTTP
-//! ceiling), large writes into a named pipe (the pipe ceiling), and the Python
-//! `tarfile` spout the Pachyderm docs teach (what the sidecar replaces).
+//! ceiling; for `wait=commit` loads it holds each answer to the next tick of a clock
+//! ticking every batch age), large writes into a named pipe (the pipe ceiling), and
+//! the Python `tarfile` spout the Pachyderm docs teach (what the sidecar replaces).
 
 use std::convert::Infallible;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -15,6 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 
 use crate::client::Endpoint;
 use crate::load::Target;
@@ -25,43 +28,87 @@ use crate::run::{self, WorkDir};
 use crate::scenario::{Harness, Scenario, Transport};
 use crate::verify::{self, Outcome, Sent, Tally};
 
-async fn answer_202(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    // Reading the whole body is the one thing the baseline must do, as the sidecar does.
-    let _ = request.into_body().collect().await;
-    let mut response = Response::new(Full::new(Bytes::from_static(b"{\"accepted\":1}")));
-    *response.status_mut() = StatusCode::ACCEPTED;
-    Ok(response)
+/// When the bare server answers: at once, or on the next tick of a clock shared by
+/// every connection, as the sidecar answers `wait=commit` requests in a burst when
+/// their batch commits. A tick costs the server one wake-up of all who wait for it,
+/// which is the least a batch's answers can cost.
+#[derive(Clone, Default)]
+pub struct Answering {
+    tick: Option<Arc<watch::Sender<()>>>,
 }
 
-async fn serve<S>(stream: S)
+impl Answering {
+    /// Answers held to ticks `every` apart; the clock runs as long as the runtime.
+    pub fn every(every: Duration) -> Self {
+        let (tick, _) = watch::channel(());
+        let tick = Arc::new(tick);
+        let clock = tick.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                clock.send_replace(());
+            }
+        });
+        Self { tick: Some(tick) }
+    }
+
+    async fn answer(self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        // Reading the whole body is the one thing the baseline must do, as the sidecar does.
+        let _ = request.into_body().collect().await;
+        if let Some(tick) = &self.tick {
+            // A new subscription has seen the last tick: this waits for the next.
+            let _ = tick.subscribe().changed().await;
+        }
+        let mut response = Response::new(Full::new(Bytes::from_static(b"{\"accepted\":1}")));
+        *response.status_mut() = StatusCode::ACCEPTED;
+        Ok(response)
+    }
+}
+
+async fn serve<S>(stream: S, answering: Answering)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let service = hyper::service::service_fn(answer_202);
+    let service = hyper::service::service_fn(move |request| answering.clone().answer(request));
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
 }
 
+/// The sidecar's listen backlog: loads that open thousands of connections at once
+/// must not lose SYNs here that the sidecar would queue.
+const BACKLOG: u32 = 1024;
+
 /// Serves the bare server on `endpoint` until the process is killed: what
 /// `loadtest bare-server` runs, in a process of its own as the sidecar is.
-pub async fn serve_bare(endpoint: &Endpoint) -> anyhow::Result<()> {
+pub async fn serve_bare(endpoint: &Endpoint, answering: Answering) -> anyhow::Result<()> {
     match endpoint {
         Endpoint::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let socket =
+                if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }?;
+            socket.set_reuseaddr(true)?;
+            socket.bind(*addr)?;
+            let listener = socket.listen(BACKLOG)?;
             loop {
                 let (stream, _) = listener.accept().await?;
                 stream.set_nodelay(true)?;
-                tokio::spawn(serve(stream));
+                tokio::spawn(serve(stream, answering.clone()));
             }
         }
         Endpoint::Unix(path) => {
-            let listener = tokio::net::UnixListener::bind(path)?;
+            let socket = tokio::net::UnixSocket::new_stream()?;
+            socket.bind(path)?;
+            let listener = socket.listen(BACKLOG)?;
             loop {
                 let (stream, _) = listener.accept().await?;
-                tokio::spawn(serve(stream));
+                tokio::spawn(serve(stream, answering.clone()));
             }
         }
     }
 }
+
+/// The sidecar's own `--max-batch-age`, for a `wait=commit` scenario that sets none.
+const SIDECAR_BATCH_AGE: Duration = Duration::from_secs(1);
 
 /// The HTTP ceiling: `scenario`'s load (HTTP over TCP or the Unix socket) against
 /// the bare server, run as `loadtest bare-server` in a process of its own.
@@ -78,6 +125,10 @@ pub async fn http_ceiling(scenario: &Scenario, harness: &Harness) -> anyhow::Res
         }
         Transport::Raw => bail!("the HTTP ceiling is measured over HTTP"),
     };
+    if scenario.wait_commit {
+        let age = scenario.max_batch_age.unwrap_or(SIDECAR_BATCH_AGE);
+        args.extend(["--answer-every".into(), humantime::format_duration(age).to_string()]);
+    }
     let exe = std::env::current_exe()?;
     if exe.file_stem().is_none_or(|stem| stem != "loadtest") {
         bail!("the HTTP ceiling runs `loadtest bare-server`: call it from the loadtest binary");
@@ -226,6 +277,30 @@ mod tests {
             let mut hasher = crc32fast::Hasher::new();
             (0..times).for_each(|_| hasher.update(&data));
             assert_eq!(crc_of_repeats(&data, times), hasher.finalize(), "{times} writes");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bare_server_holds_each_answer_to_its_next_tick() {
+        for (every, held) in [(Duration::from_secs(3600), true), (Duration::from_millis(20), false)] {
+            let endpoint = Endpoint::Tcp(process::free_port().unwrap());
+            let server = tokio::spawn({
+                let endpoint = endpoint.clone();
+                async move { serve_bare(&endpoint, Answering::every(every)).await }
+            });
+            let Endpoint::Tcp(addr) = endpoint else { unreachable!() };
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let call = crate::client::call(&endpoint, hyper::Method::POST, "/messages?wait=commit");
+            match tokio::time::timeout(Duration::from_millis(if held { 500 } else { 10_000 }), call).await {
+                Ok(answer) => {
+                    assert!(!held, "answered before a tick an hour away");
+                    assert_eq!(answer.unwrap().status, StatusCode::ACCEPTED);
+                }
+                Err(_) => assert!(held, "no answer though the clock ticks every {every:?}"),
+            }
+            server.abort();
         }
     }
 

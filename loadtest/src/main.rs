@@ -86,13 +86,18 @@ enum Command {
         /// Also serve on this Unix socket.
         #[arg(long)]
         socket: Option<std::path::PathBuf>,
+        /// Hold every answer to the next tick of a clock ticking this often, as
+        /// `wait=commit` answers wait for their batch to commit.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        answer_every: Option<std::time::Duration>,
     },
 }
 
 #[derive(Subcommand)]
 enum Baseline {
     /// The HTTP ceiling: the scenario's load against a bare hyper server that reads
-    /// each body and answers 202 (sink and batching options are ignored).
+    /// each body and answers 202 (sink and batching options are ignored, but for
+    /// --wait-commit: answers then wait for a clock ticking every --max-batch-age).
     Http(Box<Scenario>),
 
     /// The pipe ceiling: large writes into a named pipe, drained by a reader.
@@ -168,10 +173,14 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
         Command::Baseline(Baseline::Python { size, duration }) => {
             print_reports(harness, vec![baselines::python_tarfile("python-tarfile", size, duration, harness)?])
         }
-        Command::BareServer { listen, socket } => {
-            let tcp = tokio::spawn(async move { baselines::serve_bare(&listen).await });
+        Command::BareServer { listen, socket, answer_every } => {
+            let answering = answer_every.map(baselines::Answering::every).unwrap_or_default();
+            let tcp = {
+                let answering = answering.clone();
+                tokio::spawn(async move { baselines::serve_bare(&listen, answering).await })
+            };
             if let Some(path) = socket {
-                baselines::serve_bare(&Endpoint::Unix(path)).await?;
+                baselines::serve_bare(&Endpoint::Unix(path), answering).await?;
             }
             tcp.await??;
             Ok(true)

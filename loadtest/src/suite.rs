@@ -329,10 +329,11 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
     }
 
     // 5. wait=commit at half the single-message peak, in an open loop (the harness's
-    //    client: latency counted from when each request was due).
+    //    client: latency counted from when each request was due), beside the bare
+    //    server holding each answer to a clock that ticks every batch age.
     let peak = single_run.as_ref().map(requests).unwrap_or(2000.0);
     let rate = (peak / 2.0).max(100.0);
-    let mut runs = Vec::new();
+    let (mut runs, mut bares) = (Vec::new(), Vec::new());
     for k in 0..repeat {
         let mut s = single(&label("wait-commit-half-peak", k), Client::Harness);
         s.wait_commit = true;
@@ -345,10 +346,19 @@ pub async fn run_suite(options: &SuiteOptions, harness: &Harness) -> SuiteReport
         s.connections = ((rate * (options.commit_age.as_secs_f64() + 0.02) * 2.0) as usize).clamp(16, 8000);
         s.max_connections = Some(4 * s.connections);
         s.sidecar_args = vec![format!("--max-connections={}", 4 * s.connections + 16)];
+        let bare = Scenario { name: label("wait-commit-half-peak-bare", k), ..s.clone() };
+        bares.extend(r.http_ceiling(bare).await);
         runs.extend(r.sidecar(s).await);
     }
     let age_ms = options.commit_age.as_secs_f64() * 1000.0;
     let waited = median(runs, p99_ms);
+    targets.push(Target::new(
+        "wait=commit at half peak: req/s vs bare hyper answering every batch age",
+        ratio(&waited, &median(bares, requests), requests),
+        0.85,
+        "x",
+        true,
+    ));
     targets.push(Target::new(
         "wait=commit at half peak: p99 vs --max-batch-age + 20 ms",
         waited.as_ref().map(p99_ms),
