@@ -115,7 +115,9 @@ async fn connect(endpoint: &Endpoint) -> anyhow::Result<Box<dyn Stream>> {
             let socket = match addr {
                 SocketAddr::V4(v4) if v4.ip().is_loopback() => {
                     let socket = tokio::net::TcpSocket::new_v4()?;
-                    socket.bind(next_loopback_source())?;
+                    // Where 127.0.0.0/8 is not all local, the connection comes from
+                    // the address `connect` picks, as it would unbound.
+                    let _ = socket.bind(next_loopback_source());
                     socket
                 }
                 SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
