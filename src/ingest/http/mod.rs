@@ -14,6 +14,7 @@ mod commits;
 mod encoding;
 mod idle;
 mod messages;
+mod preface;
 mod query;
 mod reply;
 pub mod tls;
@@ -99,7 +100,7 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
     // so that --max-connections × --max-request-bytes still bounds the bodies read.
     let requests = Arc::new(Semaphore::new(api.max_connections));
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(connection_builder());
+    let builders = Arc::new(Builders::new());
     loop {
         // Waiting for a slot before accepting leaves further clients in the kernel's
         // backlog instead of accepting connections we would not serve.
@@ -123,7 +124,7 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
         let connection = Connection {
             api: api.clone(),
             transport,
-            builder: builder.clone(),
+            builders: builders.clone(),
             requests: requests.clone(),
             watcher: graceful.watcher(),
         };
@@ -146,21 +147,35 @@ pub async fn serve(api: Arc<Api>, transport: Transport, listener: impl Listener,
 const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c with prior
-/// knowledge, or after choosing `h2` by ALPN under TLS). Each HTTP/2 stream is one
-/// request to the same handler as an HTTP/1.1 request, with the same limits.
-/// HTTP/1.1 has no timer: `idle` holds it to --header-timeout.
-fn connection_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().timer(TokioTimer::new());
-    builder.http1().max_buf_size(READ_BUFFER_BYTES);
-    builder
+/// knowledge, or after choosing `h2` by ALPN under TLS), told apart by [`preface`].
+/// Each HTTP/2 stream is one request to the same handler as an HTTP/1.1 request,
+/// with the same limits. HTTP/1.1 has no timer: `idle` holds it to --header-timeout.
+struct Builders {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http2().timer(TokioTimer::new());
+        builder.http1().max_buf_size(READ_BUFFER_BYTES);
+        Self { http1: builder.clone().http1_only(), http2: builder.http2_only() }
+    }
+
+    fn for_version(&self, version: preface::Version) -> &auto::Builder<TokioExecutor> {
+        match version {
+            preface::Version::Http1 => &self.http1,
+            preface::Version::Http2 => &self.http2,
+        }
+    }
 }
 
 /// One accepted connection and what serving it needs.
 struct Connection {
     api: Arc<Api>,
     transport: Transport,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     /// Requests being served on this listener, whatever their connection.
     requests: Arc<Semaphore>,
     watcher: Watcher,
@@ -206,7 +221,11 @@ impl Connection {
                 Ok::<_, Infallible>(response.map(|body| Answering::new(body, busy)))
             }
         });
-        let connection = self.builder.serve_connection(TokioIo::new(stream), service);
+        let (version, stream) = match preface::read_version(stream).await {
+            Ok(read) => read,
+            Err(error) => return tracing::debug!("connection ended before its first request: {error}"),
+        };
+        let connection = self.builders.for_version(version).serve_connection(TokioIo::new(stream), service);
         if let Err(error) = self.watcher.watch(connection).await {
             tracing::debug!("connection ended: {error}");
         }
