@@ -53,7 +53,6 @@ fn scan(text: &[u8], max: u64) -> Result<Vec<(usize, usize)>, DecodeError> {
         Some(&byte) => return Err(malformed(at, format!("expected `[`, found {}", shown(byte)))),
         None => return Err(malformed(at, "the body is empty, or whitespace: expected a JSON array".into())),
     }
-    let ends_inside = || malformed(text.len(), "the body ends inside the array".into());
     let mut spans = Vec::new();
     loop {
         at = skip_whitespace(text, at);
@@ -62,7 +61,7 @@ fn scan(text: &[u8], max: u64) -> Result<Vec<(usize, usize)>, DecodeError> {
             Some(b']') => return Err(malformed(at, "a comma before `]` (trailing comma)".into())),
             Some(b',') => return Err(malformed(at, format!("expected element {}, found `,`", spans.len() + 1))),
             Some(_) => {}
-            None => return Err(ends_inside()),
+            None => return Err(ends_inside(text)),
         }
         let number = spans.len() + 1;
         let end = element_end(text, at, number)?;
@@ -80,7 +79,7 @@ fn scan(text: &[u8], max: u64) -> Result<Vec<(usize, usize)>, DecodeError> {
             Some(&byte) => {
                 return Err(malformed(at, format!("expected `,` or `]` after element {number}, found {}", shown(byte))))
             }
-            None => return Err(ends_inside()),
+            None => return Err(ends_inside(text)),
         }
     }
     // Past the closing `]`.
@@ -102,7 +101,7 @@ fn element_end(text: &[u8], start: usize, number: usize) -> Result<usize, Decode
         None => unreachable!("an element starts at a byte that is not whitespace"),
     };
     if error.is_eof() {
-        return Err(malformed(text.len(), "the body ends inside the array".into()));
+        return Err(ends_inside(text));
     }
     let at = start + offset_of(rest, error.line(), error.column());
     let what = error.to_string();
@@ -113,6 +112,11 @@ fn element_end(text: &[u8], start: usize, number: usize) -> Result<usize, Decode
 
 fn malformed(at: usize, what: String) -> DecodeError {
     DecodeError::bad_framing(format!("the JSON array is malformed at byte {at}: {what}"))
+}
+
+/// The body ended before the array did: inside an element or between two.
+fn ends_inside(text: &[u8]) -> DecodeError {
+    malformed(text.len(), "the body ends inside the array".into())
 }
 
 fn skip_whitespace(text: &[u8], from: usize) -> usize {
